@@ -177,6 +177,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         path = f"{prefix}{name}"
         if name in data:
             kwargs[name] = _check(data[name], hints[name], path)
+        elif dataclasses.is_dataclass(hints[name]) and f.default_factory is dataclasses.MISSING:
+            kwargs[name] = _build(hints[name], {}, f"{path}.")  # names the missing leaf, not the group
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key '{path}'; set it in the recipe or pass {path}=...")
     return cls(**kwargs)
