@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -52,6 +53,8 @@ def _worker_main(
     sys.stderr = log
     faulthandler.register(signal.SIGUSR1, file=log, all_threads=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # megatron-core warns on import that Apex/Transformer Engine are absent; on CPU that is expected.
+    warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).*not installed")
     import torch
 
     torch.set_num_threads(1)
@@ -104,7 +107,7 @@ class GlooPool:
             proc = ctx.Process(
                 target=_worker_main,
                 args=(rank, self.world_size, port, child, str(self._log(rank)), self.collective_timeout_s),
-                daemon=True,
+                daemon=False,  # checkpoint saving starts helper processes; daemons may not
                 name=f"gloo-rank{rank}",
             )
             proc.start()

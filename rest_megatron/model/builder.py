@@ -1,0 +1,226 @@
+"""Build a megatron-core `GPTModel` from a Hugging Face `config.json`.
+
+One function per concern: `model_spec_from_hf` reads the HF config into a family-neutral `ModelSpec`,
+`transformer_config` turns that into Megatron's `TransformerConfig` for a parallel layout, and
+`build_gpt_model` builds this rank's pipeline stage. Families differ only in a few switches:
+
+| family           | qkv bias | q/k RMSNorm | embeddings      | RoPE scaling |
+|------------------|----------|-------------|-----------------|--------------|
+| Qwen2 / Qwen2.5  | yes      | no          | tied or untied  | none         |
+| Qwen3            | no       | yes         | tied or untied  | none         |
+| Llama 3.x        | no       | no          | tied or untied  | llama3       |
+
+The layer spec is Megatron's local spec on CPU and the Transformer Engine spec on GPU; the choice
+comes from the hardware (and `use_te`), never from a test flag.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_ARCHITECTURES = {
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "LlamaForCausalLM": "llama",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """The architecture facts we need from a Hugging Face config, family-neutral."""
+
+    family: str
+    """One of qwen2, qwen3, llama."""
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_attention_heads: int
+    num_query_groups: int
+    """Key/value heads (GQA groups)."""
+    head_dim: int
+    vocab_size: int
+    """The tokenizer-side vocabulary; Megatron pads it (see `padded_vocab_size`)."""
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    qk_layernorm: bool
+    rope_scaling_factor: float | None = None
+    """llama3-style RoPE scaling factor, or None."""
+    hf_config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def load_hf_config(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{path} not found: model.path must be a Hugging Face model directory with a config.json")
+    return json.loads(path.read_text())
+
+
+def model_spec_from_hf(hf: dict[str, Any]) -> ModelSpec:
+    """Read a Hugging Face config dict; unsupported architectures get an error listing the supported."""
+    architectures = hf.get("architectures") or []
+    family = next((SUPPORTED_ARCHITECTURES[a] for a in architectures if a in SUPPORTED_ARCHITECTURES), None)
+    if family is None:
+        raise ValueError(
+            f"unsupported architecture {architectures or hf.get('model_type')!r}; supported: "
+            f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+        )
+    heads = hf["num_attention_heads"]
+    rope_scaling = hf.get("rope_scaling") or None
+    factor = None
+    if rope_scaling:
+        kind = rope_scaling.get("rope_type", rope_scaling.get("type"))
+        if kind == "default":
+            factor = None
+        elif kind != "llama3":
+            raise ValueError(f"rope_scaling type {kind!r} is not supported; only llama3 scaling is")
+        else:
+            # Megatron hard-codes the llama3 shape parameters; refuse configs it would silently ignore.
+            expected = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+            for key, value in expected.items():
+                if float(rope_scaling.get(key, value)) != value:
+                    raise ValueError(f"rope_scaling.{key}={rope_scaling[key]} is not supported (Megatron fixes it to {value})")
+            factor = float(rope_scaling["factor"])
+    return ModelSpec(
+        family=family,
+        num_layers=hf["num_hidden_layers"],
+        hidden_size=hf["hidden_size"],
+        ffn_hidden_size=hf["intermediate_size"],
+        num_attention_heads=heads,
+        num_query_groups=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        vocab_size=hf["vocab_size"],
+        max_position_embeddings=hf.get("max_position_embeddings", 4096),
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qkv_bias=family == "qwen2" or bool(hf.get("attention_bias", False)),
+        qk_layernorm=family == "qwen3",
+        rope_scaling_factor=factor,
+        hf_config=hf,
+    )
+
+
+def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
+    """Round the vocabulary up so each TP rank holds an equal slice that is a multiple of `multiple`."""
+    step = multiple * tp
+    return int(math.ceil(vocab_size / step) * step)
+
+
+def transformer_config(
+    spec: ModelSpec,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: torch.dtype = torch.float32,
+    sequence_parallel: bool = False,
+    recompute: bool = False,
+    use_cpu_initialization: bool | None = None,
+    init_method_std: float = 0.02,
+    **overrides: Any,
+):
+    """Megatron `TransformerConfig` for `spec` at a TP/PP layout. `overrides` pass through verbatim."""
+    from megatron.core.transformer import TransformerConfig
+
+    on_cpu = not torch.cuda.is_available()
+    kwargs: dict[str, Any] = dict(
+        num_layers=spec.num_layers,
+        hidden_size=spec.hidden_size,
+        ffn_hidden_size=spec.ffn_hidden_size,
+        num_attention_heads=spec.num_attention_heads,
+        num_query_groups=spec.num_query_groups,
+        kv_channels=spec.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=spec.rms_norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=spec.qkv_bias,
+        qk_layernorm=spec.qk_layernorm,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=init_method_std,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        sequence_parallel=sequence_parallel and tp > 1,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        attention_softmax_in_fp32=True,
+        use_cpu_initialization=on_cpu if use_cpu_initialization is None else use_cpu_initialization,
+        # The fused kernels below are CUDA-only; the unfused paths are exact on CPU and GPU alike.
+        bias_activation_fusion=not on_cpu,
+        masked_softmax_fusion=not on_cpu,
+        bias_dropout_fusion=not on_cpu,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        recompute_granularity="full" if recompute else None,
+        recompute_method="uniform" if recompute else None,
+        recompute_num_layers=1 if recompute else None,
+    )
+    kwargs.update(overrides)
+    return TransformerConfig(**kwargs)
+
+
+def layer_spec(spec: ModelSpec, *, use_te: bool | None = None):
+    """Transformer Engine spec on GPU (when TE imports), Megatron's local spec otherwise."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    if use_te is None:
+        use_te = torch.cuda.is_available() and _transformer_engine_available()
+    if use_te:
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=spec.qk_layernorm)
+    return get_gpt_layer_local_spec(qk_layernorm=spec.qk_layernorm, normalization="RMSNorm")
+
+
+def _transformer_engine_available() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken TE install (no libcuda) raises OSError, not ImportError
+        return False
+    return True
+
+
+def build_gpt_model(
+    spec: ModelSpec,
+    config,
+    *,
+    padded_vocab: int | None = None,
+    use_te: bool | None = None,
+    max_sequence_length: int | None = None,
+):
+    """This rank's pipeline stage of the GPT model (parallel state must be initialized)."""
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt import GPTModel
+
+    tp = config.tensor_model_parallel_size
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(spec, use_te=use_te),
+        vocab_size=padded_vocab or padded_vocab_size(spec.vocab_size, tp),
+        max_sequence_length=max_sequence_length or spec.max_position_embeddings,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        parallel_output=True,
+        share_embeddings_and_output_weights=spec.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(spec.rope_theta),
+        rope_scaling=spec.rope_scaling_factor is not None,
+        rope_scaling_factor=spec.rope_scaling_factor or 8.0,
+    )
+    if torch.cuda.is_available():
+        model = model.cuda()
+    return model
