@@ -1,0 +1,211 @@
+"""Start sandbox processes, capture their output under a cap, and kill the whole tree at the end.
+
+Every sandbox process is started in a new session (its own process group). At the end of a call,
+whether it finished or hit the wall-clock limit, the service sends SIGKILL to that group: with
+bubblewrap that takes the pid namespace down with it; in the fallback, seccomp has kept every
+descendant in the group. A root service then also runs `kill -1` as the call's uid (`UidPool`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import stat
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools_sandbox.backends import Backend, Launch
+from tools_sandbox.backends.uids import UidPool
+from tools_sandbox.limits import Limits, truncation_marker
+
+SETUP_FAILED = 125  # the launcher's exit status when the sandbox could not be set up
+_READ_CHUNK = 1 << 16
+_DRAIN_AFTER_EXIT_S = 2.0
+
+
+@dataclass
+class ExecResult:
+    """The outcome of one sandboxed command, in SandboxFusion's terms."""
+
+    status: str
+    """"Finished", "TimeLimitExceeded", or "SandboxError" (the sandbox itself failed)."""
+    return_code: int | None
+    stdout: str
+    stderr: str
+    duration_s: float
+    truncated: bool = False
+    files: dict[str, bytes] | None = None
+
+
+class _Capture:
+    """Bytes kept from one stream, up to a cap; the rest is counted and dropped."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.kept = bytearray()
+        self.dropped = 0
+
+    async def drain(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(_READ_CHUNK):
+            room = self.cap - len(self.kept)
+            if room > 0:
+                self.kept += chunk[:room]
+            self.dropped += max(0, len(chunk) - max(room, 0))
+
+    def text(self) -> str:
+        out = self.kept.decode("utf-8", errors="replace")
+        return out + truncation_marker(self.dropped, self.cap) if self.dropped else out
+
+
+def kill_tree(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the process group of `proc` (it leads its own session); missing is fine."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def safe_relative_path(name: str) -> Path:
+    """Validate a request's file name: relative, inside the scratch directory, no `..`."""
+    path = Path(name)
+    if not name or path.is_absolute() or ".." in path.parts or "\0" in name:
+        raise ValueError(f"file name {name!r} must be a relative path inside the scratch directory, "
+                         "without '..'; e.g. 'data/input.txt'.")
+    return path
+
+
+class Executor:
+    """Runs launches for one backend; owns the scratch root and (as root) the uid pool."""
+
+    def __init__(self, backend: Backend, *, scratch_root: Path | None = None, uid_pool: UidPool | None = None
+                 ) -> None:
+        self.backend = backend
+        self.uid_pool = uid_pool
+        self.scratch_root = Path(scratch_root or tempfile.mkdtemp(prefix="rest-sandbox-"))
+        self.scratch_root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.scratch_root, 0o711)  # pool uids may traverse, not list
+
+    def new_scratch(self, uid: int | None) -> Path:
+        """A fresh private scratch directory, owned by `uid` when there is one."""
+        path = Path(tempfile.mkdtemp(prefix="call-", dir=self.scratch_root))
+        if uid is not None and self.uid_pool is not None:
+            self.uid_pool.prepare_dir(path, uid)
+        return path
+
+    def acquire_uid(self) -> int | None:
+        """A pool uid for a new call or session, or None for a non-root service."""
+        return self.uid_pool.acquire() if self.uid_pool is not None else None
+
+    async def release(self, uid: int | None, scratch: Path | None) -> None:
+        """Sweep the uid's processes, return it to the pool and delete the scratch directory."""
+        if uid is not None and self.uid_pool is not None:
+            await self.uid_pool.release(uid)
+        if scratch is not None:
+            # rmtree uses fd-relative calls and never follows symlinks planted by the sandbox.
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+    async def spawn(self, launch: Launch, *, stdin_pipe: bool = True) -> asyncio.subprocess.Process:
+        """Start `launch` under the backend in a new session, with piped stdin/stdout/stderr."""
+        argv, env = self.backend.command(launch)
+        return await asyncio.create_subprocess_exec(
+            *argv, env=env, cwd=str(launch.scratch), start_new_session=True,
+            stdin=asyncio.subprocess.PIPE if stdin_pipe else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            limit=_READ_CHUNK,
+        )
+
+    async def run(self, run: dict, limits: Limits, *, files: dict[str, bytes] | None = None,
+                  stdin: bytes | None = None, fetch_files: list[str] | None = None) -> ExecResult:
+        """Run one command to completion in a fresh scratch directory.
+
+        Args:
+            run: the launcher's mode part, e.g. `{"mode": "python", "path": "main.py"}`.
+            limits: caps for this call.
+            files: files to create in the scratch directory first (relative names).
+            stdin: bytes fed to the process's stdin.
+            fetch_files: scratch files to return afterwards (regular files only, never via symlinks).
+        """
+        uid = self.acquire_uid()
+        scratch = self.new_scratch(uid)
+        try:
+            for name, content in (files or {}).items():
+                target = scratch / safe_relative_path(name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+                if uid is not None:
+                    for path in [target, *target.relative_to(scratch).parents]:
+                        os.chown(scratch / path, uid, uid)
+            result = await self._run_in(scratch, uid, run, limits, stdin)
+            if fetch_files:
+                result.files = {name: self._fetch(scratch, name, limits) for name in fetch_files}
+                result.files = {k: v for k, v in result.files.items() if v is not None}
+            return result
+        finally:
+            await self.release(uid, scratch)
+
+    async def _run_in(self, scratch: Path, uid: int | None, run: dict, limits: Limits, stdin: bytes | None
+                      ) -> ExecResult:
+        start = time.perf_counter()
+        proc = await self.spawn(Launch(scratch=scratch, limits=limits, run=run, uid=uid), stdin_pipe=True)
+        out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
+        readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr))
+        feeder = asyncio.create_task(_feed(proc, stdin or b""))
+        timed_out = False
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=limits.wall_s)
+        except asyncio.TimeoutError:
+            timed_out = True
+        finally:
+            # Finished or not, nothing the call started may outlive it.
+            kill_tree(proc)
+            await proc.wait()
+        duration = time.perf_counter() - start
+        try:
+            await asyncio.wait_for(readers, timeout=_DRAIN_AFTER_EXIT_S)
+        except asyncio.TimeoutError:
+            readers.cancel()
+        feeder.cancel()
+        return _result(proc.returncode, timed_out, out, err, duration)
+
+    @staticmethod
+    def _fetch(scratch: Path, name: str, limits: Limits) -> bytes | None:
+        """Read a regular file inside `scratch`; None if it is missing, a symlink or not regular."""
+        target = scratch / safe_relative_path(name)
+        if not os.path.realpath(target).startswith(os.path.realpath(scratch) + os.sep):
+            return None
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return f.read(int(limits.file_size_mb) << 20)
+
+
+async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
+    try:
+        if data:
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        proc.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+def _result(rc: int | None, timed_out: bool, out: _Capture, err: _Capture, duration: float) -> ExecResult:
+    stderr_text = err.text()
+    if timed_out:
+        status = "TimeLimitExceeded"
+    elif rc is not None and rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        status = "TimeLimitExceeded"  # the CPU-seconds cap
+    elif rc == SETUP_FAILED and "sandbox setup failed" in stderr_text:
+        status = "SandboxError"
+    else:
+        status = "Finished"
+    return ExecResult(status=status, return_code=rc, stdout=out.text(), stderr=stderr_text,
+                      duration_s=duration, truncated=bool(out.dropped or err.dropped))
