@@ -300,6 +300,8 @@ def load_config(
     Raises:
         ConfigError: the message names the full dotted key and the fix.
     """
+    if isinstance(overrides, str):  # a lone "a=1" would otherwise be read character by character
+        raise TypeError(f"overrides must be a sequence of 'key=value' strings, got the string {overrides!r}")
     data = apply_overrides(read_recipe(path), overrides)
     config = resolve(config_from_dict(data), recipe_name=Path(path).stem, now=now)
     validate(config, world_size=world_size)

@@ -200,3 +200,8 @@ def test_config_to_dict_is_plain_yaml_data(write_recipe: WriteRecipe) -> None:
     data = config_to_dict(load_config(write_recipe(), ["rollout.server_urls=[http://x:1]"]))
     assert data["rollout"]["server_urls"] == ["http://x:1"]
     yaml.safe_dump(data)  # raises on tuples or other non-plain types
+
+
+def test_overrides_must_be_a_sequence_not_one_string(write_recipe: WriteRecipe) -> None:
+    with pytest.raises(TypeError, match=r"overrides must be a sequence of 'key=value' strings"):
+        load_config(write_recipe(), "parallel.tp=2")  # type: ignore[arg-type]
