@@ -58,11 +58,17 @@ def group_index(
 def _group_stats(
     rewards: torch.Tensor, group_ids: torch.Tensor | None, group_size: int | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rewards float64 [N], group mean [N], unbiased group std [N], group size [N]), per trajectory."""
+    """(shifted rewards [N], their group mean [N], unbiased group std [N], group size [N]), float64.
+
+    Rewards are shifted by their group's minimum first: differences r − mean are unchanged, a group of
+    equal rewards gets exactly 0 (not a rounding residue), and large offsets lose no precision.
+    """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be one per trajectory, shape [N]; got {tuple(rewards.shape)}")
     r = rewards.detach().to(torch.float64)
     index, num_groups = group_index(r.shape[0], group_ids=group_ids, group_size=group_size, device=r.device)
+    low = torch.full((num_groups,), float("inf"), dtype=r.dtype, device=r.device)
+    r = r - low.scatter_reduce(0, index, r, reduce="amin")[index]
     count = torch.zeros(num_groups, dtype=torch.float64, device=r.device).index_add_(0, index, torch.ones_like(r))
     total = torch.zeros_like(count).index_add_(0, index, r)
     mean = (total / count)[index]  # [N]
