@@ -222,17 +222,19 @@ def _number(text: str) -> float | None:
 
 
 def answer_matches(predicted: str, expected: str | int | float) -> bool:
-    """Normalized string equality; for a numeric expectation, the last number in the prediction within 1e-6."""
+    """A numeric expectation (a number, or a string that is one number): the last number in the prediction
+    within rel 1e-6. Otherwise normalized string equality (`normalize_answer`). Numbers never go through the
+    string normalization, which drops the decimal point ("4.2" and "42" would collide)."""
     if isinstance(expected, bool):
         expected = str(expected)
+    target: float | None
     if isinstance(expected, (int, float)):
-        value = _number(predicted)
-        return value is not None and math.isclose(value, float(expected), rel_tol=1e-6, abs_tol=1e-9)
-    if normalize_answer(predicted) == normalize_answer(expected):
-        return True
-    target = _number(expected) if _NUMBER.fullmatch(expected.strip().replace(",", "")) else None
+        target = float(expected)
+    else:
+        compact = re.sub(r"(?<=\d),(?=\d{3})", "", expected.strip())
+        target = _number(compact) if _NUMBER.fullmatch(compact) else None
     if target is None:
-        return False
+        return normalize_answer(predicted) == normalize_answer(str(expected))
     value = _number(predicted)
     return value is not None and math.isclose(value, target, rel_tol=1e-6, abs_tol=1e-9)
 
