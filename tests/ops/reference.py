@@ -1,0 +1,74 @@
+"""Float64 full-vocabulary reference for the token statistics, and input generators shared by the
+single-process tests and the gloo tests of the vocab-parallel ops."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import Tensor
+
+IGNORE = -100
+
+
+def fresh_seed() -> int:
+    """A new seed every run (fresh inputs); tests put it in their failure messages to replay."""
+    return random.SystemRandom().randrange(2**31)
+
+
+def reference_stats(logits: Tensor, targets: Tensor, vocab_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """log π(y), H, Σπ² in float64 over the first `vocab_size` columns of the full logits [T, V_pad]."""
+    z = logits[:, :vocab_size].double()
+    log_p = z.log_softmax(dim=-1)
+    ignored = targets == IGNORE
+    logprob = log_p.gather(1, targets.masked_fill(ignored, 0).unsqueeze(-1)).squeeze(-1)
+    logprob = torch.where(ignored, torch.zeros_like(logprob), logprob)
+    p = log_p.exp()
+    return logprob, -(p * log_p).sum(-1), (p * p).sum(-1)
+
+
+# Normwise relative tolerances for float32 inputs. Σπ² = Q/S² triples the float32 rounding of the two
+# plain `.sum()`s (a few ulp each): measured worst 1.09e-6 per token over 100k random rows, so 1e-6
+# would flake about once in a hundred runs. float64 accumulation would meet 1e-6 but made the sums 16x
+# slower on CPU, and DESIGN §5 asks for plain float32 reductions.
+VALUE_RTOL = {"logprob": 1e-6, "entropy": 1e-6, "collision": 2e-6}
+# The fused op also rounds the logits matmul to float32 (the reference multiplies in float64): that
+# adds ~sqrt(hidden)·eps per logit, measured up to 6e-7 on H. Gradients: sums over V of float32 terms.
+FUSED_VALUE_RTOL = {name: 2 * tol for name, tol in VALUE_RTOL.items()}
+GRAD_RTOL = 1e-5
+
+
+def rel_err(actual: Tensor, expected: Tensor) -> float:
+    """Normwise relative error max|a − e| / max|e|."""
+    scale = expected.detach().double().abs().max().clamp_min(1e-30)
+    return ((actual.detach().double() - expected.detach().double()).abs().max() / scale).item()
+
+
+def make_logits(gen: torch.Generator, T: int, V: int, extreme: bool = False) -> Tensor:
+    """[T, V] float32 logits; `extreme` plants ±1e4 entries, an all-1e4 row and an all-(−1e4) row."""
+    z = torch.randn(T, V, generator=gen) * 4
+    if extreme:
+        u = torch.rand(T, V, generator=gen)
+        z[u < 0.01] = 1e4
+        z[u > 0.99] = -1e4
+        z[0] = 1e4
+        z[1] = -1e4
+    return z
+
+
+def make_targets(gen: torch.Generator, T: int, vocab_size: int, boundaries: list[int] = ()) -> Tensor:
+    """[T] ids in [0, vocab_size) with ~10% ignore_index, plus every id in `boundaries` (shard edges)."""
+    y = torch.randint(0, vocab_size, (T,), generator=gen)
+    y[torch.rand(T, generator=gen) < 0.1] = IGNORE
+    edges = [b for b in boundaries if 0 <= b < vocab_size]
+    assert T >= len(edges) + 2, "too few tokens for the boundary targets"
+    y[2 : 2 + len(edges)] = torch.tensor(edges, dtype=y.dtype)
+    return y
+
+
+def shard_edges(shard: int, tp: int, vocab_size: int) -> list[int]:
+    """The first and last id of every shard, and the last real id."""
+    ids = {vocab_size - 1, 0}
+    for r in range(tp):
+        ids |= {r * shard, r * shard + shard - 1}
+    return sorted(i for i in ids if i < vocab_size)
