@@ -59,6 +59,11 @@ from rest_megatron.ops.vocab_parallel import (
     shard_geometry,
 )
 
+# torch 2.13 renamed all_gather_into_tensor / reduce_scatter_tensor (the old names warn); clusters run
+# older torch, which only has the old names. Same arguments either way.
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 def _tp_active(group: dist.ProcessGroup | None) -> bool:
     return group is not None and dist.get_world_size(group) > 1
@@ -69,7 +74,7 @@ def _gather_sequence(hidden: Tensor, group: dist.ProcessGroup | None) -> Tensor:
     if not _tp_active(group):
         return hidden
     out = hidden.new_empty(hidden.shape[0] * dist.get_world_size(group), hidden.shape[1])
-    dist.all_gather_into_tensor(out, hidden.contiguous(), group=group)
+    _all_gather(out, hidden.contiguous(), group=group)
     return out
 
 
@@ -116,7 +121,7 @@ class _FusedOutputTokenStats(torch.autograd.Function):
         # float32 accumulator across chunks for low-precision weights; float32 weights accumulate in place.
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None  # [V/tp, H]
         rows = block_rows(n)
-        for r0 in range(0, h.shape[0], chunk):
+        for r0 in range(0, h.shape[0] if n > 0 else 0, chunk):  # n = 0: an all-padding shard
             r = slice(r0, r0 + chunk)
             g = h[r] @ w.t()  # [C, n] recomputed logits, overwritten below by their gradient
             for b0 in range(0, g.shape[0], rows):
@@ -136,7 +141,7 @@ class _FusedOutputTokenStats(torch.autograd.Function):
         if need_h and _tp_active(group):
             if ctx.sequence_parallel:
                 shard = hidden.new_empty(hidden.shape)
-                dist.reduce_scatter_tensor(shard, grad_h, group=group)
+                _reduce_scatter(shard, grad_h, group=group)
                 grad_h = shard
             else:
                 dist.all_reduce(grad_h, group=group)

@@ -225,7 +225,7 @@ class _ShardTokenStats(torch.autograd.Function):
         n = ctx.geom.num_valid
         grad = torch.empty_like(logits)  # [T, V/tp]
         grad[:, n:] = 0  # vocab padding
-        for r0 in range(0, logits.shape[0], ctx.rows):
+        for r0 in range(0, logits.shape[0] if n > 0 else 0, ctx.rows):  # n = 0: an all-padding shard
             r = slice(r0, r0 + ctx.rows)
             grad[r, :n] = local_logits_grad(
                 logits[r, :n], max_z[r], log_s[r], g_lp[r], None if g_h is None else g_h[r], entropy[r],
