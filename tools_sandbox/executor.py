@@ -108,14 +108,18 @@ class Executor:
             # rmtree uses fd-relative calls and never follows symlinks planted by the sandbox.
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
-    async def spawn(self, launch: Launch, *, stdin_pipe: bool = True) -> asyncio.subprocess.Process:
-        """Start `launch` under the backend in a new session, with piped stdin/stdout/stderr."""
+    async def spawn(self, launch: Launch, *, stdin_pipe: bool = True, line_limit: int = _READ_CHUNK
+                    ) -> asyncio.subprocess.Process:
+        """Start `launch` under the backend in a new session, with piped stdin/stdout/stderr.
+
+        `line_limit` bounds one `readline()` on stdout (session workers answer in JSON lines).
+        """
         argv, env = self.backend.command(launch)
         return await asyncio.create_subprocess_exec(
             *argv, env=env, cwd=str(launch.scratch), start_new_session=True,
             stdin=asyncio.subprocess.PIPE if stdin_pipe else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            limit=_READ_CHUNK,
+            limit=line_limit,
         )
 
     async def run(self, run: dict, limits: Limits, *, files: dict[str, bytes] | None = None,

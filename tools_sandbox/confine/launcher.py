@@ -137,7 +137,7 @@ def main(argv: list[str]) -> None:
     elif mode == "worker":
         from tools_sandbox.worker import serve
 
-        serve()
+        serve(config.get("preload", []))
     else:
         _fail(f"unknown mode {mode!r}")
 
