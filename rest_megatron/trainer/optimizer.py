@@ -62,6 +62,11 @@ def wrap_ddp(model: torch.nn.Module, *, use_distributed_optimizer: bool = False)
     return ddp
 
 
+def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """The GPT model inside a DDP wrapper (state dicts are keyed without the wrapper's `module.`)."""
+    return model.module if hasattr(model, "module") else model
+
+
 def build_optimizer(model_chunks: list[torch.nn.Module], settings: OptimizerSettings):
     """megatron-core optimizer and LR/WD scheduler for DDP-wrapped `model_chunks`."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer

@@ -1,0 +1,264 @@
+"""The Megatron policy actor: forward-only token statistics and the ResT train step, under TP/PP/DP.
+
+The model never produces logits. On the last pipeline stage the output layer is turned into a
+pass-through, so the model returns its final hidden states, and `fused_output_token_stats` computes
+log π(y), H and Σπ² chunk by chunk from those states and the vocab-sharded output weight.
+
+    microbatches ──► token_stats()  (no grad, old/ref policy)      ──► [B, S] stats on every rank
+    microbatches ──► train_step()   (pipeline schedule, backward)  ──► optimizer step, metrics
+
+A micro-batch is a dict of [B, S] tensors aligned to the predicted token: `tokens` (inputs),
+`labels` (next tokens), `loss_mask` (1 where the policy sampled the label), and for training also
+`old_logprobs`, `advantages` (per token), `weights` (ResT token weights) and optionally
+`ref_logprobs`.
+
+Loss scaling: Megatron's schedule divides each micro-batch loss by the number of micro-batches and
+DDP averages gradients over the DP group. The aggregations of `algo/aggregation.py` return each
+micro-batch's *contribution* to a step loss that is a SUM over micro-batches and DP ranks with one
+global denominator, so the loss handed to Megatron is multiplied by both factors to cancel them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from rest_megatron.algo.aggregation import get_aggregation
+from rest_megatron.algo.policy_loss import get_policy_loss, valid_mask
+from rest_megatron.ops.fused_output import fused_output_token_stats
+from rest_megatron.ops.vocab_parallel import TokenStats
+from rest_megatron.trainer.optimizer import unwrap_ddp
+
+MicroBatch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyObjective:
+    """Which registered loss and aggregation the train step uses, and their keyword parameters."""
+
+    policy_loss: str = "ppo_clip"
+    """Name in the policy-loss registry."""
+    policy_loss_params: dict[str, Any] = field(default_factory=dict)
+    """Keyword parameters of the policy loss (clip_low, clip_high, dual_clip, kl_coef, ...)."""
+    aggregation: str = "token-mean-weighted"
+    """Name in the aggregation registry."""
+
+
+def emit_hidden_states(model: torch.nn.Module) -> None:
+    """Make the last stage's output layer a pass-through, so the model returns hidden states [B, S, H]."""
+    if getattr(model, "post_process", False):
+        model.output_layer.forward = lambda hidden, weight=None, runtime_gather_output=None: (hidden, None)
+
+
+def output_weight(model: torch.nn.Module) -> torch.Tensor:
+    """The vocab-sharded output weight [V/TP, H] (the shared embedding when embeddings are tied)."""
+    if model.share_embeddings_and_output_weights:
+        return model.shared_embedding_or_output_weight()
+    return model.output_layer.weight
+
+
+class PolicyActor:
+    """This rank's part of a policy: a DDP-wrapped Megatron GPT chunk, its optimizer and LR schedule."""
+
+    def __init__(
+        self, model: torch.nn.Module, optimizer: Any, scheduler: Any, *, vocab_size: int, chunk_size: int = 1024
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.vocab_size = vocab_size
+        self.chunk_size = chunk_size
+        emit_hidden_states(self.network)
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The GPT model chunk itself (without the DDP wrapper): use it for state dicts."""
+        return unwrap_ddp(self.model)
+
+    # ----------------------------------------------------------------------------------------- stats
+    def _stats(self, hidden: torch.Tensor, labels: torch.Tensor, *, entropy_grad: bool) -> TokenStats:
+        from megatron.core import parallel_state
+
+        net = self.network
+        stats = fused_output_token_stats(
+            hidden.transpose(0, 1),  # [S, B, H] (sequence-sharded with sequence parallelism)
+            output_weight(net),
+            labels.t(),  # [S, B]
+            parallel_state.get_tensor_model_parallel_group(),
+            self.chunk_size,
+            vocab_size=self.vocab_size,
+            entropy_grad=entropy_grad,
+            sequence_parallel=net.config.sequence_parallel,
+        )
+        return TokenStats(*(t.t() for t in stats))  # each [B, S]
+
+    def _run_schedule(self, microbatches: list[MicroBatch], loss_for_batch, *, forward_only: bool) -> list[Any]:
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        def forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
+            batch = next(data_iterator)
+            positions = torch.arange(batch["tokens"].shape[1], device=batch["tokens"].device)
+            hidden = model(batch["tokens"], positions.expand_as(batch["tokens"]), None)  # [B, S, H] on the last stage
+            return hidden, lambda output: loss_for_batch(output, batch)
+
+        micro_batch_size, seq_length = microbatches[0]["tokens"].shape
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(microbatches),
+            model=[self.model],
+            num_microbatches=len(microbatches),
+            seq_length=seq_length,
+            micro_batch_size=micro_batch_size,
+            forward_only=forward_only,
+        )
+
+    @torch.no_grad()
+    def token_stats(self, microbatches: list[MicroBatch]) -> list[TokenStats]:
+        """Per-token log π(y), H and Σπ² ([B, S] each, float32) for every micro-batch, on every rank."""
+        from megatron.core import parallel_state
+
+        self.model.eval()
+        outputs = self._run_schedule(
+            microbatches,
+            lambda hidden, batch: (torch.zeros(()), {"stats": self._stats(hidden, batch["labels"], entropy_grad=False)}),
+            forward_only=True,
+        )
+        self.model.train()
+        results = []
+        for index, batch in enumerate(microbatches):
+            if parallel_state.is_pipeline_last_stage():
+                packed = torch.stack(list(outputs[index]["stats"]))  # [3, B, S]
+            else:
+                packed = torch.empty((3, *batch["labels"].shape), dtype=torch.float32, device=batch["labels"].device)
+            if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+                dist.broadcast(
+                    packed,
+                    src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                    group=parallel_state.get_pipeline_model_parallel_group(),
+                )
+            results.append(TokenStats(*packed))
+        return results
+
+    # ------------------------------------------------------------------------------------------ train
+    def train_step(self, microbatches: list[MicroBatch], objective: PolicyObjective) -> dict[str, float]:
+        """One optimizer step of the policy loss over `microbatches`; returns step metrics on every rank."""
+        from megatron.core import parallel_state
+
+        started = time.perf_counter()
+        aggregation = get_aggregation(objective.aggregation)
+        policy_loss = get_policy_loss(objective.policy_loss)
+        params = objective.policy_loss_params
+        entropy_grad = float(params.get("entropy_coef", 0.0)) != 0.0
+        masks = [
+            valid_mask(mb["loss_mask"], mb["old_logprobs"], mb["advantages"], mb.get("ref_logprobs"))
+            for mb in microbatches
+        ]
+        # One denominator for the whole step: every micro-batch here, every DP rank.
+        denominator = sum(aggregation.denominator(loss_mask=m, weights=mb["weights"]) for m, mb in zip(masks, microbatches))
+        denominator = torch.as_tensor(denominator, dtype=torch.float64).clone()
+        dist.all_reduce(denominator, group=parallel_state.get_data_parallel_group())
+        undo_averaging = len(microbatches) * parallel_state.get_data_parallel_world_size()
+        mask_of = {id(mb): m for m, mb in zip(masks, microbatches)}
+
+        def loss_for_batch(hidden: torch.Tensor, batch: MicroBatch):
+            stats = self._stats(hidden, batch["labels"], entropy_grad=entropy_grad)
+            mask = mask_of[id(batch)]
+            loss, metrics = policy_loss(
+                logprobs=stats.logprob,
+                old_logprobs=batch["old_logprobs"],
+                advantages=batch["advantages"],
+                loss_mask=mask,
+                ref_logprobs=batch.get("ref_logprobs"),
+                entropy=stats.entropy if entropy_grad else None,
+                **params,
+            )
+            contribution = aggregation(
+                loss, loss_mask=mask, weights=batch["weights"], global_denominator=denominator.to(loss.dtype)
+            )
+            metrics = {k: v.detach().double().clone() for k, v in metrics.items()}
+            metrics["loss"] = contribution.detach().double().clone()
+            metrics["entropy_sum"] = (stats.entropy.detach().double() * mask).sum()
+            return contribution * undo_averaging, metrics
+
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        outputs = self._run_schedule(microbatches, loss_for_batch, forward_only=False)
+        update_ok, grad_norm, _ = self.optimizer.step()
+        self.scheduler.step(increment=1)
+        metrics = self._reduce_metrics(outputs)
+        num_tokens = sum(float(mb["loss_mask"].sum()) for mb in microbatches)
+        metrics.update(
+            grad_norm=float(grad_norm or 0.0),
+            lr=float(self.optimizer.param_groups[0]["lr"]),
+            update_ok=float(bool(update_ok)),
+            tokens_per_s=num_tokens * parallel_state.get_data_parallel_world_size() / (time.perf_counter() - started),
+        )
+        return metrics
+
+    @staticmethod
+    def _reduce_metrics(outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Sum (max/min for ratio extremes) over micro-batches and DP ranks; share with every rank."""
+        from megatron.core import parallel_state
+
+        reduced: dict[str, float] = {}
+        if parallel_state.is_pipeline_last_stage():
+            keys = sorted(outputs[0])
+            ops = {"ratio_max": (dist.ReduceOp.MAX, max), "ratio_min": (dist.ReduceOp.MIN, min)}
+            for key in keys:
+                op, combine = ops.get(key, (dist.ReduceOp.SUM, sum))
+                value = torch.tensor(combine([float(o[key]) for o in outputs]), dtype=torch.float64)
+                dist.all_reduce(value, op=op, group=parallel_state.get_data_parallel_group())
+                reduced[key] = float(value)
+            tokens = max(reduced.get("num_tokens", 0.0), 1.0)
+            for key in [k for k in keys if k.endswith("_sum")]:
+                reduced[key[: -len("_sum")]] = reduced.pop(key) / tokens
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            box = [reduced]
+            dist.broadcast_object_list(
+                box,
+                src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                group=parallel_state.get_pipeline_model_parallel_group(),
+            )
+            reduced = box[0]
+        return reduced
+
+
+def build_actor(
+    spec: Any,
+    settings: Any,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: torch.dtype = torch.float32,
+    sequence_parallel: bool = False,
+    recompute: bool = False,
+    padded_vocab_multiple: int = 128,
+    chunk_size: int = 1024,
+    max_sequence_length: int | None = None,
+    megatron_overrides: dict[str, Any] | None = None,
+) -> PolicyActor:
+    """Build this rank's actor (model parallel state must be initialized for `tp`×`pp`).
+
+    Args:
+        spec: a `rest_megatron.model.builder.ModelSpec`.
+        settings: a `rest_megatron.trainer.optimizer.OptimizerSettings`.
+    """
+    from rest_megatron.model.builder import build_gpt_model, padded_vocab_size, transformer_config
+    from rest_megatron.trainer.optimizer import build_optimizer, wrap_ddp
+
+    config = transformer_config(
+        spec, tp=tp, pp=pp, dtype=dtype, sequence_parallel=sequence_parallel, recompute=recompute,
+        **(megatron_overrides or {}),
+    )
+    model = build_gpt_model(
+        spec, config, padded_vocab=padded_vocab_size(spec.vocab_size, tp, padded_vocab_multiple),
+        max_sequence_length=max_sequence_length,
+    )
+    model = wrap_ddp(model, use_distributed_optimizer=settings.use_distributed_optimizer)
+    optimizer, scheduler = build_optimizer([model], settings)
+    return PolicyActor(model, optimizer, scheduler, vocab_size=spec.vocab_size, chunk_size=chunk_size)
