@@ -5,7 +5,7 @@
 log-prob / entropy / Σπ² computation of `vocab_parallel.py` (same formulas, same conventions). It works
 on C rows at a time:
 
-    forward:  z_c = h_c W_kᵀ  [C, V/TP]  →  local max and local sums [C], [C, 4]  (z_c is dropped)
+    forward:  z_c = h_c W_kᵀ  [C, V/TP]  →  local max and local sums [C], [4, C]  (z_c is dropped)
               then the same two collectives as `vocab_parallel_token_stats` (max, packed sum)
     backward: z_c = h_c W_kᵀ  (recomputed)  →  g_c = dL/dz_c, written over z_c in place
               grad_h_c = g_c W_k,   grad_W_k += g_cᵀ h_c
@@ -14,7 +14,7 @@ Nothing of size [T, V/TP] exists at any time: the largest temporaries are one [C
 compute dtype plus a ~1 MiB float32 block. Forward keeps only h, W_k (references to tensors the
 caller holds anyway), the targets and M, log S, H: [T] float32 each.
 
-Collectives: forward 2 (all-reduce MAX [T], all-reduce SUM [T, 4]); backward 1, an all-reduce of
+Collectives: forward 2 (all-reduce MAX [T], all-reduce SUM [4, T]); backward 1, an all-reduce of
 grad_h [T, H] after the chunk loop. One all-reduce after the loop rather than one per chunk: the same
 bytes in one message instead of T/C latency-bound ones, and no ordering constraint between the chunk
 loop and the network; per-chunk all-reduces would only pay off with asynchronous overlap. grad_W_k
@@ -91,12 +91,12 @@ class _FusedOutputTokenStats(torch.autograd.Function):
         w = weight[:n]  # [n, H] rows of real (not padding) vocabulary
         idx, is_local = local_targets(targets, geom, ignore_index)  # [T], [T]
         m_local = h.new_empty(T, dtype=torch.float32)
-        packed = h.new_empty(T, 4, dtype=torch.float32)
+        packed = h.new_empty(4, T, dtype=torch.float32)
         rows = block_rows(n)
         for r0 in range(0, T, chunk):
             r = slice(r0, r0 + chunk)
             z = h[r] @ w.t()  # [C, V/tp], the only chunk alive
-            accumulate_local_stats(z, idx[r], is_local[r], m_local[r], packed[r], rows)
+            accumulate_local_stats(z, idx[r], is_local[r], m_local[r], packed[:, r], rows)
             del z
         stats, max_z, log_s = combine_across_shards(
             m_local, packed, is_local, targets, ignore_index, group, n > 0
@@ -155,7 +155,7 @@ def fused_output_token_stats(
     output_weight_shard: Tensor,
     targets: Tensor,
     tp_group: dist.ProcessGroup | None,
-    chunk_size: int = 1024,
+    chunk_size: int = 512,
     *,
     vocab_size: int | None = None,
     ignore_index: int = -100,

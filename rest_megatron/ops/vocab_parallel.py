@@ -15,7 +15,7 @@ Backward with respect to the local z_j (no communication needed):
     d H / dz_j        = −π_j (log π_j + H)
 
 Exactly two collectives per forward call: one all-reduce MAX of the local maxima [T] and one
-all-reduce SUM of the packed local sums [T, 4] = [S, A, Q, u_y if y is local else 0].
+all-reduce SUM of the packed local sums [4, T] = [S, A, Q, u_y if y is local else 0].
 
 Two deviations from the literal §5 recipe, both exact in real arithmetic:
 - The third sum uses u = z − M instead of z. With |z| ~ 1e4, Σ e^{z−M} z / S and log Z are both ~1e4
@@ -114,26 +114,27 @@ def block_rows(num_cols: int) -> int:
 def accumulate_local_stats(
     z: Tensor, idx: Tensor, is_local: Tensor, m_out: Tensor, packed_out: Tensor, rows: int
 ) -> None:
-    """Fill m_out [t] and packed_out [t, 4] = [S, A, Q, u_y] relative to each row's *local* max.
+    """Fill m_out [t] and packed_out [4, t] = [S, A, Q, u_y] relative to each row's *local* max.
 
-    z: [t, n] valid local logits (any float dtype); idx, is_local: [t]. Processes `rows` rows at a time.
+    z: [t, n] valid local logits (any float dtype); idx, is_local: [t]. Processes `rows` rows at a time;
+    per-row scalars go straight into the outputs (out=) so a block costs eight tensor ops.
     """
     if z.shape[1] == 0:  # a shard made only of vocab padding contributes nothing
         m_out.fill_(float("-inf"))
         packed_out.zero_()
         return
+    S, A, Q, u_y = packed_out.unbind(0)  # [t] each, contiguous
     for r0 in range(0, z.shape[0], rows):
-        r1 = min(r0 + rows, z.shape[0])
-        zf = z[r0:r1].float()  # [b, n]; no copy for float32 input
-        m = zf.amax(dim=-1)  # [b]
+        b = slice(r0, r0 + rows)
+        zf = z[b].float()  # [b, n]; no copy for float32 input
+        m = torch.amax(zf, dim=-1, out=m_out[b])  # [b]
         u = zf - m.unsqueeze(-1)  # [b, n]
         e = u.exp()  # [b, n]
-        u_y = u.gather(1, idx[r0:r1].unsqueeze(-1)).squeeze(-1)  # [b]
-        m_out[r0:r1] = m
-        packed_out[r0:r1, 0] = e.sum(dim=-1)
-        packed_out[r0:r1, 1] = u.mul_(e).sum(dim=-1)  # in place: u is not needed afterwards
-        packed_out[r0:r1, 2] = e.mul_(e).sum(dim=-1)
-        packed_out[r0:r1, 3] = torch.where(is_local[r0:r1], u_y, torch.zeros_like(u_y))
+        torch.sum(e, dim=-1, out=S[b])
+        torch.sum(u.mul_(e), dim=-1, out=A[b])  # in place: u is not needed afterwards
+        torch.sum(e.mul_(e), dim=-1, out=Q[b])
+    z_y = z.gather(1, idx.unsqueeze(-1)).squeeze(-1).float()  # [t]
+    u_y.copy_(torch.where(is_local, z_y - m_out, 0.0))
 
 
 def _all_reduce(tensor: Tensor, op: dist.ReduceOp, group: dist.ProcessGroup | None) -> None:
@@ -155,13 +156,13 @@ def combine_across_shards(
     if has_columns:
         delta = m_local - M  # [T], <= 0
         s = delta.exp()
-        S, A, Q, u_y = packed.unbind(-1)
+        S, A, Q, u_y = packed.unbind(0)
         packed = torch.stack(
-            [s * S, s * (A + delta * S), s * s * Q, torch.where(is_local, u_y + delta, u_y)], dim=-1
-        )  # [T, 4]
+            [s * S, s * (A + delta * S), s * s * Q, torch.where(is_local, u_y + delta, u_y)], dim=0
+        )  # [4, T]
     # else: an all-padding shard; its sums are zero and stay zero (rescaling m_local = -inf gives NaN).
     _all_reduce(packed, dist.ReduceOp.SUM, group)  # collective 2 of 2
-    S, A, Q, u_y = packed.unbind(-1)
+    S, A, Q, u_y = packed.unbind(0)
     log_s = S.log()
     logprob = torch.where(targets == ignore_index, torch.zeros_like(u_y), u_y - log_s)
     entropy = log_s - A / S
@@ -206,7 +207,7 @@ class _ShardTokenStats(torch.autograd.Function):
         T = logits.shape[0]
         idx, is_local = local_targets(targets, geom, ignore_index)  # [T], [T]
         m_local = logits.new_empty(T, dtype=torch.float32)
-        packed = logits.new_empty(T, 4, dtype=torch.float32)
+        packed = logits.new_empty(4, T, dtype=torch.float32)
         accumulate_local_stats(logits[:, : geom.num_valid], idx, is_local, m_local, packed, rows)
         stats, max_z, log_s = combine_across_shards(
             m_local, packed, is_local, targets, ignore_index, group, geom.num_valid > 0

@@ -81,13 +81,15 @@ def test_bf16_inputs(device: str) -> None:
     stats = fused_output_token_stats(h, w, targets.to(device), None, 7, vocab_size=VOCAB, entropy_grad=True)
     (stats.logprob @ g_lp.to(device) + stats.entropy @ g_h.to(device)).backward()
     ref, ref_gh, ref_gw = _reference(h.detach().cpu(), w.detach().cpu(), targets, g_lp, g_h)
-    # The logits matmul runs in bf16 (as Megatron's output layer does): ~3e-3 relative per logit.
+    # The logits matmul runs in bf16, as Megatron's output layer does: each logit is rounded to 2^-9
+    # relative. Worst over 200 seeds: log π 3.2e-3, H 1.1e-2, Σπ² 2.2e-2, grad_h 2.1e-2, grad_W 2.5e-2.
+    tol = {"logprob": 1e-2, "entropy": 3e-2, "collision": 6e-2}
     assert all(s.dtype == torch.float32 for s in stats)
     for name, ours, expected in zip(stats._fields, stats, ref):
-        assert rel_err(ours.cpu(), expected) < 2e-2, (name, seed)
+        assert rel_err(ours.cpu(), expected) < tol[name], (name, seed)
     assert h.grad.dtype == w.grad.dtype == torch.bfloat16
-    assert rel_err(h.grad.cpu(), ref_gh) < 3e-2, seed
-    assert rel_err(w.grad.cpu(), ref_gw) < 3e-2, seed
+    assert rel_err(h.grad.cpu(), ref_gh) < 6e-2, seed
+    assert rel_err(w.grad.cpu(), ref_gw) < 6e-2, seed
 
 
 def test_megatron_layout_round_trip() -> None:
