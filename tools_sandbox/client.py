@@ -101,7 +101,7 @@ class SandboxClient:
         await self._http.aclose()
 
     async def _request(self, method: str, path: str, json: Any = None) -> Any:
-        last: str = ""
+        last, last_status = "", None
         for attempt in range(self.max_retries + 1):
             response = None
             try:
@@ -111,12 +111,12 @@ class SandboxClient:
             else:
                 if response.status_code < 400:
                     return response.json()
-                last = f"HTTP {response.status_code}: {_error_text(response)}"
+                last, last_status = f"HTTP {response.status_code}: {_error_text(response)}", response.status_code
                 if response.status_code != 429 and response.status_code < 500:
                     raise SandboxError(last, response.status_code)
             if attempt < self.max_retries:
                 await asyncio.sleep(_backoff(attempt, response))
-        raise SandboxError(f"{method} {path} failed after {self.max_retries + 1} attempts; last: {last}")
+        raise SandboxError(f"{method} {path} failed after {self.max_retries + 1} attempts; last: {last}", last_status)
 
     async def health(self) -> dict:
         """GET /health."""

@@ -61,8 +61,8 @@ class RlimitBackend:
                                   group=65534, extra_groups=[], capture_output=True, timeout=timeout_s,
                                   check=False, cwd="/")
         except (OSError, subprocess.TimeoutExpired) as exc:
-            return False, f"the sandbox interpreter {self.python} did not start as an unprivileged uid ({exc})"
-        if done.returncode != 0:
+            done = exc
+        if not isinstance(done, subprocess.CompletedProcess) or done.returncode != 0:
             return False, (f"an unprivileged uid cannot run {self.python} (is it under a private directory "
                            "such as /root?); install Python world-readable, or pass --sandbox-python "
                            "/usr/bin/python3")

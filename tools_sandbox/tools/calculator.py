@@ -62,7 +62,8 @@ def _int_args(name: str, fn):  # noqa: ANN001, ANN202 - tiny adapter
 
 _FUNCTIONS = {
     "sqrt": math.sqrt, "exp": math.exp, "ln": math.log, "log2": math.log2, "log10": math.log10,
-    "log": lambda x, base=10: math.log(x, base), "sin": math.sin, "cos": math.cos, "tan": math.tan,
+    "log": lambda x, base=10: math.log10(x) if base == 10 else math.log2(x) if base == 2 else math.log(x, base),
+    "sin": math.sin, "cos": math.cos, "tan": math.tan,
     "asin": math.asin, "acos": math.acos, "atan": math.atan, "atan2": math.atan2, "sinh": math.sinh,
     "cosh": math.cosh, "tanh": math.tanh, "abs": abs, "round": round, "floor": math.floor, "ceil": math.ceil,
     "min": min, "max": max, "factorial": _factorial, "gcd": _int_args("gcd", math.gcd),
