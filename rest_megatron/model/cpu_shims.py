@@ -180,6 +180,11 @@ def install_cpu_rng_tracker(seed: int) -> None:
         seed + 1024 + 100 * parallel_state.get_expert_model_parallel_rank()
         + parallel_state.get_expert_tensor_parallel_rank(),
     )
+    # Activation recomputation snapshots the "CUDA" generator next to the CPU one and restores both
+    # around the recomputed forward. On CPU the CPU generator is the only one and it is already
+    # snapshotted, so the CUDA half becomes a copy of it that is never applied.
+    megatron_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    megatron_random._set_cuda_rng_state = lambda *args, **kwargs: None
     megatron_random._CUDA_RNG_STATE_TRACKER = tracker
     megatron_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
     # Megatron's helper type checks against its own class when collecting states for checkpoints.

@@ -81,7 +81,8 @@ class PolicyActor:
         return unwrap_ddp(self.model)
 
     # ----------------------------------------------------------------------------------------- stats
-    def _stats(self, hidden: torch.Tensor, labels: torch.Tensor, *, entropy_grad: bool) -> TokenStats:
+    def stats_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor, *, entropy_grad: bool) -> TokenStats:
+        """log π(labels), H, Σπ² ([B, S]) from the last stage's hidden states [B, S, H], differentiably."""
         from megatron.core import parallel_state
 
         net = self.network
@@ -125,7 +126,7 @@ class PolicyActor:
         self.model.eval()
         outputs = self._run_schedule(
             microbatches,
-            lambda hidden, batch: (torch.zeros(()), {"stats": self._stats(hidden, batch["labels"], entropy_grad=False)}),
+            lambda hidden, batch: (torch.zeros(()), {"stats": self.stats_from_hidden(hidden, batch["labels"], entropy_grad=False)}),
             forward_only=True,
         )
         self.model.train()
@@ -166,7 +167,7 @@ class PolicyActor:
         mask_of = {id(mb): m for m, mb in zip(masks, microbatches)}
 
         def loss_for_batch(hidden: torch.Tensor, batch: MicroBatch):
-            stats = self._stats(hidden, batch["labels"], entropy_grad=entropy_grad)
+            stats = self.stats_from_hidden(hidden, batch["labels"], entropy_grad=entropy_grad)
             mask = mask_of[id(batch)]
             loss, metrics = policy_loss(
                 logprobs=stats.logprob,
