@@ -9,6 +9,8 @@ descendant in the group. A root service then also runs `kill -1` as the call's u
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import os
 import shutil
 import signal
@@ -17,9 +19,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tools_sandbox.backends import Backend, Launch
-from tools_sandbox.backends.uids import UidPool
+from tools_sandbox.backends.uids import UidPool, sweep_uid
 from tools_sandbox.limits import Limits, truncation_marker
 
 SETUP_FAILED = 125  # the launcher's exit status when the sandbox could not be set up
@@ -78,17 +81,60 @@ def safe_relative_path(name: str) -> Path:
     return path
 
 
-class Executor:
-    """Runs launches for one backend; owns the scratch root and (as root) the uid pool."""
+@dataclass
+class Sandbox:
+    """A started sandbox process with its uid and scratch directory."""
 
-    def __init__(self, backend: Backend, *, scratch_root: Path | None = None, uid_pool: UidPool | None = None
-                 ) -> None:
+    proc: asyncio.subprocess.Process
+    uid: int | None
+    scratch: Path
+
+
+class Executor:
+    """Runs launches for one backend; owns the scratch root, the uid pool and pre-started sandboxes.
+
+    One-shot calls take a pre-started sandbox: already confined, interpreter loaded, waiting on
+    stdin for its order (the launcher's `deferred` mode). A sandbox is used for one call only.
+    """
+
+    def __init__(self, backend: Backend, *, scratch_root: Path | None = None, uid_pool: UidPool | None = None,
+                 limits: Limits | None = None, prestart: int = 2) -> None:
         self.backend = backend
         self.uid_pool = uid_pool
+        self.limits = limits or Limits()
+        self.prestart = prestart
         self.scratch_root = Path(scratch_root or tempfile.mkdtemp(prefix="rest-sandbox-"))
         self.scratch_root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.scratch_root, 0o711)  # pool uids may traverse, not list
+        # Without a pid namespace, leftovers of a uid are found only by a `kill -1` as that uid.
+        self.sweep_uids = backend.weak
+        self._ready: list[Sandbox] = []
+        self._filling = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
 
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Begin pre-starting sandboxes."""
+        self._refill()
+
+    async def stop(self) -> None:
+        """Kill pre-started sandboxes and wait for pending clean-ups."""
+        self._stopping = True
+        while self._ready:
+            sandbox = self._ready.pop()
+            kill_tree(sandbox.proc)
+            await sandbox.proc.wait()
+            await self.release(sandbox.uid, sandbox.scratch)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- scratch directories and uids --------------------------------------------------------------
     def new_scratch(self, uid: int | None) -> Path:
         """A fresh private scratch directory, owned by `uid` when there is one."""
         path = Path(tempfile.mkdtemp(prefix="call-", dir=self.scratch_root))
@@ -100,64 +146,113 @@ class Executor:
         """A pool uid for a new call or session, or None for a non-root service."""
         return self.uid_pool.acquire() if self.uid_pool is not None else None
 
-    async def release(self, uid: int | None, scratch: Path | None) -> None:
-        """Sweep the uid's processes, return it to the pool and delete the scratch directory."""
+    async def release(self, uid: int | None, scratch: Path | None, *, swept: bool = False) -> None:
+        """Return the uid (after a sweep, in the fallback) and delete the scratch directory."""
         if uid is not None and self.uid_pool is not None:
-            await self.uid_pool.release(uid)
+            await self.uid_pool.release(uid, sweep=self.sweep_uids and not swept)
         if scratch is not None:
             # rmtree uses fd-relative calls and never follows symlinks planted by the sandbox.
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
-    async def spawn(self, launch: Launch, *, stdin_pipe: bool = True, line_limit: int = _READ_CHUNK
-                    ) -> asyncio.subprocess.Process:
+    # -- starting processes ------------------------------------------------------------------------
+    async def spawn(self, launch: Launch, *, line_limit: int = _READ_CHUNK) -> asyncio.subprocess.Process:
         """Start `launch` under the backend in a new session, with piped stdin/stdout/stderr.
 
         `line_limit` bounds one `readline()` on stdout (session workers answer in JSON lines).
         """
-        argv, env = self.backend.command(launch)
-        return await asyncio.create_subprocess_exec(
-            *argv, env=env, cwd=str(launch.scratch), start_new_session=True,
-            stdin=asyncio.subprocess.PIPE if stdin_pipe else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            limit=line_limit,
-        )
+        read_fd = None
+        if getattr(self.backend, "wants_seccomp_fd", False) and getattr(self.backend, "seccomp", False):
+            read_fd, write_fd = os.pipe()
+            os.write(write_fd, _seccomp_program())  # a few hundred bytes: fits the pipe buffer
+            os.close(write_fd)
+        try:
+            argv, env = self.backend.command(launch, seccomp_fd=read_fd)
+            return await asyncio.create_subprocess_exec(
+                *argv, env=env, cwd=str(launch.scratch), start_new_session=True, pass_fds=(read_fd,) if read_fd else (),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                limit=line_limit,
+            )
+        finally:
+            if read_fd is not None:
+                os.close(read_fd)
 
+    async def _start_deferred(self) -> Sandbox:
+        uid = self.acquire_uid()
+        scratch = self.new_scratch(uid)
+        try:
+            proc = await self.spawn(Launch(scratch=scratch, limits=self.limits, run={"mode": "deferred"}, uid=uid))
+        except BaseException:
+            await self.release(uid, scratch)
+            raise
+        return Sandbox(proc, uid, scratch)
+
+    def _refill(self) -> None:
+        for _ in range(max(0, self.prestart - len(self._ready) - self._filling)):
+            self._filling += 1
+            self._background(self._fill_one())
+
+    async def _fill_one(self) -> None:
+        try:
+            sandbox = await self._start_deferred()
+            if self._stopping:
+                kill_tree(sandbox.proc)
+                await sandbox.proc.wait()
+                await self.release(sandbox.uid, sandbox.scratch)
+            else:
+                self._ready.append(sandbox)
+        finally:
+            self._filling -= 1
+
+    async def _take(self) -> Sandbox:
+        while self._ready:
+            sandbox = self._ready.pop(0)
+            if sandbox.proc.returncode is None:
+                self._refill()
+                return sandbox
+            self._background(self.release(sandbox.uid, sandbox.scratch))
+        self._refill()
+        return await self._start_deferred()
+
+    # -- one-shot calls ----------------------------------------------------------------------------
     async def run(self, run: dict, limits: Limits, *, files: dict[str, bytes] | None = None,
                   stdin: bytes | None = None, fetch_files: list[str] | None = None) -> ExecResult:
-        """Run one command to completion in a fresh scratch directory.
+        """Run one command to completion in a fresh sandbox.
 
         Args:
-            run: the launcher's mode part, e.g. `{"mode": "python", "path": "main.py"}`.
-            limits: caps for this call.
+            run: what to run, e.g. `{"mode": "python", "path": "main.py"}` or `{"mode": "exec", "argv": [...]}`.
+            limits: caps for this call (CPU and memory may be lower than the server's; wall is enforced here).
             files: files to create in the scratch directory first (relative names).
             stdin: bytes fed to the process's stdin.
             fetch_files: scratch files to return afterwards (regular files only, never via symlinks).
         """
-        uid = self.acquire_uid()
-        scratch = self.new_scratch(uid)
+        paths = [(safe_relative_path(name), content) for name, content in (files or {}).items()]
+        sandbox = await self._take()
         try:
-            for name, content in (files or {}).items():
-                target = scratch / safe_relative_path(name)
+            for relative, content in paths:
+                target = sandbox.scratch / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content)
-                if uid is not None:
-                    for path in [target, *target.relative_to(scratch).parents]:
-                        os.chown(scratch / path, uid, uid)
-            result = await self._run_in(scratch, uid, run, limits, stdin)
+                if sandbox.uid is not None:
+                    for path in [relative, *relative.parents]:
+                        os.chown(sandbox.scratch / path, sandbox.uid, sandbox.uid)
+            rlimits = limits.rlimits()
+            order = json.dumps({**run, "rlimits": {"cpu": rlimits["cpu"], "as": rlimits["as"]}}).encode() + b"\n"
+            result = await self._communicate(sandbox.proc, order + (stdin or b""), limits)
             if fetch_files:
-                result.files = {name: self._fetch(scratch, name, limits) for name in fetch_files}
-                result.files = {k: v for k, v in result.files.items() if v is not None}
+                fetched = {name: self._fetch(sandbox.scratch, name, limits) for name in fetch_files}
+                result.files = {k: v for k, v in fetched.items() if v is not None}
             return result
         finally:
-            await self.release(uid, scratch)
+            if self.sweep_uids and sandbox.uid is not None:
+                await sweep_uid(sandbox.uid)  # before answering: nothing of the call may outlive it
+            # Off the critical path: returning the uid and the rmtree.
+            self._background(self.release(sandbox.uid, sandbox.scratch, swept=True))
 
-    async def _run_in(self, scratch: Path, uid: int | None, run: dict, limits: Limits, stdin: bytes | None
-                      ) -> ExecResult:
+    async def _communicate(self, proc: asyncio.subprocess.Process, stdin: bytes, limits: Limits) -> ExecResult:
         start = time.perf_counter()
-        proc = await self.spawn(Launch(scratch=scratch, limits=limits, run=run, uid=uid), stdin_pipe=True)
         out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
         readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr))
-        feeder = asyncio.create_task(_feed(proc, stdin or b""))
+        feeder = asyncio.create_task(_feed(proc, stdin))
         timed_out = False
         try:
             await asyncio.wait_for(proc.wait(), timeout=limits.wall_s)
@@ -189,6 +284,13 @@ class Executor:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
             return f.read(int(limits.file_size_mb) << 20)
+
+
+@functools.lru_cache(maxsize=1)
+def _seccomp_program() -> bytes:
+    from tools_sandbox.confine import seccomp
+
+    return seccomp.build_filter()
 
 
 async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:

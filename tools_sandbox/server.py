@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU seconds one session may use in all (default %(default)s)")
     p.add_argument("--warm-workers", type=int, default=defaults.warm_workers,
                    help="pre-started sandbox workers for fast sessions (default %(default)s)")
+    p.add_argument("--prestart", type=int, default=None,
+                   help="pre-started one-shot sandboxes kept ready (default: max(2, --max-concurrency))")
     p.add_argument("--tools-module", action="append", default=[], metavar="MODULE",
                    help="user tool module (dotted name or .py path); repeatable")
     p.add_argument("--no-bfcl", action="store_true", help="do not register the BFCL environments")
@@ -82,7 +84,8 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         limits=limits, backend=args.backend, max_concurrency=args.max_concurrency, queue_size=args.queue_size,
         max_sessions=args.max_sessions, session_idle_s=args.session_idle_s,
         session_lifetime_s=args.session_lifetime_s, session_cpu_s=args.session_cpu_s,
-        warm_workers=args.warm_workers, secret=secret, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        warm_workers=args.warm_workers, secret=secret,
+        prestart=args.prestart if args.prestart is not None else max(2, args.max_concurrency), max_body_bytes=int(args.max_body_mb * (1 << 20)),
         tool_modules=tuple(args.tools_module), bfcl=not args.no_bfcl, scratch_root=args.scratch_root,
         uid_base=args.uid_base, sandbox_python=args.sandbox_python, seccomp=not args.disable_seccomp,
     )
@@ -110,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("!!! listening on %s WITHOUT a shared secret: anyone who reaches this port can run code. "
                     "Set --secret-env. !!!", args.host)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio only disables Nagle on accepted sockets whose proto says TCP,
+    # and without it every keep-alive response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((args.host, args.port))
     sock.listen(1024)
     sock.set_inheritable(False)  # never leak the listening socket into sandboxes

@@ -69,6 +69,7 @@ class ServiceConfig:
     session_lifetime_s: float = 3600.0
     session_cpu_s: int = 600
     warm_workers: int = 2
+    prestart: int = 2
     secret: str | None = None
     max_body_bytes: int = 16 << 20
     tool_modules: tuple[str, ...] = ()
@@ -86,10 +87,11 @@ class _State:
         self.config = config
         self.backend = select_backend(config.backend, seccomp=config.seccomp, python=config.sandbox_python)
         # One uid per running call, live session and pooled worker, plus slack for sweeps in flight.
-        pool_size = config.max_concurrency + config.max_sessions + config.warm_workers + 16
+        pool_size = 2 * config.max_concurrency + config.max_sessions + config.warm_workers + config.prestart + 64
         uid_pool = UidPool(config.uid_base, pool_size) if os.geteuid() == 0 else None
         scratch = Path(config.scratch_root) if config.scratch_root else None
-        self.executor = Executor(self.backend, scratch_root=scratch, uid_pool=uid_pool)
+        self.executor = Executor(self.backend, scratch_root=scratch, uid_pool=uid_pool, limits=config.limits,
+                                 prestart=config.prestart)
         self.registry = builtin_registry(bfcl=config.bfcl)
         self.manager = SessionManager(
             self.executor, self.registry, config.limits, max_sessions=config.max_sessions,
@@ -141,11 +143,13 @@ def create_app(config: ServiceConfig) -> FastAPI:
             # User modules first: the warm pool's workers must already see their directories.
             await state.load_user_modules()
             await state.manager.start()
+            state.executor.start()
             log.info("sandbox service ready: backend=%s, max_concurrency=%d, queue=%d, tools=%d",
                      state.backend.name, config.max_concurrency, config.queue_size, len(state.registry.tool_env))
             yield
         finally:
             await state.manager.stop()
+            await state.executor.stop()
             shutil.rmtree(state.executor.scratch_root, ignore_errors=True)
 
     app = FastAPI(title="rest-megatron tools_sandbox", lifespan=lifespan)

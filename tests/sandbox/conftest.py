@@ -127,7 +127,7 @@ def pool_uid_processes() -> int:
 
 def _uid_in_pool(pid: str) -> bool:
     try:
-        return DEFAULT_UID_BASE <= os.stat(f"/proc/{pid}").st_uid < DEFAULT_UID_BASE + 100_000
+        return DEFAULT_UID_BASE <= os.stat(f"/proc/{pid}").st_uid < DEFAULT_UID_BASE + 256 * 65_536
     except FileNotFoundError:
         return False
 

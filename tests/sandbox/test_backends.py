@@ -97,3 +97,5 @@ def test_uid_pool_validates_its_range() -> None:
     pool.acquire()
     with pytest.raises(RuntimeError, match="in use"):
         pool.acquire()
+    other = UidPool(size=1)  # a second service on this machine gets a disjoint block
+    assert abs(other.base - pool.base) >= 65_536

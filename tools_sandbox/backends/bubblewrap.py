@@ -80,13 +80,20 @@ class BubblewrapBackend:
         args += ["--bind", str(launch.scratch), SANDBOX_WORKDIR, "--chdir", SANDBOX_WORKDIR]
         return args
 
-    def command(self, launch: Launch) -> tuple[list[str], dict[str, str]]:
+    wants_seccomp_fd = True
+    """The executor passes the compiled filter on a pipe; bwrap installs it, so the launcher need not
+    import ctypes (a few ms per call)."""
+
+    def command(self, launch: Launch, seccomp_fd: int | None = None) -> tuple[list[str], dict[str, str]]:
         """Return (argv, environment) for the host process that runs `launch`."""
         argv = [self.bwrap, "--die-with-parent", *self._namespace_args(), "--hostname", "sandbox", "--clearenv"]
+        if self.seccomp and seccomp_fd is not None:
+            argv += ["--seccomp", str(seccomp_fd)]
         for key, value in sandbox_env(SANDBOX_WORKDIR, "/tmp").items():
             argv += ["--setenv", key, value]
         argv += self.filesystem_args(launch)
-        argv += ["--", *launcher_argv(launch, SANDBOX_WORKDIR, self.python, seccomp=self.seccomp)]
+        in_launcher = self.seccomp and seccomp_fd is None
+        argv += ["--", *launcher_argv(launch, SANDBOX_WORKDIR, self.python, seccomp=in_launcher)]
         return argv, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import site
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +51,10 @@ class Backend(Protocol):
     name: str
     weak: bool
     """True for the fallback: it logs that its isolation is weaker."""
+    wants_seccomp_fd: bool
+    """True if the backend installs the seccomp filter itself from a file descriptor."""
 
-    def command(self, launch: Launch) -> tuple[list[str], dict[str, str]]:
+    def command(self, launch: Launch, seccomp_fd: int | None = None) -> tuple[list[str], dict[str, str]]:
         """Return (argv, environment) for the host process that runs `launch`."""
         ...
 
@@ -79,13 +83,16 @@ def launcher_argv(launch: Launch, workdir: str, python: str | None = None, **con
     rlimits = launch.limits.rlimits()
     if launch.cpu_hard_s is not None:
         rlimits["cpu_hard"] = int(launch.cpu_hard_s)
+    same_python = python is None or python == sys.executable
     config = {
         "workdir": workdir,
         "rlimits": rlimits,
         "uid": launch.uid,
         "gid": launch.uid,
         "package_parent": str(PACKAGE_DIR.parent),
-        "site": launch.site,
+        # Our own interpreter: append its site-packages directly instead of running site.main().
+        "site": launch.site and not same_python,
+        "site_dirs": site_dirs() if launch.site and same_python else [],
         "sys_path": list(launch.sys_path),
         **launch.run,
         **confine,
@@ -93,6 +100,12 @@ def launcher_argv(launch: Launch, workdir: str, python: str | None = None, **con
     # -I: ignore PYTHON* variables and the user site; -S: site is imported later, after confinement;
     # -B: the read-only view could not take .pyc files anyway.
     return [python or sys.executable, "-I", "-S", "-B", str(LAUNCHER), json.dumps(config)]
+
+
+@functools.lru_cache(maxsize=1)
+def site_dirs() -> list[str]:
+    """This interpreter's site-packages directories (the venv's, in a venv)."""
+    return [p for p in site.getsitepackages() if os.path.isdir(p)]
 
 
 def python_paths(python: str | None = None) -> list[str]:

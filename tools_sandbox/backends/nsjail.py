@@ -39,7 +39,9 @@ class NsjailBackend:
         self.seccomp = seccomp
         self.as_root = os.geteuid() == 0
 
-    def command(self, launch: Launch) -> tuple[list[str], dict[str, str]]:
+    wants_seccomp_fd = False
+
+    def command(self, launch: Launch, seccomp_fd: int | None = None) -> tuple[list[str], dict[str, str]]:
         """Return (argv, environment) for the host process that runs `launch`."""
         argv = [self.nsjail, "--mode", "o", "--really_quiet", "--disable_rlimits", "--time_limit", "0",
                 "--hostname", "sandbox", "--cwd", SANDBOX_WORKDIR]
@@ -61,7 +63,8 @@ class NsjailBackend:
             argv += ["--env", f"{key}={value}"]
         # Inside the jail the process already is the pool uid, so the launcher gets no uid to drop to.
         unprivileged = dataclasses.replace(launch, uid=None)
-        argv += ["--", *launcher_argv(unprivileged, SANDBOX_WORKDIR, self.python, seccomp=self.seccomp)]
+        argv += ["--", *launcher_argv(unprivileged, SANDBOX_WORKDIR, self.python, seccomp=self.seccomp,
+                                      pdeathsig=True)]
         return argv, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 

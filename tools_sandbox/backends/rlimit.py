@@ -40,11 +40,14 @@ class RlimitBackend:
         self.as_root = os.geteuid() == 0
         self.python = python or sys.executable
 
-    def command(self, launch: Launch) -> tuple[list[str], dict[str, str]]:
+    wants_seccomp_fd = False
+
+    def command(self, launch: Launch, seccomp_fd: int | None = None) -> tuple[list[str], dict[str, str]]:
         """Return (argv, environment) for the host process that runs `launch`."""
         workdir = str(launch.scratch)
         confine = {
             "seccomp": self.seccomp,
+            "pdeathsig": True,  # no bwrap in between: the launcher itself dies with the service
             "landlock": [workdir] if self.landlock_abi else None,
             # Without a per-call uid, RLIMIT_NPROC also counts the service user's own processes.
             "nproc_shared_with_uid": not self.as_root,

@@ -7,19 +7,45 @@ uid, a call can only signal its own processes, and after the call `kill -1` *as 
 anything left, in any namespace, before the uid is reused.
 
 The uids (default 1,900,000,000 upwards) have no /etc/passwd entry; nothing else on the machine
-may use that range. Change it with `--uid-base` if it collides.
+may use that range. Change it with `--uid-base` if it collides. Several services on one machine
+(a trainer's and a test's, say) each claim their own block of 65,536 uids from the base upwards,
+with an flock on a file per block held for the service's lifetime, so one service's sweep can
+never kill another's sandboxes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import sys
 from pathlib import Path
 
 DEFAULT_UID_BASE = 1_900_000_000
+LOCK_DIR = Path("/run/lock/rest-megatron-sandbox-uids") if os.path.isdir("/run/lock") else Path(
+    "/tmp/rest-megatron-sandbox-uids")
+BLOCK = 65_536
+_MAX_BLOCKS = 256
 _KILL = shutil.which("kill") or "/bin/kill"
+
+
+def _claim_block(base: int) -> tuple[int, int]:
+    """Lock the first free block of BLOCK uids at or above `base`; return (block start, lock fd)."""
+    LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for index in range(_MAX_BLOCKS):
+        start = base + index * BLOCK
+        if start + BLOCK > 2**32 - 2:
+            break
+        fd = os.open(LOCK_DIR / f"{start}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return start, fd
+    raise ValueError(f"no free block of {BLOCK} sandbox uids above {base} (other services hold them); "
+                     "pass another --uid-base")
 
 
 class UidPool:
@@ -28,11 +54,13 @@ class UidPool:
     def __init__(self, base: int = DEFAULT_UID_BASE, size: int = 256) -> None:
         if os.geteuid() != 0:
             raise ValueError("UidPool needs root; a non-root service runs calls under its own uid instead.")
-        if not 1000 <= base <= 2**32 - 2 - size:
-            raise ValueError(f"uid base {base} is out of range; pick one in [1000, {2**32 - 2 - size}].")
-        self.base = base
+        if not 1000 <= base <= 2**32 - 2 - BLOCK:
+            raise ValueError(f"uid base {base} is out of range; pick one in [1000, {2**32 - 2 - BLOCK}].")
+        if not 1 <= size <= BLOCK:
+            raise ValueError(f"{size} uids asked for; one service may use 1 to {BLOCK} (lower --max-sessions).")
+        self.base, self._lock_fd = _claim_block(base)
         self.size = size
-        self._free = list(range(base + size - 1, base - 1, -1))
+        self._free = list(range(self.base + size - 1, self.base - 1, -1))
 
     @property
     def free(self) -> int:
@@ -45,10 +73,14 @@ class UidPool:
             raise RuntimeError(f"all {self.size} sandbox uids are in use")
         return self._free.pop()
 
-    async def release(self, uid: int) -> None:
-        """Kill every process of `uid`, then make it available again."""
-        await sweep(uid)
-        self._free.append(uid)
+    async def release(self, uid: int, sweep: bool = True) -> None:
+        """Kill every process of `uid` (unless a pid namespace already did), then make it available again.
+
+        Released uids go to the back of the queue, so a uid is reused as late as possible.
+        """
+        if sweep:
+            await sweep_uid(uid)
+        self._free.insert(0, uid)
 
     def prepare_dir(self, path: Path, uid: int) -> None:
         """Give `uid` its scratch directory (mode 0700, so other calls cannot look in)."""
@@ -56,7 +88,7 @@ class UidPool:
         os.chmod(path, 0o700)
 
 
-async def sweep(uid: int) -> None:
+async def sweep_uid(uid: int) -> None:
     """Send SIGKILL to every process of `uid` by running `kill -9 -1` as that uid.
 
     kill(-1) as an unprivileged uid reaches exactly the processes it may signal: its own, in every

@@ -101,43 +101,83 @@ def _run_python_file(path: str) -> None:
         os._exit(1)
 
 
+def _read_order() -> dict:
+    """Deferred mode: read one JSON line from fd 0, byte by byte, so that the bytes after it stay
+    unread: they are the call's stdin."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        chunk = os.read(0, 1)
+        if not chunk:
+            os._exit(0)  # the service discarded this pre-started sandbox
+        line += chunk
+        if len(line) > 1 << 20:
+            _fail("order line too long")
+    return json.loads(line)
+
+
+def _narrow_limits(rlimits: dict) -> None:
+    """Lower (never raise) CPU and memory caps to the ones of the call that arrived."""
+    if "cpu" in rlimits:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        soft = int(usage.ru_utime + usage.ru_stime) + int(rlimits["cpu"])
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        soft = soft if hard == resource.RLIM_INFINITY else min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1 if hard == resource.RLIM_INFINITY else min(soft + 1, hard)))
+    if "as" in rlimits:
+        current, _ = resource.getrlimit(resource.RLIMIT_AS)
+        value = int(rlimits["as"]) if current == resource.RLIM_INFINITY else min(int(rlimits["as"]), current)
+        resource.setrlimit(resource.RLIMIT_AS, (value, value))
+
+
+def _confine(config: dict) -> None:
+    os.chdir(config["workdir"])
+    os.umask(0o022)
+    _apply_rlimits(config["rlimits"], bool(config.get("nproc_shared_with_uid")))
+    if os.getuid() == 0 and config.get("uid") is not None:
+        _drop_privileges(int(config["uid"]), int(config["gid"]))
+    elif os.getuid() == 0:
+        _fail("refusing to run sandboxed code as root; the backend must give a uid")
+    if config.get("pdeathsig"):  # namespace backends have bwrap/nsjail do this
+        _set_parent_death_signal()
+    sys.path.insert(0, config["package_parent"])
+    if config.get("landlock"):
+        from tools_sandbox.confine import landlock
+
+        landlock.restrict(list(config["landlock"]))
+    if config.get("seccomp"):  # otherwise the backend installed it (bwrap --seccomp) or it is off
+        from tools_sandbox.confine import seccomp
+
+        seccomp.install()
+
+
 def main(argv: list[str]) -> None:
     """Confine this process as `argv[1]` (JSON) says, then run the call."""
     try:
         config = json.loads(argv[1])
-        os.chdir(config["workdir"])
-        os.umask(0o022)
-        _apply_rlimits(config["rlimits"], bool(config.get("nproc_shared_with_uid")))
-        if os.getuid() == 0 and config.get("uid") is not None:
-            _drop_privileges(int(config["uid"]), int(config["gid"]))
-        elif os.getuid() == 0:
-            _fail("refusing to run sandboxed code as root; the backend must give a uid")
-        _set_parent_death_signal()
-        sys.path.insert(0, config["package_parent"])
-        if config.get("landlock"):
-            from tools_sandbox.confine import landlock
-
-            landlock.restrict(list(config["landlock"]))
-        if config.get("seccomp"):
-            from tools_sandbox.confine import seccomp
-
-            seccomp.install()
+        _confine(config)
     except Exception as exc:  # noqa: BLE001 - any setup error must stop the call before user code
         _fail(f"{type(exc).__name__}: {exc}")
     if config.get("site"):
         import site
 
         site.main()
+    # Site-packages appended directly: processing .pth files (site.main) costs ~10 ms per call.
+    sys.path.extend(config.get("site_dirs", []))
     sys.path[0:0] = list(config.get("sys_path", []))
-    mode = config["mode"]
+    run = config
+    if config["mode"] == "deferred":
+        # A pre-started sandbox: confined already, it waits for the call (saves the start-up time).
+        run = _read_order()
+        _narrow_limits(run.get("rlimits", {}))
+    mode = run["mode"]
     if mode == "exec":
-        os.execvp(config["argv"][0], config["argv"])
+        os.execvp(run["argv"][0], run["argv"])
     elif mode == "python":
-        _run_python_file(config["path"])
+        _run_python_file(run["path"])
     elif mode == "worker":
         from tools_sandbox.worker import serve
 
-        serve(config.get("preload", []))
+        serve(run.get("preload", []))
     else:
         _fail(f"unknown mode {mode!r}")
 
