@@ -11,8 +11,8 @@ on C rows at a time:
               grad_h_c = g_c W_k,   grad_W_k += g_cᵀ h_c
 
 Nothing of size [T, V/TP] exists at any time: the largest temporaries are one [C, V/TP] chunk in the
-compute dtype plus a ~1 MiB float32 block. Forward keeps only h, W_k (references to tensors the
-caller holds anyway), the targets and M, log S, H: [T] float32 each.
+compute dtype plus a float32 block (~1 MiB on CPU, 64 MiB on GPU). Forward keeps only h, W_k
+(references to tensors the caller holds anyway), the targets and M, log S, H: [T] float32 each.
 
 Collectives: forward 2 (all-reduce MAX [T], all-reduce SUM [4, T]); backward 1, an all-reduce of
 grad_h [T, H] after the chunk loop. One all-reduce after the loop rather than one per chunk: the same
@@ -46,6 +46,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from rest_megatron.ops.vocab_parallel import (
     TokenStats,
@@ -92,7 +93,7 @@ class _FusedOutputTokenStats(torch.autograd.Function):
         idx, is_local = local_targets(targets, geom, ignore_index)  # [T], [T]
         m_local = h.new_empty(T, dtype=torch.float32)
         packed = h.new_empty(4, T, dtype=torch.float32)
-        rows = block_rows(n)
+        rows = block_rows(n, h.device)
         for r0 in range(0, T, chunk):
             r = slice(r0, r0 + chunk)
             z = h[r] @ w.t()  # [C, V/tp], the only chunk alive
@@ -109,6 +110,7 @@ class _FusedOutputTokenStats(torch.autograd.Function):
         return stats.logprob, stats.entropy, stats.collision
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_lp, g_h, _g_collision):
         hidden, weight, targets, max_z, log_s, entropy = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -120,7 +122,7 @@ class _FusedOutputTokenStats(torch.autograd.Function):
         grad_h = torch.zeros_like(h) if need_h else None  # [T, H]
         # float32 accumulator across chunks for low-precision weights; float32 weights accumulate in place.
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None  # [V/tp, H]
-        rows = block_rows(n)
+        rows = block_rows(n, h.device)
         for r0 in range(0, h.shape[0] if n > 0 else 0, chunk):  # n = 0: an all-padding shard
             r = slice(r0, r0 + chunk)
             g = h[r] @ w.t()  # [C, n] recomputed logits, overwritten below by their gradient
@@ -173,7 +175,7 @@ def fused_output_token_stats(
             parallelism); its numel must equal the number of (gathered) hidden rows.
         tp_group: the tensor-parallel group; None for no TP.
         chunk_size: rows of logits computed at a time. Peak extra memory is about
-            chunk_size × V/TP × (dtype bytes) plus ~1 MiB; larger chunks give faster matmuls.
+            chunk_size × V/TP × (dtype bytes) plus one float32 block; larger chunks give faster matmuls.
         vocab_size, ignore_index, entropy_grad: as in `vocab_parallel_token_stats`.
         sequence_parallel: `hidden` is sequence-sharded over `tp_group` (Megatron's sequence parallelism).
 
