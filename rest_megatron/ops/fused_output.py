@@ -193,7 +193,7 @@ def fused_output_token_stats(
     geom = shard_geometry(output_weight_shard.shape[0], tp_group, vocab_size)
     check_targets(targets, vocab_size or output_weight_shard.shape[0] * geom.tp_size, ignore_index)
     logprob, entropy, collision = _FusedOutputTokenStats.apply(
-        hidden.reshape(-1, hidden.shape[-1]), output_weight_shard, targets.reshape(-1), tp_group, geom,
+        hidden.reshape(-1, hidden.shape[-1]), output_weight_shard, targets.reshape(-1).long(), tp_group, geom,
         chunk_size, sequence_parallel and _tp_active(tp_group), ignore_index, entropy_grad,
     )
     shape = targets.shape

@@ -272,11 +272,11 @@ def vocab_parallel_token_stats(
         raise ValueError(f"logits {tuple(logits_shard.shape)} and targets {tuple(targets.shape)} disagree")
     geom = shard_geometry(logits_shard.shape[-1], tp_group, vocab_size)
     check_targets(targets, vocab_size or logits_shard.shape[-1] * geom.tp_size, ignore_index)
-    rows = chunk_size or block_rows(geom.num_valid, logits_shard.device)
+    rows = block_rows(geom.num_valid, logits_shard.device) if chunk_size is None else chunk_size
     if rows < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     logprob, entropy, collision = _ShardTokenStats.apply(
-        logits_shard.reshape(-1, logits_shard.shape[-1]), targets.reshape(-1), tp_group, geom,
+        logits_shard.reshape(-1, logits_shard.shape[-1]), targets.reshape(-1).long(), tp_group, geom,
         ignore_index, entropy_grad, rows,
     )
     shape = targets.shape

@@ -164,7 +164,7 @@ def test_peak_memory_does_not_grow_with_tokens() -> None:
     fixed = v * hid * 4 + 4 * chunk * v * 4 + (1 << 20)
     assert peaks[1024] - peaks[128] <= (1024 - 128) * per_token, peaks
     assert peaks[1024] <= fixed + 1024 * per_token, (peaks, fixed)
-    assert unfused[1024] > logits_bytes > 10 * peaks[1024] - fixed, (unfused, peaks)
+    assert unfused[1024] >= logits_bytes > 8 * peaks[1024], (unfused, peaks)  # the measurement sees [T, V]
 
 
 def test_user_errors() -> None:

@@ -87,7 +87,7 @@ def test_leading_dims_follow_the_targets() -> None:
     S, B = 7, 3
     logits = make_logits(gen, S * B, V_PAD).view(S, B, V_PAD)  # Megatron's [S, B, V/tp]
     labels = torch.randint(0, VOCAB, (B, S), generator=gen)
-    stats = vocab_parallel_token_stats(logits, labels.t(), None, vocab_size=VOCAB)
+    stats = vocab_parallel_token_stats(logits, labels.t().int(), None, vocab_size=VOCAB)  # int32 ids too
     flat = vocab_parallel_token_stats(logits.reshape(-1, V_PAD), labels.t().reshape(-1), None, vocab_size=VOCAB)
     assert stats.logprob.shape == (S, B)
     for ours, expected in zip(stats, flat):
@@ -111,3 +111,5 @@ def test_user_errors_say_what_to_fix() -> None:
         vocab_parallel_token_stats(logits, targets, None, vocab_size=V_PAD + 1)
     with pytest.raises(ValueError, match="disagree"):
         vocab_parallel_token_stats(logits, targets[:-1], None)
+    with pytest.raises(ValueError, match="chunk_size"):
+        vocab_parallel_token_stats(logits, targets, None, vocab_size=VOCAB, chunk_size=0)
