@@ -154,3 +154,61 @@ def test_exactly_two_collectives_per_forward(gloo) -> None:
             "fused-sp forward": ["c10d::_allgather_base_", "c10d::allreduce_", "c10d::allreduce_"],
             "fused-sp backward": ["c10d::_allgather_base_", "c10d::_reduce_scatter_base_"],
         }
+
+
+TINY_QWEN3 = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 1000,
+    "max_position_embeddings": 64,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "tie_word_embeddings": False,
+}
+
+
+def _megatron_head_errors(seed: int, tied: bool) -> list[tuple]:
+    """A real GPTModel at TP=2: Megatron's own per-token cross entropy vs our stats from its hidden states."""
+    from rest_megatron.distributed import ParallelLayout, init_model_parallel
+    from rest_megatron.model.builder import build_gpt_model, model_spec_from_hf, transformer_config
+    from rest_megatron.ops.megatron_head import hidden_states_instead_of_logits, model_token_stats
+
+    init_model_parallel(ParallelLayout(tp=2), seed=1234, timeout_s=60)
+    spec = model_spec_from_hf({**TINY_QWEN3, "tie_word_embeddings": tied})
+    B, S = 3, 16
+    model = build_gpt_model(spec, transformer_config(spec, tp=2), max_sequence_length=S)
+    gen = torch.Generator().manual_seed(seed)
+    tokens, labels = torch.randint(0, 1000, (2, B, S), generator=gen)
+    positions = torch.arange(S).expand(B, S)
+
+    # Megatron's path: logits [S, B, V/tp] and vocab_parallel_cross_entropy over the padded vocabulary.
+    megatron_logprob = -model(tokens, positions, None, labels=labels)  # [B, S]
+    megatron_logprob.sum().backward()
+    megatron_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    with hidden_states_instead_of_logits(model):
+        hidden = model(tokens, positions, None)  # [B, S, H]: no logits anywhere
+    stats = model_token_stats(model, hidden, labels, chunk_size=5)  # padded vocab, as Megatron's loss
+    stats.logprob.sum().backward()
+    out = [(f"tied={tied} logprob", rel_err(stats.logprob, megatron_logprob), GRAD_RTOL)]
+    assert stats.logprob.shape == (B, S) and megatron_grads.keys() == {
+        name for name, p in model.named_parameters() if p.grad is not None
+    }
+    out += [(f"tied={tied} grad {name}", rel_err(p.grad, megatron_grads[name]), GRAD_RTOL)
+            for name, p in model.named_parameters() if p.grad is not None]
+    return out
+
+
+def test_replaces_the_output_layer_of_a_megatron_model(gloo) -> None:
+    seed = fresh_seed()
+    pool = gloo(WORLD)
+    results = pool.run(_megatron_head_errors, seed, False) + pool.run(_megatron_head_errors, seed, True)
+    failures = [row for rows in results for row in rows if not row[1] <= row[2]]
+    assert len(results[0]) > 10
+    assert not failures, f"seed={seed}: {failures[:5]}"
