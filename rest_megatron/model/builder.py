@@ -53,8 +53,8 @@ class ModelSpec:
     tie_word_embeddings: bool
     qkv_bias: bool
     qk_layernorm: bool
-    rope_scaling_factor: float | None = None
-    """llama3-style RoPE scaling factor, or None."""
+    llama3_rope: dict[str, float] | None = None
+    """llama3 RoPE scaling (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)."""
     hf_config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -76,20 +76,17 @@ def model_spec_from_hf(hf: dict[str, Any]) -> ModelSpec:
         )
     heads = hf["num_attention_heads"]
     rope_scaling = hf.get("rope_scaling") or None
-    factor = None
-    if rope_scaling:
+    llama3 = None
+    if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) not in (None, "default"):
         kind = rope_scaling.get("rope_type", rope_scaling.get("type"))
-        if kind == "default":
-            factor = None
-        elif kind != "llama3":
+        if kind != "llama3":
             raise ValueError(f"rope_scaling type {kind!r} is not supported; only llama3 scaling is")
-        else:
-            # Megatron hard-codes the llama3 shape parameters; refuse configs it would silently ignore.
-            expected = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-            for key, value in expected.items():
-                if float(rope_scaling.get(key, value)) != value:
-                    raise ValueError(f"rope_scaling.{key}={rope_scaling[key]} is not supported (Megatron fixes it to {value})")
-            factor = float(rope_scaling["factor"])
+        llama3 = {
+            "factor": float(rope_scaling["factor"]),
+            "low_freq_factor": float(rope_scaling.get("low_freq_factor", 1.0)),
+            "high_freq_factor": float(rope_scaling.get("high_freq_factor", 4.0)),
+            "original_max_position_embeddings": float(rope_scaling.get("original_max_position_embeddings", 8192)),
+        }
     return ModelSpec(
         family=family,
         num_layers=hf["num_hidden_layers"],
@@ -105,9 +102,27 @@ def model_spec_from_hf(hf: dict[str, Any]) -> ModelSpec:
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         qkv_bias=family == "qwen2" or bool(hf.get("attention_bias", False)),
         qk_layernorm=family == "qwen3",
-        rope_scaling_factor=factor,
+        llama3_rope=llama3,
         hf_config=hf,
     )
+
+
+def llama3_inv_freq(
+    inv_freq: torch.Tensor,
+    *,
+    factor: float,
+    low_freq_factor: float,
+    high_freq_factor: float,
+    original_max_position_embeddings: float,
+) -> torch.Tensor:
+    """Llama 3.x RoPE frequencies: long wavelengths slowed by `factor`, short ones kept, a smooth ramp between."""
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen = original_max_position_embeddings / low_freq_factor
+    high_wavelen = original_max_position_embeddings / high_freq_factor
+    smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    ramp = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    return torch.where((wavelen >= high_wavelen) & (wavelen <= low_wavelen), ramp, scaled)
 
 
 def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
@@ -218,9 +233,11 @@ def build_gpt_model(
         share_embeddings_and_output_weights=spec.tie_word_embeddings,
         position_embedding_type="rope",
         rotary_base=int(spec.rope_theta),
-        rope_scaling=spec.rope_scaling_factor is not None,
-        rope_scaling_factor=spec.rope_scaling_factor or 8.0,
     )
+    if spec.llama3_rope is not None:
+        # Megatron's own llama3 scaling hard-codes the shape parameters; set the exact frequencies.
+        rotary = model.rotary_pos_emb
+        rotary.inv_freq = llama3_inv_freq(rotary.inv_freq, **spec.llama3_rope)
     if torch.cuda.is_available():
         model = model.cuda()
     return model

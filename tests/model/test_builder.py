@@ -13,7 +13,8 @@ def test_family_switches_come_from_the_hf_config() -> None:
     assert [specs["tiny-qwen3"].qk_layernorm, specs["tiny-qwen3"].qkv_bias] == [True, False]
     assert [specs["tiny-qwen2"].qk_layernorm, specs["tiny-qwen2"].qkv_bias] == [False, True]
     assert specs["tiny-qwen2"].tie_word_embeddings and not specs["tiny-qwen3"].tie_word_embeddings
-    assert specs["tiny-llama"].rope_scaling_factor == tiny_hf_config("tiny-llama")["rope_scaling"]["factor"]
+    assert specs["tiny-llama"].llama3_rope["factor"] == tiny_hf_config("tiny-llama")["rope_scaling"]["factor"]
+    assert specs["tiny-qwen3"].llama3_rope is None
     assert all(s.num_query_groups == 2 and s.head_dim == 32 for s in specs.values())
 
 
@@ -24,14 +25,27 @@ def test_unsupported_architecture_lists_the_supported_ones() -> None:
         model_spec_from_hf(hf)
 
 
-def test_llama3_rope_shapes_megatron_cannot_express_are_refused() -> None:
+def test_llama3_rope_frequencies_match_transformers() -> None:
+    import torch
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from rest_megatron.model.builder import llama3_inv_freq
+
     hf = tiny_hf_config("tiny-llama")
-    hf = dict(hf, rope_scaling=dict(hf["rope_scaling"], high_freq_factor=2.0))
-    with pytest.raises(ValueError, match="rope_scaling.high_freq_factor=2.0 is not supported"):
+    spec = model_spec_from_hf(hf)
+    base = 1.0 / (spec.rope_theta ** (torch.arange(0, spec.head_dim, 2, dtype=torch.float32) / spec.head_dim))
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](LlamaConfig(**hf), "cpu")
+    assert torch.allclose(llama3_inv_freq(base, **spec.llama3_rope), expected, rtol=1e-6)
+
+
+def test_unknown_rope_scaling_is_refused() -> None:
+    hf = dict(tiny_hf_config("tiny-llama"), rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(ValueError, match="rope_scaling type 'yarn' is not supported; only llama3"):
         model_spec_from_hf(hf)
 
 
-@pytest.mark.parametrize(("vocab", "tp", "multiple", "expected"), [(1544, 1, 128, 1664), (1544, 2, 128, 1792), (151936, 8, 128, 152064)])
+@pytest.mark.parametrize(("vocab", "tp", "multiple", "expected"), [(1544, 1, 128, 1664), (1544, 2, 128, 1792), (151936, 8, 128, 152576)])
 def test_vocab_is_padded_to_a_multiple_per_tp_rank(vocab: int, tp: int, multiple: int, expected: int) -> None:
     padded = padded_vocab_size(vocab, tp, multiple)
     assert padded == expected and padded % (tp * multiple) == 0 and padded >= vocab
