@@ -1,8 +1,9 @@
 """The Megatron policy actor: forward-only token statistics and the ResT train step, under TP/PP/DP.
 
-The model never produces logits. On the last pipeline stage the output layer is turned into a
-pass-through, so the model returns its final hidden states, and `fused_output_token_stats` computes
-log π(y), H and Σπ² chunk by chunk from those states and the vocab-sharded output weight.
+The model never produces logits: on the last pipeline stage it runs under
+`ops.megatron_head.hidden_states_instead_of_logits`, so it returns its final hidden states, and
+`model_token_stats` computes log π(y), H and Σπ² chunk by chunk from those states and the
+vocab-sharded output weight.
 
     microbatches ──► token_stats()  (no grad, old/ref policy)      ──► [B, S] stats on every rank
     microbatches ──► train_step()   (pipeline schedule, backward)  ──► optimizer step, metrics
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +32,7 @@ import torch.distributed as dist
 
 from rest_megatron.algo.aggregation import get_aggregation
 from rest_megatron.algo.policy_loss import get_policy_loss, valid_mask
-from rest_megatron.ops.fused_output import fused_output_token_stats
+from rest_megatron.ops.megatron_head import hidden_states_instead_of_logits, model_token_stats
 from rest_megatron.ops.vocab_parallel import TokenStats
 from rest_megatron.trainer.optimizer import unwrap_ddp
 
@@ -49,19 +51,6 @@ class PolicyObjective:
     """Name in the aggregation registry."""
 
 
-def emit_hidden_states(model: torch.nn.Module) -> None:
-    """Make the last stage's output layer a pass-through, so the model returns hidden states [B, S, H]."""
-    if getattr(model, "post_process", False):
-        model.output_layer.forward = lambda hidden, weight=None, runtime_gather_output=None: (hidden, None)
-
-
-def output_weight(model: torch.nn.Module) -> torch.Tensor:
-    """The vocab-sharded output weight [V/TP, H] (the shared embedding when embeddings are tied)."""
-    if model.share_embeddings_and_output_weights:
-        return model.shared_embedding_or_output_weight()
-    return model.output_layer.weight
-
-
 class PolicyActor:
     """This rank's part of a policy: a DDP-wrapped Megatron GPT chunk, its optimizer and LR schedule."""
 
@@ -73,7 +62,6 @@ class PolicyActor:
         self.scheduler = scheduler
         self.vocab_size = vocab_size
         self.chunk_size = chunk_size
-        emit_hidden_states(self.network)
 
     @property
     def network(self) -> torch.nn.Module:
@@ -83,20 +71,9 @@ class PolicyActor:
     # ----------------------------------------------------------------------------------------- stats
     def stats_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor, *, entropy_grad: bool) -> TokenStats:
         """log π(labels), H, Σπ² ([B, S]) from the last stage's hidden states [B, S, H], differentiably."""
-        from megatron.core import parallel_state
-
-        net = self.network
-        stats = fused_output_token_stats(
-            hidden.transpose(0, 1),  # [S, B, H] (sequence-sharded with sequence parallelism)
-            output_weight(net),
-            labels.t(),  # [S, B]
-            parallel_state.get_tensor_model_parallel_group(),
-            self.chunk_size,
-            vocab_size=self.vocab_size,
-            entropy_grad=entropy_grad,
-            sequence_parallel=net.config.sequence_parallel,
+        return model_token_stats(
+            self.network, hidden, labels, vocab_size=self.vocab_size, chunk_size=self.chunk_size, entropy_grad=entropy_grad
         )
-        return TokenStats(*(t.t() for t in stats))  # each [B, S]
 
     def _run_schedule(self, microbatches: list[MicroBatch], loss_for_batch, *, forward_only: bool) -> list[Any]:
         from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -104,7 +81,8 @@ class PolicyActor:
         def forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
             batch = next(data_iterator)
             positions = torch.arange(batch["tokens"].shape[1], device=batch["tokens"].device)
-            hidden = model(batch["tokens"], positions.expand_as(batch["tokens"]), None)  # [B, S, H] on the last stage
+            with hidden_states_instead_of_logits(self.network) if self.network.post_process else nullcontext():
+                hidden = model(batch["tokens"], positions.expand_as(batch["tokens"]), None)  # [B, S, H] last stage
             return hidden, lambda output: loss_for_batch(output, batch)
 
         micro_batch_size, seq_length = microbatches[0]["tokens"].shape
