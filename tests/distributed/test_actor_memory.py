@@ -22,6 +22,7 @@ from rest_megatron.model.builder import (
     padded_vocab_size,
     transformer_config,
 )
+from rest_megatron.ops.megatron_head import hidden_states_instead_of_logits
 from rest_megatron.ops.memory import peak_allocated_bytes
 from rest_megatron.trainer.actor import PolicyObjective, build_actor
 from rest_megatron.trainer.optimizer import OptimizerSettings
@@ -70,7 +71,8 @@ def _peaks() -> dict[str, int]:
     positions = torch.arange(SEQ).expand(ROWS, SEQ)
 
     def ours_train() -> None:
-        hidden = actor.network(batch[0]["tokens"], positions, None)
+        with hidden_states_instead_of_logits(actor.network):
+            hidden = actor.network(batch[0]["tokens"], positions, None)
         actor.stats_from_hidden(hidden, batch[0]["labels"], entropy_grad=True).logprob.sum().backward()
 
     ours_train()
