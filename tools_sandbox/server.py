@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 
-from tools_sandbox.backends import BACKEND_NAMES
+from tools_sandbox.backends import BACKEND_NAMES, select_backend
 from tools_sandbox.limits import Limits
 from tools_sandbox.service import ServiceConfig, create_app
 
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
+        # Selected here, not at app start-up, so a missing backend is one clear line, not a traceback.
+        backend = select_backend(config.backend, seccomp=config.seccomp, python=config.sandbox_python)
     except ValueError as exc:
         print(f"sandbox-server: {exc}", file=sys.stderr)
         return 2
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             f.write(str(port))
         os.replace(tmp, args.port_file)
     log.info("sandbox service listening on http://%s:%d", args.host, port)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=args.log_level, access_log=False,
+    server = uvicorn.Server(uvicorn.Config(create_app(config, backend), log_level=args.log_level, access_log=False,
                                            timeout_graceful_shutdown=5))
     try:
         server.run(sockets=[sock])

@@ -43,7 +43,7 @@ from tools_sandbox.api_models import (
     ToolCallRequest,
     ToolCallResponse,
 )
-from tools_sandbox.backends import select_backend
+from tools_sandbox.backends import Backend, select_backend
 from tools_sandbox.backends.uids import DEFAULT_UID_BASE, UidPool
 from tools_sandbox.executor import Executor
 from tools_sandbox.limits import Limits
@@ -83,9 +83,9 @@ class ServiceConfig:
 class _State:
     """The live parts, built in the lifespan."""
 
-    def __init__(self, config: ServiceConfig) -> None:
+    def __init__(self, config: ServiceConfig, backend: Backend | None = None) -> None:
         self.config = config
-        self.backend = select_backend(config.backend, seccomp=config.seccomp, python=config.sandbox_python)
+        self.backend = backend or select_backend(config.backend, seccomp=config.seccomp, python=config.sandbox_python)
         # One uid per running call, live session and pooled worker, plus slack for sweeps in flight.
         pool_size = 2 * config.max_concurrency + config.max_sessions + config.warm_workers + config.prestart + 64
         uid_pool = UidPool(config.uid_base, pool_size) if os.geteuid() == 0 else None
@@ -132,12 +132,17 @@ def _outcome(o: ToolOutcome) -> ToolCallResponse:
                             timed_out=o.timed_out, duration_s=o.duration_s)
 
 
-def create_app(config: ServiceConfig) -> FastAPI:
-    """Build the FastAPI app; the sandbox machinery starts in the app's lifespan."""
+def create_app(config: ServiceConfig, backend: Backend | None = None) -> FastAPI:
+    """Build the FastAPI app; the sandbox machinery starts in the app's lifespan.
+
+    Args:
+        config: the service settings.
+        backend: an already selected backend (default: select `config.backend` at start-up).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = _State(config)
+        state = _State(config, backend)
         app.state.sandbox = state
         try:
             # User modules first: the warm pool's workers must already see their directories.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,13 +46,24 @@ def sentinel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+CANARY = "canary-7f3a9c"
+
+
+@pytest.fixture(scope="module")
+def canary_env() -> Iterator[None]:
+    """A variable in the service's environment that sandboxed code must never see."""
+    os.environ["REST_SANDBOX_TEST_CANARY"] = CANARY
+    yield
+    os.environ.pop("REST_SANDBOX_TEST_CANARY", None)
+
+
 @pytest.fixture(params=LAYER_VARIANTS)
-def layered(request: pytest.FixtureRequest, server_factory, sentinel_dir: Path):  # noqa: ANN001, ANN201
+def layered(request: pytest.FixtureRequest, server_factory, sentinel_dir: Path, canary_env: None):  # noqa: ANN001, ANN201
     return server_factory(request.param, "--tools-module", str(sentinel_dir / "probe_tools.py"))
 
 
 @pytest.fixture(params=VARIANTS)
-def server(request: pytest.FixtureRequest, server_factory, sentinel_dir: Path):  # noqa: ANN001, ANN201
+def server(request: pytest.FixtureRequest, server_factory, sentinel_dir: Path, canary_env: None):  # noqa: ANN001, ANN201
     return server_factory(request.param, "--tools-module", str(sentinel_dir / "probe_tools.py"))
 
 
@@ -128,6 +140,32 @@ def test_no_connection_to_the_service_or_another_loopback_port(layered) -> None:
     finally:
         listener.close()
     assert_healthy(layered)
+
+
+def test_file_size_limit(server) -> None:  # noqa: ANN001
+    # 8 MiB cap: the write past it fails (EFBIG once SIGXFSZ is ignored) and nothing larger exists.
+    code = ("import os, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "for path in ('big.bin', '/tmp/big.bin'):\n"
+            "    try:\n"
+            "        with open(path, 'wb') as f:\n"
+            "            for _ in range(32):\n"
+            "                f.write(b'x' * (1 << 20))\n"
+            "        print(path, 'WROTE')\n"
+            "    except OSError as exc:\n"
+            "        print(path, 'BLOCKED', exc.errno, os.path.getsize(path) if os.path.exists(path) else 0)\n")
+    reply = run(run_code(server, code))
+    stdout = reply["run_result"]["stdout"]
+    assert "WROTE" not in stdout and stdout.count("BLOCKED") == 2, reply
+    assert all(int(line.split()[-1]) <= 8 << 20 for line in stdout.splitlines())
+    assert_healthy(server)
+
+
+def test_environment_is_scrubbed(server) -> None:  # noqa: ANN001
+    assert os.environ.get("REST_SANDBOX_TEST_CANARY") == CANARY  # the service was started with it
+    reply = run(run_code(server, "env; cat /proc/self/environ", language="bash"))
+    assert CANARY not in reply["run_result"]["stdout"], reply
+    assert "PATH=/usr/local/bin:/usr/bin:/bin" in reply["run_result"]["stdout"]
+    assert_healthy(server)
 
 
 def test_etc_shadow_is_unreadable(server) -> None:  # noqa: ANN001
