@@ -34,6 +34,7 @@ from rest_megatron.config.schema import (
     RewardConfig,
     RolloutConfig,
     SandboxConfig,
+    SFTConfig,
 )
 from rest_megatron.config.validation import read_model_config, validate
 
@@ -51,6 +52,7 @@ __all__ = [
     "ModelConfig",
     "OptimizerConfig",
     "ParallelConfig",
+    "SFTConfig",
     "RewardConfig",
     "RolloutConfig",
     "SandboxConfig",

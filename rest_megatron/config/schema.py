@@ -354,6 +354,23 @@ class LaunchConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SFTConfig:
+    """Supervised warm start on gold demonstrations before RL, so RL starts from well-formed calls."""
+
+    num_steps: int = 0
+    """Optimizer steps of the SFT stage; 0 skips it."""
+
+    lr: float = 3.0e-3
+    """Peak learning rate of the SFT stage (cosine decay, 5 warmup steps)."""
+
+    num_samples: int = 64
+    """Gold demonstrations generated from the task's training split."""
+
+    micro_batch_size: int = 8
+    """Conversations per forward/backward in the SFT stage."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """One complete run. Build it with `load_config`, never by hand-editing a dump."""
 
@@ -368,6 +385,9 @@ class Config:
 
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """Megatron parallel layout."""
+
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Optional supervised warm start before RL."""
 
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Trajectory generation."""
