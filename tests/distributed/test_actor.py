@@ -51,7 +51,7 @@ def _local_microbatches(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.
     return [{k: v[i : i + MICRO_BATCH] for k, v in local.items()} for i in range(0, rows, MICRO_BATCH)]
 
 
-def _build(tp: int, pp: int, init_dir: str, *, save_init: bool):
+def _build(tp: int, pp: int, init_dir: str, *, save_init: bool, distributed_optimizer: bool = False):
     from megatron.core import dist_checkpointing
 
     init_model_parallel(ParallelLayout(tp=tp, pp=pp), seed=1234, timeout_s=120)
@@ -59,7 +59,7 @@ def _build(tp: int, pp: int, init_dir: str, *, save_init: bool):
     # Adam's first step is lr·g/(|g|+eps): with the default eps=1e-8, elements whose gradient is ~1e-8
     # turn float32 reduction-order noise into update noise of up to lr. eps=1e-5 keeps the update a
     # well-conditioned function of the gradient, so comparing weights tests the gradient.
-    settings = OptimizerSettings(lr=1e-3, clip_grad=1.0, adam_eps=1e-5)
+    settings = OptimizerSettings(lr=1e-3, clip_grad=1.0, adam_eps=1e-5, use_distributed_optimizer=distributed_optimizer)
     actor = build_actor(spec, settings, tp=tp, pp=pp, chunk_size=7)
     if save_init:
         if dist.get_rank() == 0:
@@ -71,10 +71,12 @@ def _build(tp: int, pp: int, init_dir: str, *, save_init: bool):
     return spec, actor
 
 
-def _resT_step(tp: int, pp: int, init_dir: str, out_dir: str, seed: int, save_init: bool) -> dict:
+def _resT_step(
+    tp: int, pp: int, init_dir: str, out_dir: str, seed: int, save_init: bool, distributed_optimizer: bool = False
+) -> dict:
     from megatron.core import dist_checkpointing
 
-    spec, actor = _build(tp, pp, init_dir, save_init=save_init)
+    spec, actor = _build(tp, pp, init_dir, save_init=save_init, distributed_optimizer=distributed_optimizer)
     microbatches = _local_microbatches(_global_batch(seed, spec.vocab_size))
     stats = actor.token_stats(microbatches)
     paper = get_token_weights("paper")
@@ -124,11 +126,15 @@ def test_rest_step_is_layout_invariant(gloo, tmp_path) -> None:
     ref = gloo(1).run(_resT_step, 1, 1, init, str(tmp_path / "ref"), seed, True)[0]
     assert ref["num_tokens"] > 50 and 0 < ref["clip_frac_low"] + ref["clip_frac_high"] < 1, ref
 
-    layouts = {"dp2": (2, 1, 1), "dp4": (4, 1, 1), "tp2": (4, 2, 1), "pp2": (4, 1, 2), "tp2pp2": (4, 2, 2)}
+    # (world size, TP, PP, distributed optimizer); DP is what remains of the world.
+    layouts = {
+        "dp2": (2, 1, 1, False), "dp4": (4, 1, 1, False), "tp2": (4, 2, 1, False), "pp2": (4, 1, 2, False),
+        "tp2pp2": (4, 2, 2, False), "dp2-distributed-optimizer": (2, 1, 1, True),
+    }
     out_dirs = []
-    for name, (world, tp, pp) in layouts.items():
+    for name, (world, tp, pp, distributed_optimizer) in layouts.items():
         out_dirs.append(str(tmp_path / name))
-        results = gloo(world).run(_resT_step, tp, pp, init, out_dirs[-1], seed, False)
+        results = gloo(world).run(_resT_step, tp, pp, init, out_dirs[-1], seed, False, distributed_optimizer)
         for metrics in results:
             for key in ("loss", "grad_norm", "pg_loss", "ratio", "clip_frac_low", "clip_frac_high", "entropy"):
                 assert metrics[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), (name, key)
