@@ -17,6 +17,11 @@ EXTRAS=${EXTRAS:-dev}
 DEBIAN_PACKAGES=${DEBIAN_PACKAGES:-bubblewrap}
 
 log() { echo "[setup $(date +%H:%M:%S)] $*" >&2; }
+# pip -q still warns about every index location in the machine's pip config that does not exist;
+# drop those lines and keep everything else (errors included).
+pip_install() {
+  .venv/bin/pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
@@ -41,10 +46,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # `torch>=2.6` to a multi-GB CUDA build.
   if [ -n "$TORCH_SPEC" ]; then
     log "pip install $TORCH_SPEC"
-    .venv/bin/pip install -q "$TORCH_SPEC"
+    pip_install "$TORCH_SPEC"
   fi
   log "pip install -e .[$EXTRAS]"
-  .venv/bin/pip install -q -e ".[$EXTRAS]"
+  pip_install -e ".[$EXTRAS]"
   echo "$want" > "$stamp"
 fi
 log "ready: $(.venv/bin/python -c 'import torch, megatron.core as m; print(f"torch {torch.__version__}, megatron-core {m.__version__}")' 2>/dev/null)"
