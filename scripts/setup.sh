@@ -8,12 +8,15 @@
 #   TORCH_SPEC   torch requirement installed first   (default: torch==2.13.0, the CPU build on this
 #                disk; on a GPU cluster set it to the CUDA build you want, or "" to keep the venv's)
 #   EXTRAS       pip extras                          (default: dev)
+#   BFCL_SPEC    bfcl-eval, installed WITHOUT its dependency tree: the sandbox only runs the BFCL
+#                multi-turn environments' pure-Python sources (default: bfcl-eval==2026.3.23; "" skips)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 TORCH_SPEC=${TORCH_SPEC-torch==2.13.0}
 EXTRAS=${EXTRAS:-dev}
+BFCL_SPEC=${BFCL_SPEC-bfcl-eval==2026.3.23}
 DEBIAN_PACKAGES=${DEBIAN_PACKAGES:-bubblewrap}
 
 log() { echo "[setup $(date +%H:%M:%S)] $*" >&2; }
@@ -40,7 +43,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.rest-megatron-stamp
-want="$(sha256sum pyproject.toml | cut -c1-16) $TORCH_SPEC $EXTRAS"
+want="$(sha256sum pyproject.toml | cut -c1-16) $TORCH_SPEC $EXTRAS $BFCL_SPEC"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch first and alone: installing the project with no torch present would let pip resolve
   # `torch>=2.6` to a multi-GB CUDA build.
@@ -50,6 +53,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   fi
   log "pip install -e .[$EXTRAS]"
   pip_install -e ".[$EXTRAS]"
+  if [ -n "$BFCL_SPEC" ]; then
+    log "pip install --no-deps $BFCL_SPEC"
+    pip_install --no-deps "$BFCL_SPEC"
+  fi
   echo "$want" > "$stamp"
 fi
 log "ready: $(.venv/bin/python -c 'import torch, megatron.core as m; print(f"torch {torch.__version__}, megatron-core {m.__version__}")' 2>/dev/null)"
