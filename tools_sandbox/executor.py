@@ -28,6 +28,7 @@ from tools_sandbox.limits import Limits, truncation_marker
 SETUP_FAILED = 125  # the launcher's exit status when the sandbox could not be set up
 _READ_CHUNK = 1 << 16
 _DRAIN_AFTER_EXIT_S = 2.0
+FETCH_TOTAL_BYTES = 64 << 20  # all fetched files of one call together
 
 
 @dataclass
@@ -239,8 +240,7 @@ class Executor:
             order = json.dumps({**run, "rlimits": {"cpu": rlimits["cpu"], "as": rlimits["as"]}}).encode() + b"\n"
             result = await self._communicate(sandbox.proc, order + (stdin or b""), limits)
             if fetch_files:
-                fetched = {name: self._fetch(sandbox.scratch, name, limits) for name in fetch_files}
-                result.files = {k: v for k, v in fetched.items() if v is not None}
+                result.files = self._fetch_all(sandbox.scratch, fetch_files, limits)
             return result
         finally:
             if self.sweep_uids and sandbox.uid is not None:
@@ -269,6 +269,17 @@ class Executor:
             readers.cancel()
         feeder.cancel()
         return _result(proc.returncode, timed_out, out, err, duration)
+
+    @classmethod
+    def _fetch_all(cls, scratch: Path, names: list[str], limits: Limits) -> dict[str, bytes]:
+        """Fetch files until FETCH_TOTAL_BYTES; the rest are left out, as if missing."""
+        files, total = {}, 0
+        for name in names:
+            content = cls._fetch(scratch, name, limits)
+            if content is not None and total + len(content) <= FETCH_TOTAL_BYTES:
+                files[name] = content
+                total += len(content)
+        return files
 
     @staticmethod
     def _fetch(scratch: Path, name: str, limits: Limits) -> bytes | None:

@@ -70,16 +70,26 @@ class WorkerProcess:
 
     async def request(self, message: dict, timeout_s: float) -> dict:
         """Send one message and wait for its reply; raises TimeoutError, or RuntimeError if it died."""
-        self.proc.stdin.write(json.dumps(message).encode() + b"\n")
-        await self.proc.stdin.drain()
+        # The write shares the deadline: a large message blocks on a full pipe if the worker stalls.
+        return await asyncio.wait_for(self._roundtrip(json.dumps(message).encode() + b"\n"), timeout_s)
+
+    async def _roundtrip(self, data: bytes) -> dict:
         try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
+            self.proc.stdin.write(data)
+            await self.proc.stdin.drain()
+            line = await self.proc.stdout.readline()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            line = b""
+            self.stderr_tail.append(f"[{type(exc).__name__}]".encode())
         except ValueError as exc:  # a reply longer than the reader's limit: the worker is misbehaving
             raise RuntimeError(f"worker reply over the size limit ({exc})") from exc
         if not line:
             await asyncio.sleep(0.05)  # let the stderr drain catch the last words
             raise RuntimeError(f"the session's worker exited ({self.diagnostics() or 'no message'})")
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError as exc:
+            raise RuntimeError(f"the session's worker sent a malformed reply ({exc})") from exc
 
     async def kill(self) -> None:
         """Kill the worker's whole process tree."""

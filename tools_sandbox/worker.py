@@ -33,6 +33,7 @@ from tools_sandbox.limits import truncation_marker
 from tools_sandbox.tools.schema import function_schema
 
 _CAPTURE_JOIN_S = 0.2  # how long to wait for output from processes the call left running
+_MAX_ERROR_CHARS = 4096
 
 
 class CallTimeout(BaseException):  # noqa: N818 - BaseException so `except Exception` cannot swallow it
@@ -227,6 +228,8 @@ class Worker:
             output = encoded[: capture.cap].decode(errors="replace") + truncation_marker(
                 len(encoded) - capture.cap, capture.cap)
             truncated = True
+        if error is not None and len(error) > _MAX_ERROR_CHARS:  # e.g. an exception with a huge message
+            error = error[:_MAX_ERROR_CHARS] + " [... error message truncated ...]"
         return {"ok": ok, "output": output, "error": error, "truncated": truncated}
 
 
@@ -252,6 +255,6 @@ def serve(preload: list[str] | None = None) -> None:
         except CallTimeout as exc:
             reply = {"ok": False, "output": "", "error": f"timeout: {exc}"}
         except Exception as exc:  # noqa: BLE001 - report, keep serving
-            reply = {"ok": False, "output": "", "error": f"{type(exc).__name__}: {exc}"}
+            reply = {"ok": False, "output": "", "error": f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]}
         control_out.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
         control_out.flush()

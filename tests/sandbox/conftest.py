@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,16 +134,30 @@ def _uid_in_pool(pid: str) -> bool:
         return False
 
 
-def world_readable_tool_dir(root: Path) -> Path:
-    """A directory with a trivial user tool module, readable by the per-call uids."""
+def world_readable_tool_dir() -> Path:
+    """A new directory with a trivial user tool module, readable by the per-call uids.
+
+    It is made with mkdtemp directly under /tmp, not under pytest's tmp_path: pytest keeps
+    /tmp/pytest-of-<user> at mode 0700 (and resets it when another pytest run starts), which would
+    hide the module from the sandbox uids.
+    """
+    root = Path(tempfile.mkdtemp(prefix="rest-sandbox-test-", dir="/tmp"))
     root.chmod(0o755)
-    (root / "probe_tools.py").write_text("def probe_echo(text: str) -> str:\n    \"\"\"Echo text.\"\"\"\n    return text\n\n"
-                                         "TOOLS = [probe_echo]\n")
+    (root / "probe_tools.py").write_text("def probe_echo(text: str) -> str:\n    \"\"\"Echo text.\"\"\"\n"
+                                         "    return text\n\nTOOLS = [probe_echo]\n")
     (root / "probe_tools.py").chmod(0o644)
-    for parent in root.parents:
-        if str(parent).startswith("/tmp/") and parent.stat().st_uid == os.geteuid():
-            parent.chmod(parent.stat().st_mode | 0o055)
+    _made_dirs.append(root)
     return root
+
+
+_made_dirs: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_made_dirs() -> Iterator[None]:
+    yield
+    for path in _made_dirs:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def host_process_count() -> int:

@@ -39,7 +39,7 @@ def sentinel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     File permissions alone would let the sandbox write here: only the read-only mount (bubblewrap)
     or Landlock (fallback) stop it.
     """
-    root = world_readable_tool_dir(tmp_path_factory.mktemp("sentinel"))
+    root = world_readable_tool_dir()
     root.chmod(0o777)
     (root / "target.txt").write_text("original")
     (root / "target.txt").chmod(0o666)

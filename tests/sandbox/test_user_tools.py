@@ -60,7 +60,7 @@ ENVIRONMENT = Cart
 
 @pytest.fixture(scope="module")
 def server(server_factory, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
-    root = world_readable_tool_dir(tmp_path_factory.mktemp("usertools"))
+    root = world_readable_tool_dir()
     (root / "shop_tools.py").write_text(MODULE)
     (root / "shop_tools.py").chmod(0o644)
     return server_factory("bubblewrap", "--no-bfcl", "--tools-module", str(root / "shop_tools.py"))

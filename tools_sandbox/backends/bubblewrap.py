@@ -13,6 +13,7 @@ namespace instead, and further user namespaces are disabled inside.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -37,6 +38,14 @@ USERNS_FIX = (
 )
 
 
+@functools.lru_cache(maxsize=8)
+def _help_text(bwrap: str) -> str:
+    try:
+        return subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
 class BubblewrapBackend:
     """Build `bwrap ... -- python launcher.py` command lines."""
 
@@ -48,13 +57,17 @@ class BubblewrapBackend:
         self.python = python
         self.seccomp = seccomp
         self.as_root = os.geteuid() == 0
+        # Older bwrap (Ubuntu 22.04 ships 0.6) lacks these; the caps they add are documented as best-effort.
+        self.has_size = "--size" in _help_text(self.bwrap)
+        self.has_disable_userns = "--disable-userns" in _help_text(self.bwrap)
 
     def _namespace_args(self) -> list[str]:
         common = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--unshare-cgroup-try"]
         if self.as_root:
             # No user namespace: the launcher needs real CAP_SETUID to drop to the pool uid.
             return common
-        return ["--unshare-user", *common, "--disable-userns", "--cap-drop", "ALL"]
+        extra = ["--disable-userns"] if self.has_disable_userns else []  # seccomp also blocks new userns
+        return ["--unshare-user", *common, *extra, "--cap-drop", "ALL"]
 
     def filesystem_args(self, launch: Launch) -> list[str]:
         """Mount arguments for the read-only system view plus the writable scratch."""
@@ -67,8 +80,9 @@ class BubblewrapBackend:
                 args += ["--ro-bind", "/dev/null", secret]
         tmp_size = str(int(launch.limits.file_size_mb) * MIB)
         args += ["--dev", "/dev", "--proc", "/proc"]
-        args += ["--perms", "1777", "--size", tmp_size, "--tmpfs", "/tmp"]
-        args += ["--perms", "1777", "--size", tmp_size, "--tmpfs", "/dev/shm"]
+        size = ["--size", tmp_size] if self.has_size else []
+        args += ["--perms", "1777", *size, "--tmpfs", "/tmp"]
+        args += ["--perms", "1777", *size, "--tmpfs", "/dev/shm"]
         binds = readonly_binds(launch.readonly_paths, self.python)
         # bwrap copies the host's modes onto the parents it creates: /root (0700) would hide a
         # Python installed under it from the pool uid. Create the parents world-traversable first.
