@@ -256,3 +256,7 @@ def answer_match_reward(
     ok = answer is not None and any(answer_matches(answer, a) for a in accepted)
     return float(ok), {"match": float(ok), "has_answer": float(answer is not None)}
 
+
+
+# Rewards defined in their own modules register on import; import them here so `get_reward` sees them.
+from rest_megatron.algo import trajectory_reward as _trajectory_reward  # noqa: E402,F401
