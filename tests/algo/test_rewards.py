@@ -152,6 +152,8 @@ EXAMPLES = {
     "function_match": ({"calls": [{"name": "f", "arguments": {"a": 1, "b": "x"}}]},
                        '<tool_call>{"name": "f", "arguments": {"a": 1, "b": "x"}}</tool_call>'),
     "answer_match": ("42", "<think>t</think><response>42</response>"),
+    "tool_trajectory": ({"calls": [{"name": "f", "arguments": {"a": 1}}], "answer": "42"},
+                        '<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>'),
 }
 
 
@@ -179,5 +181,5 @@ def test_contract_every_reward(name, garbage, step):
 
 
 def test_unknown_reward_lists_the_registered_ones():
-    with pytest.raises(ValueError, match="registered: answer_match, function_match, toolrl"):
+    with pytest.raises(ValueError, match="registered: answer_match, function_match, tool_trajectory, toolrl"):
         get_reward("bleu")
