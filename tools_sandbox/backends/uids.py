@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import shutil
 import sys
@@ -28,6 +29,7 @@ LOCK_DIR = Path("/run/lock/rest-megatron-sandbox-uids") if os.path.isdir("/run/l
 BLOCK = 65_536
 _MAX_BLOCKS = 256
 _KILL = shutil.which("kill") or "/bin/kill"
+log = logging.getLogger(__name__)
 
 
 def _claim_block(base: int) -> tuple[int, int]:
@@ -88,16 +90,45 @@ class UidPool:
         os.chmod(path, 0o700)
 
 
-async def sweep_uid(uid: int) -> None:
-    """Send SIGKILL to every process of `uid` by running `kill -9 -1` as that uid.
+def live_processes(uid: int) -> list[int]:
+    """PIDs of the processes of `uid` that have not exited yet (zombies are dead already)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if state not in (b"Z", b"X"):
+            pids.append(int(entry))
+    return pids
+
+
+async def sweep_uid(uid: int, deadline_s: float = 2.0) -> None:
+    """SIGKILL every process of `uid` by running `kill -9 -1` as that uid, until none is left.
 
     kill(-1) as an unprivileged uid reaches exactly the processes it may signal: its own, in every
-    pid namespace. The helper itself is spared by the kernel.
+    pid namespace; the helper itself is spared by the kernel. Signals are asynchronous, so we look
+    again (a fork racing the first kill is caught by the next round) until `/proc` has none.
     """
     argv = [_KILL, "-9", "--", "-1"] if os.path.exists(_KILL) else [
         sys.executable, "-I", "-S", "-c", "import os\ntry: os.kill(-1, 9)\nexcept OSError: pass"]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, user=uid, group=uid, extra_groups=[], stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
-    )
-    await proc.wait()
+    loop = asyncio.get_running_loop()
+    stop = loop.time() + deadline_s
+    while True:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, user=uid, group=uid, extra_groups=[], stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+        )
+        await proc.wait()
+        await asyncio.sleep(0.005)
+        left = await asyncio.to_thread(live_processes, uid)
+        if not left:
+            return
+        if loop.time() > stop:
+            log.warning("uid %d still has processes %s after %.1f s of SIGKILL", uid, left[:8], deadline_s)
+            return
