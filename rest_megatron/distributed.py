@@ -9,6 +9,7 @@ TP/PP/DP groups on an already-initialized world, so one set of processes can run
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -33,6 +34,12 @@ class ParallelLayout:
                 f"launch a multiple of {self.tp * self.pp} ranks or change parallel.tp/parallel.pp"
             )
         return world_size // (self.tp * self.pp)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -70,6 +77,8 @@ def init_distributed(
     if backend == "auto":
         backend = "nccl" if compute_device.type == "cuda" else "gloo"
     if not dist.is_initialized():
+        if init_method is None and "MASTER_ADDR" not in os.environ and int(os.environ.get("WORLD_SIZE", 1)) == 1:
+            init_method = f"tcp://127.0.0.1:{_free_port()}"  # a lone process outside torchrun
         dist.init_process_group(
             backend=backend,
             init_method=init_method,

@@ -161,7 +161,7 @@ class AlgorithmConfig:
     """How per-token losses become one scalar. `token-mean-weighted` divides Σ m·w·L by Σ m·w over
     the whole optimizer step; `per-microbatch` reproduces the authors' code."""
 
-    advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
+    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
     """Advantage estimator over each prompt's group of samples."""
 
     dynamic_sampling: bool = False

@@ -31,6 +31,13 @@ def region_means(values: torch.Tensor, region_mask: torch.Tensor, loss_mask: tor
     return out
 
 
+CONSOLE_KEYS = (
+    "reward/mean", "eval/reward", "reward/answer", "loss", "entropy", "grad_norm", "clip_frac_low", "clip_frac_high",
+    "logprob_drift", "tokens_per_s", "time/rollout", "time/update",
+)
+"""What the one console line per step shows; everything goes to metrics.jsonl."""
+
+
 class RunLogger:
     """Append-only step log of a run; safe to reopen on resume (it appends)."""
 
@@ -56,8 +63,8 @@ class RunLogger:
             handle.write(json.dumps(record) + "\n")
         if self._wandb is not None:
             self._wandb.log(record, step=step)
-        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float | int) and "/" not in k)
-        self.console.print(f"[bold]step {step}[/bold] {shown}")
+        shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in CONSOLE_KEYS if k in metrics)
+        self.console.print(f"[bold]step {step}[/bold]  {shown}  ({record['elapsed_s']:.0f}s)")
 
     def records(self) -> list[dict[str, Any]]:
         """Every step logged so far in this run directory."""

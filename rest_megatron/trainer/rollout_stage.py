@@ -1,0 +1,136 @@
+"""The trainer's side of rollouts: services, generation, evaluation, weight sync and HF export.
+
+The driver (global rank 0) owns the inference servers (or connects to `rollout.server_urls`), the
+sandbox service (or `sandbox.url`), and one asyncio event loop that runs the agent loop. Generated
+trajectories are broadcast to every rank, so all ranks train on the same step. Weight sync is
+collective: every rank takes part in gathering the HF-named tensors (`convert.live`), the driver
+writes them as a Hugging Face folder and tells every server to load it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from rest_megatron.convert.hf_files import copy_metadata
+from rest_megatron.convert.live import iter_hf_tensors
+from rest_megatron.convert.to_hf import ShardWriter
+from rest_megatron.data.prompts import Prompt
+from rest_megatron.rollout.agent_loop import AgentLoop, AgentSettings, RolloutPrompt
+from rest_megatron.rollout.weight_sync import DiskWeightSync
+from rest_megatron.trainer import stages
+from rest_megatron.trainer.runtime import Runtime
+
+
+@dataclass
+class RolloutServices:
+    """What the driver holds to generate: its event loop, the agent loop and the weight-sync target."""
+
+    loop: asyncio.AbstractEventLoop
+    agent: AgentLoop
+    weight_sync: DiskWeightSync
+
+
+def start_services(rt: Runtime) -> None:
+    """Driver: start (or connect to) the sandbox and the inference servers; others do nothing."""
+    if not rt.is_driver:
+        return
+    from rest_megatron.rollout.clients import make_router
+    from rest_megatron.rollout.launch import start_embedded_servers, start_sglang_servers
+    from tools_sandbox.client import SandboxClient, local_sandbox_server
+
+    cfg = rt.config
+    logs = rt.run_dir / "logs"
+    sandbox_url = cfg.sandbox.url
+    if sandbox_url is None:
+        limits = ["--backend", cfg.sandbox.backend, "--cpu-s", str(cfg.sandbox.cpu_seconds),
+                  "--wall-s", str(cfg.sandbox.wall_seconds), "--memory-mb", str(cfg.sandbox.memory_mb),
+                  "--max-concurrency", str(cfg.sandbox.max_concurrency)]
+        sandbox_url = rt.services.enter_context(local_sandbox_server(limits)).base_url
+    urls = list(cfg.rollout.server_urls)
+    if not urls:
+        if cfg.rollout.engine == "embedded":
+            servers = start_embedded_servers(rt.hf_dir, cfg.rollout.num_servers, log_dir=logs)
+        else:
+            servers = start_sglang_servers(rt.hf_dir, cfg.rollout, log_dir=logs)
+        for server in servers:
+            rt.services.callback(server.stop)
+        urls = [server.base_url for server in servers]
+    loop = asyncio.new_event_loop()
+    rt.services.callback(loop.close)
+    engine = "sglang" if cfg.rollout.engine == "embedded" else cfg.rollout.engine  # ours speaks SGLang's API
+    router = make_router(engine, urls, timeout_s=cfg.rollout.request_timeout_s)
+    sandbox = SandboxClient(sandbox_url, timeout_s=cfg.sandbox.wall_seconds + 30)
+    rt.services.callback(lambda: loop.run_until_complete(sandbox.aclose()))
+    rt.services.callback(lambda: loop.run_until_complete(router.aclose()))
+    agent = AgentLoop(router, rt.tokenizer, sandbox, AgentSettings.from_config(cfg))
+    rt.rollout = RolloutServices(loop, agent, DiskWeightSync(router, rt.run_dir / "weights"))
+
+
+def _rollout_prompts(prompts: list[Prompt], num_samples: int, tag: str) -> list[RolloutPrompt]:
+    return [RolloutPrompt(f"{tag}-{i}-{k}", p.messages, p.tools) for i, p in enumerate(prompts) for k in range(num_samples)]
+
+
+def _broadcast(value: Any) -> Any:
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def generate(rt: Runtime, prompts: list[Prompt], num_samples: int, *, tag: str = "train", agent: AgentLoop | None = None) -> list[Any]:
+    """`num_samples` trajectories per prompt (grouped by prompt), identical on every rank."""
+    trajectories = None
+    if rt.is_driver:
+        agent = agent or rt.rollout.agent
+        trajectories = rt.rollout.loop.run_until_complete(agent.run_batch(_rollout_prompts(prompts, num_samples, tag)))
+    return _broadcast(trajectories)
+
+
+def evaluate(rt: Runtime) -> float:
+    """Mean reward of one greedy trajectory per held-out prompt."""
+    prompts = rt.eval_prompts.batch(0)
+    greedy = None
+    if rt.is_driver:
+        settings = rt.rollout.agent.settings
+        greedy = AgentLoop(rt.rollout.agent.client, rt.tokenizer, rt.rollout.agent.executor,
+                           AgentSettings(**{**settings.__dict__, "sampling": settings.sampling.replace(temperature=0.0)}))
+    trajectories = generate(rt, prompts, 1, tag="eval", agent=greedy)
+    rewards, _ = stages.score(trajectories, prompts, reward=rt.config.reward.name, step=0, params=rt.config.reward.params)
+    return float(rewards.mean())
+
+
+def write_hf_folder(rt: Runtime, out: Path, *, max_shard_bytes: int = 5 * 2**30) -> None:
+    """Collective: gather the live model's HF-named tensors; the driver writes a complete HF folder at `out`."""
+    staging = out.parent / f".{out.name}.partial"
+    writer = None
+    if rt.is_driver:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        writer = ShardWriter(staging, max_shard_bytes)
+    for name, tensor in iter_hf_tensors(rt.actor.network, rt.spec):
+        writer.add(name, tensor.cpu())
+    if rt.is_driver:
+        writer.close()
+        copy_metadata(rt.hf_dir, staging)
+        shutil.rmtree(out, ignore_errors=True)
+        staging.rename(out)
+    dist.barrier()
+
+
+def sync_weights(rt: Runtime, version: int) -> None:
+    """Export the current policy and make every inference server load it."""
+    folder = rt.run_dir / "weights" / f"step-{version:08d}"
+    write_hf_folder(rt, folder)
+    if rt.is_driver:
+        rt.rollout.loop.run_until_complete(rt.rollout.weight_sync.push(version))
+    dist.barrier()
+
+
+def export_hf(rt: Runtime, out: Path) -> None:
+    """The final Hugging Face export of the run."""
+    write_hf_folder(rt, out)

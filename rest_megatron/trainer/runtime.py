@@ -1,0 +1,127 @@
+"""Everything a training run holds: process groups, the actor, data, the run directory, services.
+
+`start_runtime` builds it on every rank; the *driver* (global rank 0) additionally owns the run log,
+the rollout servers and the sandbox service, and does the rollouts. `stop_runtime` undoes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from rest_megatron.config import Config, config_to_dict, save_config
+from rest_megatron.data.prompts import PromptStream, load_prompts
+from rest_megatron.distributed import ParallelLayout, init_distributed, init_model_parallel
+from rest_megatron.model.builder import load_hf_config, model_spec_from_hf
+from rest_megatron.trainer.actor import PolicyActor, PolicyObjective, build_actor
+from rest_megatron.trainer.optimizer import OptimizerSettings
+from rest_megatron.trainer.run_log import RunLogger
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Runtime:
+    """The live state of a run on one rank."""
+
+    config: Config
+    spec: Any
+    hf_dir: Path
+    """The Hugging Face folder the run started from (config, tokenizer; weights for the first sync)."""
+    tokenizer: Any
+    actor: PolicyActor
+    objective: PolicyObjective
+    run_dir: Path
+    train_prompts: PromptStream
+    eval_prompts: PromptStream | None
+    is_driver: bool
+    logger: RunLogger | None = None
+    services: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    rollout: Any = None
+    """The driver's `rollout_stage.RolloutServices` (None on other ranks)."""
+    stop_requested: bool = False
+    """Set by SIGTERM (Slurm preemption): save a checkpoint after the current step and exit."""
+
+
+def resolve_model_dir(path: str) -> Path:
+    """A HF directory, or the cached folder of a built-in tiny model."""
+    from rest_megatron.assets import TINY_MODELS, tiny_model_dir
+
+    return tiny_model_dir(path) if path in TINY_MODELS else Path(path)
+
+
+def _optimizer_settings(config: Config) -> OptimizerSettings:
+    opt = config.optimizer
+    return OptimizerSettings(
+        lr=opt.lr, min_lr=opt.min_lr, lr_schedule=opt.lr_schedule, num_warmup_steps=opt.num_warmup_steps,
+        num_steps=opt.num_steps * config.num_updates_per_step, weight_decay=opt.weight_decay,
+        adam_beta1=opt.adam_beta1, adam_beta2=opt.adam_beta2, adam_eps=opt.adam_eps, clip_grad=opt.clip_grad,
+        use_distributed_optimizer=config.parallel.use_distributed_optimizer,
+    )
+
+
+def start_runtime(config: Config) -> Runtime:
+    """Initialize this rank: process groups, actor (weights from the HF folder), data, run directory."""
+    from transformers import AutoTokenizer
+
+    from rest_megatron.convert.from_hf import load_hf_into_model
+    from rest_megatron.convert.hf_files import HFWeights
+
+    init_distributed(backend=config.launch.backend, device=config.launch.device, timeout_s=config.launch.collective_timeout_s)
+    layout = ParallelLayout(tp=config.parallel.tp, pp=config.parallel.pp)
+    init_model_parallel(layout, seed=config.data.seed, timeout_s=config.launch.collective_timeout_s)
+    hf_dir = resolve_model_dir(config.model.path)
+    spec = model_spec_from_hf(load_hf_config(hf_dir))
+    actor = build_actor(
+        spec, _optimizer_settings(config), tp=layout.tp, pp=layout.pp, dtype=DTYPES[config.model.dtype],
+        sequence_parallel=config.parallel.sequence_parallel, recompute=config.model.recompute_activations,
+        padded_vocab_multiple=config.model.padded_vocab_multiple, megatron_overrides=config.model.megatron,
+    )
+    load_hf_into_model(actor.network, spec, HFWeights.open(hf_dir, spec=spec))
+    algo = config.algorithm
+    objective = PolicyObjective(
+        policy_loss=algo.policy_loss,
+        policy_loss_params={
+            "clip_low": algo.clip_low, "clip_high": algo.clip_high, "dual_clip": algo.dual_clip,
+            "kl_coef": algo.kl_coef, "kl_type": algo.kl_estimator, "entropy_coef": algo.entropy_coef,
+        },
+        aggregation=algo.aggregation,
+    )
+    data = config.data
+    train = PromptStream(load_prompts(data.train_path, "train", data.seed), batch_size=data.num_prompts_per_step,
+                         seed=data.seed, shuffle=data.shuffle)
+    evaluation = None
+    if data.eval_path:
+        held_out = load_prompts(data.eval_path, "eval", data.seed)
+        evaluation = PromptStream(held_out, batch_size=len(held_out), seed=data.seed, shuffle=False)
+    run_dir = Path(config.logging.run_dir)
+    is_driver = dist.get_rank() == 0
+    runtime = Runtime(
+        config=config, spec=spec, hf_dir=hf_dir, tokenizer=AutoTokenizer.from_pretrained(hf_dir), actor=actor,
+        objective=objective, run_dir=run_dir, train_prompts=train, eval_prompts=evaluation, is_driver=is_driver,
+    )
+    if is_driver:
+        save_config(config, run_dir)
+        runtime.logger = RunLogger(run_dir, wandb_project=config.logging.wandb_project, config=config_to_dict(config))
+
+    def request_stop(signum: int, frame: Any) -> None:
+        runtime.stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    dist.barrier()
+    return runtime
+
+
+def stop_runtime(runtime: Runtime) -> None:
+    """Stop the services this rank started and leave the process groups."""
+    runtime.services.close()
+    if runtime.logger is not None:
+        runtime.logger.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
