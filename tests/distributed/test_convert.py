@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
@@ -205,10 +207,44 @@ def test_model_trained_with_rest_exports_with_equal_logits(gloo, tmp_path) -> No
     assert float((_hf_logits(source, tokens) - megatron).abs().max()) > 10 * TOLERANCE  # training changed them
 
 
-def test_single_process_from_hf_spawns_its_ranks(gloo, tmp_path) -> None:
-    source = tiny_model_dir("tiny-llama")
+@pytest.fixture(scope="module")
+def llama_pp2(tmp_path_factory) -> Path:
+    """tiny-llama converted by a single-process `convert from-hf --pp 2` (which spawns its 2 ranks)."""
+    ckpt = tmp_path_factory.mktemp("llama-pp2") / "ckpt"
     assert not dist.is_initialized()
-    code = from_hf_main(["--hf", str(source), "--out", str(tmp_path / "ckpt"), "--tp", "1", "--pp", "2"])
-    assert code == 0 and not dist.is_initialized()
-    assert gloo(1).run(_export, [(str(tmp_path / "ckpt"), str(tmp_path / "hf"))], [])[0] == [0]
-    _assert_bitwise(_read_folder(tmp_path / "hf"), _source_tensors(source), "tiny-llama via pp=2")
+    assert from_hf_main(["--hf", str(tiny_model_dir("tiny-llama")), "--out", str(ckpt), "--tp", "1", "--pp", "2"]) == 0
+    assert not dist.is_initialized()
+    return ckpt
+
+
+def test_single_process_from_hf_spawns_its_ranks(gloo, llama_pp2, tmp_path) -> None:
+    assert gloo(1).run(_export, [(str(llama_pp2), str(tmp_path / "hf"))], [])[0] == [0]
+    _assert_bitwise(_read_folder(tmp_path / "hf"), _source_tensors(tiny_model_dir("tiny-llama")), "tiny-llama via pp=2")
+
+
+def test_to_hf_rejects_bad_input(llama_pp2, tmp_path, capsys) -> None:
+    """Each case exits 2 with the file or key and the fix; none needs a process group."""
+    out = str(tmp_path / "hf")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    assert to_hf_main(["--ckpt", str(llama_pp2), "--out", str(tmp_path / "full")]) == 2
+    assert "is not empty; choose a new directory" in capsys.readouterr().err
+
+    # A config of another family, and one whose sizes disagree with the checkpoint.
+    assert to_hf_main(["--ckpt", str(llama_pp2), "--out", out, "--hf-source", str(tiny_model_dir("tiny-qwen3"))]) == 2
+    assert "the checkpoint has no tensor decoder.layers.self_attention.q_layernorm.weight" in capsys.readouterr().err
+    other = Path(shutil.copytree(llama_pp2 / "hf_source", tmp_path / "other"))
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "intermediate_size": 512}))
+    assert to_hf_main(["--ckpt", str(llama_pp2), "--out", out, "--hf-source", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint tensor decoder.layers.mlp.linear_fc1.weight has shape [4, 512, 128] but" in err
+    assert "implies [4, 1024, 128]: the config does not belong to this checkpoint" in err
+
+    # A truncated shard of the distributed checkpoint is named by the manifest check.
+    broken = Path(shutil.copytree(llama_pp2, tmp_path / "broken"))
+    victim = sorted((broken / "step_00000000" / "model_optim").glob("*.distcp"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    assert to_hf_main(["--ckpt", str(broken), "--out", out]) == 2
+    assert f"{victim} has 100 bytes, the manifest says" in capsys.readouterr().err
+    assert not Path(out).exists() and not dist.is_initialized()
