@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from tools_sandbox.backends import Backend, Launch
 from tools_sandbox.backends.uids import UidPool, sweep_uid
 from tools_sandbox.limits import Limits, truncation_marker
 
+log = logging.getLogger(__name__)
 SETUP_FAILED = 125  # the launcher's exit status when the sandbox could not be set up
 _READ_CHUNK = 1 << 16
 _DRAIN_AFTER_EXIT_S = 2.0
@@ -109,7 +111,8 @@ class Executor:
         os.chmod(self.scratch_root, 0o711)  # pool uids may traverse, not list
         # Without a pid namespace, leftovers of a uid are found only by a `kill -1` as that uid.
         self.sweep_uids = backend.weak
-        self._ready: list[Sandbox] = []
+        # Pre-started sandboxes, or the exception a failed pre-start raised (handed to a waiting call).
+        self._ready: asyncio.Queue[Sandbox | BaseException] = asyncio.Queue()
         self._filling = 0
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
@@ -122,11 +125,12 @@ class Executor:
     async def stop(self) -> None:
         """Kill pre-started sandboxes and wait for pending clean-ups."""
         self._stopping = True
-        while self._ready:
-            sandbox = self._ready.pop()
-            kill_tree(sandbox.proc)
-            await sandbox.proc.wait()
-            await self.release(sandbox.uid, sandbox.scratch)
+        while not self._ready.empty():
+            sandbox = self._ready.get_nowait()
+            if isinstance(sandbox, Sandbox):
+                kill_tree(sandbox.proc)
+                await sandbox.proc.wait()
+                await self.release(sandbox.uid, sandbox.scratch)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
@@ -188,31 +192,41 @@ class Executor:
         return Sandbox(proc, uid, scratch)
 
     def _refill(self) -> None:
-        for _ in range(max(0, self.prestart - len(self._ready) - self._filling)):
+        for _ in range(max(0, self.prestart - self._ready.qsize() - self._filling)):
             self._filling += 1
             self._background(self._fill_one())
 
     async def _fill_one(self) -> None:
         try:
             sandbox = await self._start_deferred()
-            if self._stopping:
-                kill_tree(sandbox.proc)
-                await sandbox.proc.wait()
-                await self.release(sandbox.uid, sandbox.scratch)
-            else:
-                self._ready.append(sandbox)
+        except Exception as exc:  # noqa: BLE001 - hand the failure to the call waiting for this sandbox
+            log.exception("could not pre-start a sandbox")
+            self._ready.put_nowait(exc)
+            return
         finally:
             self._filling -= 1
+        if self._stopping:
+            kill_tree(sandbox.proc)
+            await sandbox.proc.wait()
+            await self.release(sandbox.uid, sandbox.scratch)
+        else:
+            self._ready.put_nowait(sandbox)
 
     async def _take(self) -> Sandbox:
-        while self._ready:
-            sandbox = self._ready.pop(0)
-            if sandbox.proc.returncode is None:
-                self._refill()
-                return sandbox
+        """The next pre-started sandbox. A call never starts its own while pre-starts are under way:
+        that would only add a competitor for the same CPUs."""
+        if self.prestart < 1:
+            return await self._start_deferred()
+        for attempt in range(3):
+            self._refill()
+            sandbox = await self._ready.get()
+            self._refill()
+            if isinstance(sandbox, BaseException):
+                raise RuntimeError(f"the sandbox could not be started: {sandbox}") from sandbox
+            if sandbox.proc.returncode is None or attempt == 2:
+                return sandbox  # one that died at start-up three times running is reported as a SandboxError
             self._background(self.release(sandbox.uid, sandbox.scratch))
-        self._refill()
-        return await self._start_deferred()
+        raise AssertionError("unreachable")
 
     # -- one-shot calls ----------------------------------------------------------------------------
     async def run(self, run: dict, limits: Limits, *, files: dict[str, bytes] | None = None,
@@ -236,6 +250,11 @@ class Executor:
                 if sandbox.uid is not None:
                     for path in [relative, *relative.parents]:
                         os.chown(sandbox.scratch / path, sandbox.uid, sandbox.uid)
+            if sandbox.proc.returncode is not None:
+                _, stderr = await sandbox.proc.communicate()
+                return ExecResult(status="SandboxError", return_code=sandbox.proc.returncode, stdout="",
+                                  stderr=stderr.decode(errors="replace")[-4000:] or "the sandbox exited at start-up",
+                                  duration_s=0.0)
             rlimits = limits.rlimits()
             order = json.dumps({**run, "rlimits": {"cpu": rlimits["cpu"], "as": rlimits["as"]}}).encode() + b"\n"
             result = await self._communicate(sandbox.proc, order + (stdin or b""), limits)

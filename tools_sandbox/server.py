@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-workers", type=int, default=defaults.warm_workers,
                    help="pre-started sandbox workers for fast sessions (default %(default)s)")
     p.add_argument("--prestart", type=int, default=None,
-                   help="pre-started one-shot sandboxes kept ready (default: max(2, --max-concurrency))")
+                   help="pre-started one-shot sandboxes kept ready (default: 2 x --max-concurrency)")
     p.add_argument("--tools-module", action="append", default=[], metavar="MODULE",
                    help="user tool module (dotted name or .py path); repeatable")
     p.add_argument("--no-bfcl", action="store_true", help="do not register the BFCL environments")
@@ -85,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         max_sessions=args.max_sessions, session_idle_s=args.session_idle_s,
         session_lifetime_s=args.session_lifetime_s, session_cpu_s=args.session_cpu_s,
         warm_workers=args.warm_workers, secret=secret,
-        prestart=args.prestart if args.prestart is not None else max(2, args.max_concurrency), max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        prestart=args.prestart if args.prestart is not None else 2 * args.max_concurrency, max_body_bytes=int(args.max_body_mb * (1 << 20)),
         tool_modules=tuple(args.tools_module), bfcl=not args.no_bfcl, scratch_root=args.scratch_root,
         uid_base=args.uid_base, sandbox_python=args.sandbox_python, seccomp=not args.disable_seccomp,
     )

@@ -52,6 +52,13 @@ class ToolOutcome:
     duration_s: float = 0.0
 
 
+def _in_service(arguments: dict) -> ToolOutcome:
+    """The calculator: a bounded parser, run here rather than in a sandbox."""
+    start = time.perf_counter()
+    ok, output, error = calculator.call(arguments)
+    return ToolOutcome(ok, output, error, duration_s=time.perf_counter() - start)
+
+
 class WorkerProcess:
     """A sandboxed `worker.py`, its uid and scratch directory; one JSON line per request."""
 
@@ -255,56 +262,46 @@ class SessionManager:
         return outcome
 
     async def _call_in(self, session: Session, tool: str, arguments: dict, wall_s: float | None) -> ToolOutcome:
-        start = time.perf_counter()
         if self.registry.env_of(tool).in_service:
-            ok, output, error = calculator.call(arguments)
-            return ToolOutcome(ok, output, error, duration_s=time.perf_counter() - start)
-        wall = min(wall_s or self.limits.wall_s, self.limits.wall_s)
-        message = {"op": "call", "tool": tool, "arguments": arguments, "wall_s": wall,
-                   "cpu_s": self.limits.cpu_s, "output_bytes": self.limits.output_bytes}
-        try:
-            reply = await session.worker.request(message, wall + _GRACE_S)
-        except (asyncio.TimeoutError, RuntimeError, ValueError) as exc:
-            timed_out = isinstance(exc, asyncio.TimeoutError)
+            return _in_service(arguments)
+        outcome, broken = await self._worker_call(session.worker, tool, arguments, wall_s)
+        if broken:
             await self.close(session.id)
-            reason = (f"timeout: the call ran past {wall:g} s and ignored the interrupt" if timed_out
-                      else f"the sandbox failed: {exc}")
-            return ToolOutcome(False, "", f"{reason}; the session was ended, create a new one",
-                               timed_out=timed_out, duration_s=time.perf_counter() - start)
-        error = reply.get("error")
-        return ToolOutcome(bool(reply.get("ok")), str(reply.get("output") or ""), error,
-                           truncated=bool(reply.get("truncated")),
-                           timed_out=bool(error and str(error).startswith("timeout")),
-                           duration_s=time.perf_counter() - start)
+            outcome.error = f"{outcome.error}; the session was ended, create a new one"
+        return outcome
 
     async def call_stateless(self, tool: str, arguments: dict, config: Any = None,
                              wall_s: float | None = None) -> ToolOutcome:
         """Run one call in a fresh environment that is thrown away afterwards."""
         env = self.registry.env_of(tool)
         if env.in_service:
-            ok, output, error = calculator.call(arguments)
-            return ToolOutcome(ok, output, error)
+            return _in_service(arguments)
         worker = await self._take_worker([env], {env.name: config} if config is not None else {})
-        session = Session(id="stateless", envs=[env], worker=worker)
         try:
-            wall = min(wall_s or self.limits.wall_s, self.limits.wall_s)
-            message = {"op": "call", "tool": tool, "arguments": arguments, "wall_s": wall,
-                       "cpu_s": self.limits.cpu_s, "output_bytes": self.limits.output_bytes}
-            start = time.perf_counter()
-            try:
-                reply = await worker.request(message, wall + _GRACE_S)
-            except asyncio.TimeoutError:
-                return ToolOutcome(False, "", f"timeout: the call ran past {wall:g} s", timed_out=True,
-                                   duration_s=time.perf_counter() - start)
-            except RuntimeError as exc:
-                return ToolOutcome(False, "", f"the sandbox failed: {exc}")
-            error = reply.get("error")
-            return ToolOutcome(bool(reply.get("ok")), str(reply.get("output") or ""), error,
-                               truncated=bool(reply.get("truncated")),
-                               timed_out=bool(error and str(error).startswith("timeout")),
-                               duration_s=time.perf_counter() - start)
+            outcome, _ = await self._worker_call(worker, tool, arguments, wall_s)
+            return outcome
         finally:
-            await self._discard(session.worker)
+            await self._discard(worker)
+
+    async def _worker_call(self, worker: WorkerProcess, tool: str, arguments: dict, wall_s: float | None
+                           ) -> tuple[ToolOutcome, bool]:
+        """One call on a worker: (outcome, True if the worker must be discarded)."""
+        start = time.perf_counter()
+        wall = min(wall_s or self.limits.wall_s, self.limits.wall_s)
+        message = {"op": "call", "tool": tool, "arguments": arguments, "wall_s": wall,
+                   "cpu_s": self.limits.cpu_s, "output_bytes": self.limits.output_bytes}
+        try:
+            reply = await worker.request(message, wall + _GRACE_S)
+        except (asyncio.TimeoutError, RuntimeError) as exc:
+            timed_out = isinstance(exc, asyncio.TimeoutError)
+            reason = (f"timeout: the call ran past {wall:g} s and ignored the interrupt" if timed_out
+                      else f"the sandbox failed: {exc}")
+            return ToolOutcome(False, "", reason, timed_out=timed_out, duration_s=time.perf_counter() - start), True
+        error = reply.get("error")
+        return ToolOutcome(bool(reply.get("ok")), str(reply.get("output") or ""), error,
+                           truncated=bool(reply.get("truncated")),
+                           timed_out=bool(error and str(error).startswith("timeout")),
+                           duration_s=time.perf_counter() - start), False
 
     async def describe_module(self, module: str, search_dir: str) -> dict:
         """Import a user tool module in a sandbox that sees `search_dir`; return `{"name", "tools"}`."""

@@ -99,3 +99,16 @@ def test_uid_pool_validates_its_range() -> None:
         pool.acquire()
     other = UidPool(size=1)  # a second service on this machine gets a disjoint block
     assert abs(other.base - pool.base) >= 65_536
+
+
+def test_the_whole_file_system_is_never_bound() -> None:
+    from tools_sandbox.backends.common import readonly_binds
+
+    with pytest.raises(ValueError, match="refusing to expose the whole file system"):
+        readonly_binds(("/",))
+    assert all(path != "/" and not path.startswith("/usr/") for path in readonly_binds())
+
+
+def test_a_missing_sandbox_interpreter_is_refused_up_front() -> None:
+    with pytest.raises(ValueError, match="is not an executable file"):
+        select_backend("auto", python="/nonexistent/python3")

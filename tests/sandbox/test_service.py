@@ -131,3 +131,12 @@ def test_full_queue_answers_429_with_retry_after(server_factory) -> None:  # noq
     finally:
         slow.join()
     assert_healthy(tiny)
+
+
+def test_a_sandbox_that_cannot_start_is_a_sandbox_error_not_a_hang(server_factory) -> None:  # noqa: ANN001
+    # /bin/false as the interpreter: every pre-started sandbox exits at once.
+    broken = server_factory("bubblewrap", "--no-bfcl", "--sandbox-python", "/bin/false")
+    start = time.monotonic()
+    reply = run(run_code(broken, "print(1)"))
+    assert reply["status"] == "SandboxError" and reply["message"], reply
+    assert time.monotonic() - start < 30

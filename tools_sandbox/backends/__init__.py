@@ -9,6 +9,7 @@ identical; backends differ only in how much of the host the sandbox can see.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 from dataclasses import dataclass
 
@@ -63,6 +64,8 @@ def select_backend(name: str = "auto", *, seccomp: bool = True, python: str | No
     """
     if name not in ("auto", *BACKEND_NAMES):
         raise ValueError(f"unknown sandbox backend {name!r}; choose one of auto, {', '.join(BACKEND_NAMES)}.")
+    if python is not None and not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        raise ValueError(f"sandbox interpreter {python!r} is not an executable file; give the path of a python3.")
     statuses = {s.name: s for s in detect_backends(python)}
     if name == "auto":
         name = next((s.name for s in statuses.values() if s.available), "")

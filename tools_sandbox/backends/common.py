@@ -121,6 +121,9 @@ def readonly_binds(extra: tuple[str, ...] = (), python: str | None = None) -> li
     wanted = [*python_paths(python), str(PACKAGE_DIR), *extra]
     paths: list[str] = []
     for path in sorted({os.path.abspath(p) for p in wanted if os.path.exists(p)}):
+        if path == "/":
+            raise ValueError("refusing to expose the whole file system to the sandbox; a tool module or the "
+                             "sandbox interpreter resolved to '/': give a path inside a directory")
         if path == "/usr" or path.startswith("/usr/"):
             continue
         if any(path == kept or path.startswith(kept.rstrip("/") + "/") for kept in paths):
