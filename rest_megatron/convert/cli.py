@@ -70,7 +70,9 @@ def _report_errors(run: Callable[[], Any]) -> int:
 def _is_rank_zero() -> bool:
     import torch.distributed as dist
 
-    return not dist.is_initialized() or dist.get_rank() == 0
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0  # torchrun, before the process group exists
 
 
 # ------------------------------------------------------------------------------------------ from-hf
