@@ -246,13 +246,11 @@ def write_export(plan: ExportPlan, *, progress: bool | None = None) -> Path:
                         writer.add(name, tensor if plan.out_dtype is None else tensor.to(plan.out_dtype))
             bar.update(task, advance=1, description=unit.name)
     if writes:
-        shard_names = writer.close()
+        writer.close()
         _write_metadata(plan, staging)
         if out.exists():
             out.rmdir()  # checked empty by plan_export
         os.replace(staging, out)
-        if show:
-            print(f"wrote {len(shard_names)} safetensors shard(s) to {out}", file=sys.stderr)
     if dist.get_world_size() > 1:
         dist.barrier()
     return out
