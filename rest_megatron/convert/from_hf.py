@@ -43,7 +43,7 @@ def resolve_dtype(name: str, config: dict[str, Any]) -> torch.dtype:
 def load_hf_into_model(
     gpt: torch.nn.Module, spec: ModelSpec, weights: HFWeights, adapter: Adapter | None = None
 ) -> int:
-    """Fill this rank's model chunk (`gpt`, unwrapped) from Hugging Face weights; returns elements read.
+    """Fill this rank's model chunk (`gpt`, or a wrapper) from Hugging Face weights; returns elements read.
 
     Rank-local: no collectives. Every parameter must be covered, else RuntimeError names it.
     """

@@ -2,7 +2,7 @@
 
 For weight sync to the rollout servers: every rank calls
 
-    for name, tensor in iter_hf_tensors(gpt, spec):   # gpt: this rank's unwrapped GPTModel
+    for name, tensor in iter_hf_tensors(model, spec):  # this rank's GPTModel (or its DDP wrapper)
         push(name, tensor)                            # runs on `dst` only
 
 and `dst` (global rank 0 by default) receives the tensors in Hugging Face order, one Megatron
@@ -33,7 +33,7 @@ from rest_megatron.model.builder import ModelSpec
 
 @torch.no_grad()
 def iter_hf_tensors(
-    gpt: torch.nn.Module, spec: ModelSpec, *, dst: int = 0, group: dist.ProcessGroup | None = None
+    model: torch.nn.Module, spec: ModelSpec, *, dst: int = 0, group: dist.ProcessGroup | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (hf_name, full tensor) on global rank `dst`; collective over `group` (default: world).
 
@@ -41,7 +41,7 @@ def iter_hf_tensors(
     """
     adapter = get_adapter(spec)
     rank = dist.get_rank()
-    mine = [p for p in local_pieces(gpt) if p.main]
+    mine = [p for p in local_pieces(model) if p.main]
     listing = [(p.key, p.layer, p.offset, tuple(p.data.shape), p.global_shape, p.data.dtype) for p in mine]
     everyone: list = [None] * dist.get_world_size(group)
     dist.all_gather_object(everyone, listing, group=group)
@@ -51,7 +51,7 @@ def iter_hf_tensors(
         for key, layer, offset, shape, global_shape, dtype in entries:
             holders.setdefault((key, layer), []).append((src, offset, shape, global_shape, dtype))
     local = {(p.key, p.layer, p.offset): p.data for p in mine}
-    device = next(gpt.parameters()).device
+    device = next(model.parameters()).device
     d = dims(spec)
     for unit in units(adapter.rules(spec), spec.num_layers):
         for rule in unit.rules:

@@ -35,12 +35,16 @@ class Piece:
         return tuple(slice(o, o + n) for o, n in zip(self.offset, self.data.shape))
 
 
-def local_pieces(gpt: torch.nn.Module) -> list[Piece]:
-    """Every tensor rectangle of this rank's model chunk (`gpt` unwrapped), in state-dict order."""
+def local_pieces(model: torch.nn.Module) -> list[Piece]:
+    """Every tensor rectangle of this rank's model chunk, in state-dict order.
+
+    `model` is the GPTModel or any Megatron wrapper around it (DDP, Float16Module).
+    """
     from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory, is_main_replica
+    from megatron.core.utils import unwrap_model
 
     pieces: list[Piece] = []
-    pending = list(gpt.sharded_state_dict().values())
+    pending = list(unwrap_model(model).sharded_state_dict().values())
     while pending:
         item = pending.pop(0)
         if isinstance(item, ShardedTensorFactory):

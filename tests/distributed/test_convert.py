@@ -184,7 +184,7 @@ def _train_rest_steps(source: str, root: str, seed: int) -> dict:
         "moved": moved,
         "grad_norm": [m["grad_norm"] for m in metrics],
         "logits": _megatron_logits(actor.model, _prompts(spec.vocab_size, seed), spec.vocab_size),
-        "live": dict(iter_hf_tensors(actor.network, spec)),
+        "live": dict(iter_hf_tensors(actor.model, spec)),  # through the DDP wrapper
     }
 
 
