@@ -88,7 +88,8 @@ class AgentLoop:
         """Sample one trajectory to the end."""
         started = time.perf_counter()
         trajectory = Trajectory(sample_id=prompt.sample_id, messages=list(prompt.messages),
-                                metadata={**prompt.metadata, "weight_versions": [], "servers": []})
+                                metadata={**prompt.metadata, "weight_versions": [], "servers": [], "timeline": [],
+                                          "started_at": started})
         allowed = tool_names(prompt.tools)
         try:
             trajectory.append("prompt", self.renderer.prompt_ids(prompt.messages, prompt.tools), turn=-1)
@@ -103,9 +104,13 @@ class AgentLoop:
         except InferenceError as exc:
             trajectory.errors.append(f"{type(exc).__name__}: {exc}")
             trajectory.finish(TrajectoryStatus.FAILED, "inference failed")
-        trajectory.metadata["duration_s"] = time.perf_counter() - started
         trajectory.metadata["finished_at"] = time.perf_counter()
+        trajectory.metadata["duration_s"] = trajectory.metadata["finished_at"] - started
         return trajectory
+
+    @staticmethod
+    def _since(trajectory: Trajectory) -> float:
+        return time.perf_counter() - trajectory.metadata["started_at"]
 
     async def _open_session(self, allowed: list[str], prompt: RolloutPrompt) -> str:
         if not hasattr(self.executor, "create_session"):
@@ -121,7 +126,11 @@ class AgentLoop:
                 trajectory.finish(TrajectoryStatus.TRUNCATED, "max_total_tokens")
                 return
             params = self.sampling.replace(max_new_tokens=min(self.sampling.max_new_tokens, budget))
+            # Per turn: seconds since the trajectory started when generation and tools began/ended.
+            timing = {"generate": [self._since(trajectory)]}
+            trajectory.metadata["timeline"].append(timing)
             generation = await self.client.generate(trajectory.token_ids, params)
+            timing["generate"].append(self._since(trajectory))
             trajectory.metadata["weight_versions"].append(generation.extra.get("weight_version"))
             trajectory.metadata["servers"].append(generation.server)
             tagger.start_turn()
@@ -141,9 +150,11 @@ class AgentLoop:
             if turn == settings.max_turns - 1:
                 trajectory.finish(TrajectoryStatus.MAX_TURNS, "max_turns")
                 return
+            timing["tools"] = [self._since(trajectory)]
             tool_messages, records = await execute_turn(
                 self.executor, parsed, allowed=allowed, turn=turn, timeout_s=settings.tool_timeout_s,
                 session_id=session, errors=trajectory.errors)
+            timing["tools"].append(self._since(trajectory))
             trajectory.tool_calls.extend(records)
             ended = bool(generation.output_ids) and generation.output_ids[-1] == self.renderer.end_of_turn_id
             ids = self.renderer.tool_turn_ids(trajectory.messages, tool_messages, prompt.tools,

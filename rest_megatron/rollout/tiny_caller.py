@@ -30,8 +30,8 @@ from rest_megatron.assets._cache import cache_key, cached_dir
 from rest_megatron.data.sft import collate, tokenize_for_sft
 from rest_megatron.data.tiny_task import CALCULATOR_TOOL, TinyTaskSample, demonstration, make_tiny_task
 
-VERSION = 2
-SLOW_SECONDS = 2
+VERSION = 3
+SLOW_SECONDS = 4
 PYTHON_TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
