@@ -75,7 +75,8 @@ def model_spec_from_hf(hf: dict[str, Any]) -> ModelSpec:
             f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
         )
     heads = hf["num_attention_heads"]
-    rope_scaling = hf.get("rope_scaling") or None
+    # transformers 5 writes `rope_parameters` (rope_type, rope_theta, scaling keys) and may omit `rope_scaling`.
+    rope_scaling = hf.get("rope_scaling") or hf.get("rope_parameters") or None
     llama3 = None
     if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) not in (None, "default"):
         kind = rope_scaling.get("rope_type", rope_scaling.get("type"))

@@ -73,3 +73,13 @@ def test_each_family_builds_and_runs_at_tp2(gloo, name: str) -> None:
     assert any("q_layernorm" in n for n in names) == (name == "tiny-qwen3")
     assert any(n.endswith("linear_qkv.bias") for n in names) == (name == "tiny-qwen2")
     assert ("output_layer.weight" in names) == (name != "tiny-qwen2")  # Qwen2 ties embeddings
+
+
+def test_transformers5_rope_parameters_alone_are_read() -> None:
+    hf = tiny_hf_config("tiny-llama")
+    legacy = {k: v for k, v in hf.items() if k not in ("rope_scaling", "rope_theta")}
+    modern = dict(legacy, rope_parameters={**hf["rope_scaling"], "rope_theta": hf["rope_theta"]})
+    spec = model_spec_from_hf(modern)
+    assert spec.llama3_rope == model_spec_from_hf(hf).llama3_rope and spec.rope_theta == hf["rope_theta"]
+    qwen = dict(tiny_hf_config("tiny-qwen3"), rope_parameters={"rope_type": "default", "rope_theta": 5.0})
+    assert model_spec_from_hf({k: v for k, v in qwen.items() if k != "rope_theta"}).llama3_rope is None
