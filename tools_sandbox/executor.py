@@ -245,8 +245,12 @@ class Executor:
         try:
             for relative, content in paths:
                 target = sandbox.scratch / relative
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(content)
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(content)
+                except OSError as exc:  # e.g. "a" given both as a file and as a directory
+                    raise ValueError(f"cannot create file {str(relative)!r} ({exc.strerror}); give each file "
+                                     "a distinct path") from exc
                 if sandbox.uid is not None:
                     for path in [relative, *relative.parents]:
                         os.chown(sandbox.scratch / path, sandbox.uid, sandbox.uid)
