@@ -95,7 +95,14 @@ class AgentLoop:
             trajectory.append("prompt", self.renderer.prompt_ids(prompt.messages, prompt.tools), turn=-1)
             tagger = RegionTagger(self.tokenizer,
                                   think_open_at_start=self.renderer.think_open_at_start(prompt.messages, prompt.tools))
-            session = await self._open_session(allowed, prompt) if self.settings.stateful_tools else None
+            session = None
+            if self.settings.stateful_tools:
+                try:
+                    session = await self._open_session(allowed, prompt)
+                except Exception as exc:  # noqa: BLE001 - no environment: this trajectory cannot run
+                    trajectory.errors.append(f"tool session: {type(exc).__name__}: {exc}")
+                    trajectory.finish(TrajectoryStatus.FAILED, "tool session failed")
+                    return self._stamp(trajectory, started)
             try:
                 await self._turns(trajectory, prompt, tagger, allowed, session)
             finally:
@@ -104,6 +111,10 @@ class AgentLoop:
         except InferenceError as exc:
             trajectory.errors.append(f"{type(exc).__name__}: {exc}")
             trajectory.finish(TrajectoryStatus.FAILED, "inference failed")
+        return self._stamp(trajectory, started)
+
+    @staticmethod
+    def _stamp(trajectory: Trajectory, started: float) -> Trajectory:
         trajectory.metadata["finished_at"] = time.perf_counter()
         trajectory.metadata["duration_s"] = trajectory.metadata["finished_at"] - started
         return trajectory

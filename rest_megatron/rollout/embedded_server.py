@@ -51,7 +51,7 @@ def resolve_model(name_or_path: str) -> Path:
         return tiny_model_dir(name_or_path)
     path = Path(name_or_path).expanduser()
     if not (path / "config.json").is_file():
-        raise SystemExit(f"--model {name_or_path!r} is not a Hugging Face folder (no config.json) nor one of "
+        raise ValueError(f"--model {name_or_path!r} is not a Hugging Face folder (no config.json) nor one of "
                          f"{', '.join(TINY_MODELS)}; point it at a folder with config.json, weights and tokenizer")
     return path
 
@@ -68,7 +68,11 @@ def main(argv: list[str]) -> int:
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    model_dir = resolve_model(args.model)
+    try:
+        model_dir = resolve_model(args.model)
+    except ValueError as exc:
+        print(f"rest-megatron rollout-server: {exc}", file=sys.stderr)
+        return 2
     core = EngineCore(model_dir, dtype=getattr(torch, args.dtype), max_running=args.max_running_requests,
                       prefix_cache_tokens=args.prefix_cache_tokens)
     app = create_app(core, original_logprobs=args.return_original_logprob, seed=args.seed,

@@ -161,3 +161,14 @@ def test_no_reachable_server_fails_the_trajectory_not_the_batch(sandbox_url, cal
 def test_settings_are_validated(bad) -> None:
     with pytest.raises(ValueError):
         AgentSettings(sampling=GREEDY, **bad)
+
+
+def test_stateful_tools_run_in_a_session_and_a_failed_session_fails_only_its_trajectory(
+        engine, sandbox_url, caller_tokenizer) -> None:
+    good = _prompts(1)[0]
+    bad_tools = [*good.tools, {"type": "function", "function": {"name": "no_such_tool", "parameters": {}}}]
+    bad = RolloutPrompt("bad", good.messages, bad_tools)
+    ok, failed = run(_rollout(SGLangClient(engine.base_url), caller_tokenizer, sandbox_url, [good, bad],
+                              stateful_tools=True))
+    assert ok.status is TrajectoryStatus.ANSWERED and ok.tool_calls and all(r.ok for r in ok.tool_calls)
+    assert failed.status is TrajectoryStatus.FAILED and "no_such_tool" in failed.errors[0]
