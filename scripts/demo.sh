@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the CPU demo: SFT of a tiny Qwen3 tool caller on Megatron at TP=2.
-# Extra arguments go to the demo (see `python -m rest_megatron.demo --help`).
+# Set up (scripts/setup.sh) and run the CPU demo: the tiny ResT recipe end to end — SFT warm start,
+# ResT RL with rollouts from the embedded engine and real tool calls in the sandbox, checkpoints and a
+# Hugging Face export, all under runs/. Extra arguments are recipe overrides (key=value).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::UserWarning}
-NPROC=${NPROC:-2}
-exec .venv/bin/torchrun --standalone --nproc-per-node "$NPROC" -m rest_megatron.demo "$@"
+RECIPE=${RECIPE:-recipes/tiny-cpu.yaml}
+exec .venv/bin/rest-megatron train "$RECIPE" "$@"

@@ -363,11 +363,11 @@ class SFTConfig:
     lr: float = 3.0e-3
     """Peak learning rate of the SFT stage (cosine decay, 5 warmup steps)."""
 
-    num_samples: int = 64
-    """Gold demonstrations generated from the task's training split."""
+    num_samples: int = 256
+    """Gold demonstrations generated from the task's training split (the pool steps draw from)."""
 
-    micro_batch_size: int = 8
-    """Conversations per forward/backward in the SFT stage."""
+    micro_batch_size: int = 4
+    """Conversations per optimizer step and data-parallel rank."""
 
 
 @dataclass(frozen=True, kw_only=True)
