@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -214,7 +215,7 @@ def local_sandbox_server(args: list[str] | None = None, *, secret: str | None = 
     """
     workdir = tempfile.mkdtemp(prefix="sandbox-server-")
     port_file = os.path.join(workdir, "port")
-    log_path = log_path or os.path.join(workdir, "server.log")
+    log_path = log_path or os.path.join(workdir, "server.log")  # removed with workdir; pass one to keep it
     env = dict(os.environ)
     argv = [sys.executable, "-m", "tools_sandbox.server", "--host", "127.0.0.1", "--port", "0", "--port-file",
             port_file, *(args or [])]
@@ -228,6 +229,7 @@ def local_sandbox_server(args: list[str] | None = None, *, secret: str | None = 
         yield LocalServer(base_url, int(base_url.rsplit(":", 1)[1]), secret, process)
     finally:
         _stop(process)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _wait_ready(process: subprocess.Popen, port_file: str, log_path: str, timeout_s: float) -> str:

@@ -106,8 +106,10 @@ class Executor:
         self.uid_pool = uid_pool
         self.limits = limits or Limits()
         self.prestart = prestart
-        self.scratch_root = Path(scratch_root or tempfile.mkdtemp(prefix="rest-sandbox-"))
-        self.scratch_root.mkdir(parents=True, exist_ok=True)
+        # Always a new directory of our own (inside `scratch_root` if given): it is removed at shutdown.
+        if scratch_root is not None:
+            Path(scratch_root).mkdir(parents=True, exist_ok=True)
+        self.scratch_root = Path(tempfile.mkdtemp(prefix="rest-sandbox-", dir=scratch_root))
         os.chmod(self.scratch_root, 0o711)  # pool uids may traverse, not list
         # Without a pid namespace, leftovers of a uid are found only by a `kill -1` as that uid.
         self.sweep_uids = backend.weak

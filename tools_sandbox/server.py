@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-bytes", type=int, default=limits.output_bytes, help="stdout/stderr bytes kept")
     p.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / (1 << 20),
                    help="largest request body, MiB (default %(default)s)")
-    p.add_argument("--scratch-root", help="directory for per-call scratch directories (default: a new temp dir)")
+    p.add_argument("--scratch-root", help="where to make this service's scratch directory (default: the system temp dir); "
+                        "with the rlimit backend, pool uids must be able to traverse it")
     p.add_argument("--uid-base", type=int, default=defaults.uid_base,
                    help="first of the per-call uids a root service uses (default %(default)s)")
     p.add_argument("--sandbox-python", help="interpreter inside the sandbox (default: this one)")
