@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import warnings
 from collections.abc import Sequence
@@ -182,45 +181,28 @@ def check_optional_package(module: str, extra: str) -> Check:
     return Check(module, "ok", f"{_version(module)} (found, not imported)")
 
 
-def check_bubblewrap() -> Check:
-    path = shutil.which("bwrap")
-    if path is None:
-        return Check(
-            "bubblewrap", "missing", "bwrap not on PATH", "apt-get install bubblewrap (strongest backend)"
-        )
-    try:
-        # The probe the sandbox's bubblewrap backend relies on: new user + network namespaces, read-only /.
-        proc = subprocess.run(
-            [path, "--unshare-all", "--ro-bind", "/", "/", "true"], capture_output=True, text=True, timeout=10
-        )
-    except subprocess.TimeoutExpired:
-        return Check(
-            "bubblewrap",
-            "warn",
-            f"{path} hung for 10 s creating namespaces",
-            "check the kernel's userns setup",
-        )
-    if proc.returncode != 0:
-        reason = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        return Check(
-            "bubblewrap",
-            "warn",
-            f"{path} cannot create user+net namespaces: {reason}",
-            "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or "
-            "kernel.apparmor_restrict_unprivileged_userns=0), or run in a container that permits them",
-        )
-    return Check("bubblewrap", "ok", f"{path} creates user+net namespaces")
+def check_sandbox_backends() -> list[Check]:
+    """The sandbox's own probes (`tools_sandbox.backends.detect_backends`), one line per backend.
+
+    The sandbox package words each detail so that it already says how to fix a missing backend.
+    """
+    from tools_sandbox.backends import detect_backends
+
+    checks = []
+    for backend in detect_backends():
+        if backend.available:
+            checks.append(Check(backend.name, "warn" if backend.weak else "ok", backend.detail))
+        else:
+            checks.append(Check(backend.name, "missing", backend.detail, ""))
+    return checks
 
 
-def check_nsjail() -> Check:
-    path = shutil.which("nsjail")
-    if path is None:
-        return Check("nsjail", "missing", "not on PATH", "optional: build it from github.com/google/nsjail")
-    return Check("nsjail", "ok", path)
+def check_bfcl() -> Check:
+    from tools_sandbox.tools.bfcl import status
 
-
-def check_rlimit() -> Check:
-    return Check("rlimit", "ok", "fallback always available (rlimits only, no namespaces: weakest isolation)")
+    installed, detail = status()
+    return Check("bfcl-eval", "ok" if installed else "missing", detail,
+                 "" if installed else "bash scripts/setup.sh installs it (without its dependency tree)")
 
 
 def check_slurm() -> Check:
@@ -251,9 +233,8 @@ def run_checks() -> list[Check]:
         check_transformer_engine(),
         check_optional_package("sglang", "gpu"),
         check_optional_package("vllm", "vllm"),
-        check_bubblewrap(),
-        check_nsjail(),
-        check_rlimit(),
+        *check_sandbox_backends(),
+        check_bfcl(),
         check_slurm(),
     ]
 

@@ -50,7 +50,8 @@ def start_services(rt: Runtime) -> None:
     if sandbox_url is None:
         limits = ["--backend", cfg.sandbox.backend, "--cpu-s", str(cfg.sandbox.cpu_seconds),
                   "--wall-s", str(cfg.sandbox.wall_seconds), "--memory-mb", str(cfg.sandbox.memory_mb),
-                  "--max-concurrency", str(cfg.sandbox.max_concurrency)]
+                  "--max-concurrency", str(cfg.sandbox.max_concurrency), "--max-processes", str(cfg.sandbox.max_processes),
+                  "--file-size-mb", str(cfg.sandbox.max_file_mb), "--output-bytes", str(cfg.sandbox.max_output_bytes)]
         sandbox_url = rt.services.enter_context(local_sandbox_server(limits)).base_url
     urls = list(cfg.rollout.server_urls)
     if not urls:
