@@ -100,28 +100,31 @@ sandbox_port() { echo $((SANDBOX_PORT + $(node_index "$(node_name)"))); }
 node_services() {
   LOG_TAG="services $(node_name)"
   : "${NODES:?} ${SANDBOX:?} ${SANDBOX_PORT:?} ${ROLLOUT_PORT:?}"  # set by train.sbatch
-  local me idx pids=() k first gpus bind
+  local me idx pids=() k gpus bind
   me=$(node_name)
   idx=$(node_index "$me")
   bind=$(host_addr "$me")
   trap 'log "stopping ${pids[*]}"; kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 0' TERM INT
-  # ROLLOUT_LAYOUT is "node:first_server_index:num_servers:first_gpu" per node that serves rollouts.
+  # ROLLOUT_LAYOUT: "node:first_server:num_servers:first_gpu:gpus_per_server" per serving node.
+  local entry node first count gpu0 per
   for entry in $ROLLOUT_LAYOUT; do
-    IFS=: read -r node first count gpu0 <<<"$entry"
+    IFS=: read -r node first count gpu0 per <<<"$entry"
     [ "$node" = "$me" ] || continue
     for ((k = 0; k < count; k++)); do
-      gpus=$(seq -s, $((gpu0 + k * ROLLOUT_TP)) $((gpu0 + (k + 1) * ROLLOUT_TP - 1)) 2>/dev/null || true)
+      gpus=$(gpu_slice $((gpu0 + k * per)) "$per")
       start_rollout_server "$bind" "$(rollout_port $((first + k)))" "$gpus" &
       pids+=($!)
     done
   done
   if [ "$SANDBOX" = 1 ]; then
-    local host=127.0.0.1
-    [ "$SANDBOX_HOST" = node ] && host=$bind
-    log "sandbox on $host:$(sandbox_port) (node $idx)"
-    # The shared secret travels in the environment (TOOLS_SANDBOX_SECRET), never on a command line.
-    python -m rest_megatron.cli sandbox-server --host "$host" --port "$(sandbox_port)" \
-      --secret-env TOOLS_SANDBOX_SECRET $SANDBOX_ARGS &
+    # Node-local by default: the trainer's driver rank uses the sandbox of its own node. Bound to the
+    # node's address it demands the shared secret, which travels in the environment, never in argv.
+    local host=127.0.0.1 secret=()
+    if [ "$SANDBOX_HOST" = node ]; then
+      host=$bind secret=(--secret-env TOOLS_SANDBOX_SECRET)
+    fi
+    log "sandbox on $host:$(sandbox_port) (node $idx${secret:+, shared secret required})"
+    python -m rest_megatron.cli sandbox-server --host "$host" --port "$(sandbox_port)" "${secret[@]}" $SANDBOX_ARGS &
     pids+=($!)
   fi
   [ ${#pids[@]} -gt 0 ] || { log "nothing to run on this node"; exit 0; }
@@ -134,17 +137,27 @@ node_services() {
   exit "$status"
 }
 
-# start_rollout_server BIND_ADDR PORT GPUS: one inference server in the foreground.
+# gpu_slice FIRST COUNT: COUNT GPUs from position FIRST of this step's CUDA_VISIBLE_DEVICES (or of
+# 0..N-1 when Slurm set none); empty for COUNT 0.
+gpu_slice() {
+  [ "$2" -gt 0 ] || return 0
+  local visible=${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $(($1 + $2 - 1)))}
+  echo "$visible" | cut -d, -f"$(($1 + 1))-$(($1 + $2))"
+}
+
+# start_rollout_server BIND_ADDR PORT GPUS: one inference server in the foreground; no GPUs means
+# none visible (the embedded engine on CPU).
 start_rollout_server() {
   local bind=$1 port=$2 gpus=$3
-  [ -n "$gpus" ] && export CUDA_VISIBLE_DEVICES=$gpus
+  export CUDA_VISIBLE_DEVICES=$gpus
   log "rollout server ($ROLLOUT_ENGINE) on $bind:$port, GPUs '${gpus:-none}', model $ROLLOUT_MODEL"
   case "$ROLLOUT_ENGINE" in
     sglang) exec python -m sglang.launch_server --model-path "$ROLLOUT_MODEL" --host "$bind" --port "$port" \
               --tp-size "$ROLLOUT_TP" $ROLLOUT_ARGS ;;
     vllm) exec python -m vllm.entrypoints.openai.api_server --model "$ROLLOUT_MODEL" --host "$bind" \
               --port "$port" --tensor-parallel-size "$ROLLOUT_TP" $ROLLOUT_ARGS ;;
-    embedded) exec python -m rest_megatron.cli rollout-server --model "$ROLLOUT_MODEL" --port "$port" $ROLLOUT_ARGS ;;
+    embedded) exec python -m rest_megatron.cli rollout-server --model "$ROLLOUT_MODEL" --host "$bind" --port "$port" \
+              $ROLLOUT_ARGS ;;
     *) die "ROLLOUT_ENGINE=$ROLLOUT_ENGINE: use sglang, vllm, embedded or none" ;;
   esac
 }
@@ -163,7 +176,7 @@ node_trainer() {
   [ -n "${GLOO_SOCKET_IFNAME:-$iface}" ] && export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-$iface}
   # Colocated rollout servers hold the GPUs after the trainer's first NPROC_PER_NODE.
   if [ "$TRAIN_GPUS_PER_NODE" -gt 0 ] && [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
-    CUDA_VISIBLE_DEVICES=$(echo "$CUDA_VISIBLE_DEVICES" | cut -d, -f1-"$TRAIN_GPUS_PER_NODE")
+    CUDA_VISIBLE_DEVICES=$(gpu_slice 0 "$TRAIN_GPUS_PER_NODE")
     export CUDA_VISIBLE_DEVICES
   fi
   [ "$SANDBOX" = 1 ] && urls+=("http://127.0.0.1:$(sandbox_port)/health")

@@ -252,6 +252,43 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             time.sleep(0.5)
         raise RuntimeError(f"nodes not idle after {timeout_s}s: {states!r}\n{self.logs()}")
 
+    def slurm(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+              check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a Slurm client command (sbatch, scontrol, scancel, ...) against this cluster."""
+        done = subprocess.run(list(args), env={**self.env(), **(env or {})}, cwd=cwd, capture_output=True,
+                              text=True, timeout=60)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+        return done
+
+    def submit(self, script: Path, *args: str, env: dict[str, str], cwd: Path, sbatch_opts: tuple[str, ...] = ()
+               ) -> int:
+        """sbatch a script (environment exported, as users do) and return the job id."""
+        done = self.slurm("sbatch", "--parsable", *sbatch_opts, str(script), *args, env=env, cwd=cwd)
+        return int(done.stdout.strip().split(";")[0])
+
+    def job(self, job_id: int) -> dict[str, str]:
+        """`scontrol show job` as a dict (JobState, ExitCode, Restarts, StdOut, ...)."""
+        out = self.slurm("scontrol", "show", "job", "-o", str(job_id)).stdout
+        return dict(field.split("=", 1) for field in out.split() if "=" in field)
+
+    def wait_job(self, job_id: int, timeout_s: float, states: tuple[str, ...] = ("COMPLETED", "FAILED",
+                 "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")) -> dict[str, str]:
+        """Poll until the job reaches one of `states` (default: finished); returns its record.
+
+        Faster than `sbatch --wait`, whose back-off polling adds up to half a minute per job.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            record = self.job(job_id)
+            if record["JobState"] in states:
+                return record
+            time.sleep(0.5)
+        record = self.job(job_id)
+        self.slurm("scancel", str(job_id), check=False)
+        raise TimeoutError(f"job {job_id} still {record['JobState']} after {timeout_s}s; cancelled.\n"
+                           f"{_tail(Path(record.get('StdOut', '/nonexistent')))}")
+
     def logs(self, tail: int = 30) -> str:
         """The last lines of every daemon log, for error messages."""
         parts = []
@@ -278,6 +315,14 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                 os.kill(pid, signal.SIGKILL)
         if remove:
             shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    """The last lines of a job log, for assertion messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as err:
+        return f"(no log: {err})"
 
 
 def _alive(pid: int) -> bool:

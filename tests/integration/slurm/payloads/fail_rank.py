@@ -1,17 +1,17 @@
 """Test payload for failures: every rank joins gloo, then rank FAIL_RANK (default 1) raises.
 
-The other ranks wait in a collective that can never complete, so only the job script's
-kill-on-bad-exit (or the collective timeout, much later) ends them: the test checks that the job
-fails promptly with a non-zero exit and that the log names the failed rank.
+The other ranks then sit in a 10-minute sleep, standing in for a collective that will never
+complete, so only the job script's kill-on-bad-exit ends them: the test checks that the job fails
+promptly with a non-zero exit and that the log names the failed rank.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from datetime import timedelta
 
-import torch
 import torch.distributed as dist
 
 
@@ -21,7 +21,7 @@ def main() -> int:
     dist.barrier()
     if rank == int(os.environ.get("FAIL_RANK", "1")):
         raise RuntimeError(f"rank {rank} fails on purpose")
-    dist.all_reduce(torch.ones(1))  # never completes: the failed rank will not join
+    time.sleep(600)
     return 0
 
 

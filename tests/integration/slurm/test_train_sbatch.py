@@ -1,0 +1,145 @@
+"""slurm/train.sbatch on a real two-node Slurm cluster: multi-node payloads, preemption, failures.
+
+Each job runs real torchrun processes on both emulated nodes, rendezvousing over c10d on the first
+one, exactly as on a cluster; only the payload differs from a training run (the CPU demo, or small
+scripts in payloads/ that make resume and failure observable).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.slurm.cluster import LocalSlurmCluster
+from tests.integration.slurm.conftest import PAYLOADS, REPO
+
+TRAIN = REPO / "slurm" / "train.sbatch"
+
+
+def _log(record: dict[str, str]) -> str:
+    return Path(record["StdOut"]).read_text(errors="replace")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.timeout(480)
+def test_two_node_megatron_demo(slurm_cluster: LocalSlurmCluster, job_env: dict[str, str], tmp_path: Path) -> None:
+    """The CPU demo at TP=2 across the two nodes (one rank each, gloo), with a sandbox per node."""
+    env = {**job_env, "TRAIN_CMD": "-m rest_megatron.demo", "LAUNCH_OVERRIDES": "0", "SANDBOX": "1"}
+    job = slurm_cluster.submit(TRAIN, "--tp", "2", "--steps", "2", env=env, cwd=REPO,
+                               sbatch_opts=("--output", str(tmp_path / "job-%j.out")))
+    record = slurm_cluster.wait_job(job, timeout_s=420)
+    log = _log(record)
+    assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log[-4000:]
+    # Both nodes ran a torchrun against the first node's rendezvous, after their sandbox was healthy.
+    port, sandbox = job_env["MASTER_PORT"], int(job_env["SANDBOX_PORT"])
+    for node, index in (("rmnode1", 0), ("rmnode2", 1)):
+        assert f"[trainer {node}" in log and f"node {index}/2, 1 proc(s), rendezvous rmnode1:{port}" in log
+        assert f"healthy: http://127.0.0.1:{sandbox + index}/health" in log
+    # One model split across the two nodes, trained and evaluated.
+    assert "on 2 CPU ranks, TP=2" in log
+    assert re.search(r"step +2 +loss \d", log), log[-4000:]
+    assert "accuracy after training" in log and "phase: done" in log
+    # What the job started is gone with it.
+    assert not _listening(sandbox) and not _listening(sandbox + 1)
+
+
+def _events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.2)
+
+
+def _release_requeued(cluster: LocalSlurmCluster, job: int, restarts: int, timeout_s: float = 90) -> None:
+    """Wait for restart number `restarts` to run, skipping the hold Slurm puts on a requeued job.
+
+    Slurm keeps a requeued batch job pending for ~2 minutes (Reason=BeginTime); an admin's
+    `scontrol update StartTime=now` releases it, which is all this does while the job is pending.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = cluster.job(job)
+        if int(record["Restarts"]) >= restarts and record["JobState"] in ("RUNNING", "COMPLETED"):
+            return
+        if record["JobState"] == "PENDING":
+            cluster.slurm("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job} did not run restart {restarts}: {cluster.job(job)}")
+
+
+@pytest.mark.timeout(600)
+def test_preempted_job_resumes(slurm_cluster: LocalSlurmCluster, job_env: dict[str, str], tmp_path: Path) -> None:
+    """SIGTERM -> checkpoint -> requeue -> resume, twice: the time-limit warning, then a preemption.
+
+    1. `scancel -b -s TERM` is what `#SBATCH --signal=B:TERM@120` does before the time limit: only
+       the batch shell gets SIGTERM; it must forward it to the trainer and requeue the job itself.
+    2. `scontrol requeue` is a preemption: Slurm signals everything and requeues the job.
+    The payload saves only on SIGTERM, so each attempt starting where the previous one stopped
+    proves the whole chain, including the run directory derived from the job id.
+    """
+    env = {**job_env, "TRAIN_CMD": str(PAYLOADS / "counter.py"), "ROLLOUT_ENGINE": "none", "SANDBOX": "0",
+           "COUNTER_STEPS": "24", "COUNTER_STEP_S": "0.1"}
+    job = slurm_cluster.submit(TRAIN, "recipes/tiny-cpu.yaml", env=env, cwd=REPO,
+                               sbatch_opts=("--output", str(tmp_path / "job-%j.out")))
+    run_dir = Path(env["RUNS_ROOT"]) / f"rest-megatron-train-{job}"
+    progress = run_dir / "progress"
+
+    def past(step: int) -> bool:
+        return progress.exists() and int(progress.read_text() or 0) >= step
+
+    _wait_for(lambda: past(3), 180, "first attempt made no progress")
+    slurm_cluster.slurm("scancel", "--batch", "--signal=TERM", str(job))
+    _release_requeued(slurm_cluster, job, restarts=1)
+    _wait_for(lambda: len(_events(run_dir)) >= 3 and past(_events(run_dir)[1]["step"] + 3), 180,
+              "second attempt made no progress")
+    slurm_cluster.slurm("scontrol", "requeue", str(job))
+    _release_requeued(slurm_cluster, job, restarts=2)
+    record = slurm_cluster.wait_job(job, timeout_s=180)
+    log = _log(record)
+    assert record["JobState"] == "COMPLETED" and record["Restarts"] == "2", log[-4000:]
+
+    events = _events(run_dir)
+    assert [e["event"] for e in events] == ["start", "sigterm", "start", "sigterm", "start", "done"], events
+    first_stop, second_stop = events[1]["step"], events[3]["step"]
+    assert events[0] == {"event": "start", "restart": 0, "from_step": 0, "world": 2}
+    assert events[2] == {"event": "start", "restart": 1, "from_step": first_stop, "world": 2}
+    assert events[4] == {"event": "start", "restart": 2, "from_step": second_stop, "world": 2}
+    assert 3 <= first_stop < second_stop < 24 and events[5]["step"] == 24
+    # Only the time-limit path requeues from inside the job; the preemption was requeued by Slurm.
+    assert log.count("phase: requeue") == 1 and log.count("SIGTERM: forwarding to the trainer") == 2
+    assert f"logging.run_dir={run_dir} checkpoint.resume=auto" in log
+
+
+@pytest.mark.timeout(300)
+def test_failing_rank_fails_the_job(slurm_cluster: LocalSlurmCluster, job_env: dict[str, str],
+                                    tmp_path: Path) -> None:
+    """Rank 1 raises: the job fails fast with a non-zero exit and its log names rank 1 first."""
+    env = {**job_env, "TRAIN_CMD": str(PAYLOADS / "fail_rank.py"), "LAUNCH_OVERRIDES": "0", "SANDBOX": "0",
+           "FAIL_RANK": "1"}
+    started = time.monotonic()
+    job = slurm_cluster.submit(TRAIN, "unused", env=env, cwd=REPO,
+                               sbatch_opts=("--output", str(tmp_path / "job-%j.out")))
+    record = slurm_cluster.wait_job(job, timeout_s=240)
+    log = _log(record)
+    assert record["JobState"] == "FAILED" and record["ExitCode"] != "0:0", log[-4000:]
+    # The surviving rank sleeps for 600 s; kill-on-bad-exit ends the job long before.
+    assert time.monotonic() - started < 240
+    failures = re.findall(r"failed: \[rank(\d)\] on node (rmnode\d): (.*)", log)
+    assert [(rank, message) for rank, _, message in failures] == [("1", "RuntimeError: rank 1 fails on purpose")], log[-4000:]
+    assert "error: trainer failed" in log
