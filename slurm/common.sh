@@ -37,14 +37,15 @@ iface_to() {
   ip -o route get "$addr" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p'
 }
 
-# 0 when GET $1 answers 2xx. curl if present, else the job's python.
+# 0 when GET $1 answers 2xx (never through a proxy). curl if present, else the job's python.
 http_ok() {
   if command -v curl >/dev/null; then
-    curl -fsS -o /dev/null -m 5 "$1" 2>/dev/null
+    curl -fsS --noproxy '*' -o /dev/null -m 5 "$1" 2>/dev/null
   else
     python - "$1" <<'EOF' 2>/dev/null
 import sys, urllib.request
-sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=5).status < 300 else 1)
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+sys.exit(0 if opener.open(sys.argv[1], timeout=5).status < 300 else 1)
 EOF
   fi
 }
@@ -203,7 +204,7 @@ rank_log_dir() { echo "$RUN_DIR/logs/$SLURM_JOB_ID-${SLURM_RESTART_COUNT:-0}"; }
 failure_report() {
   local file line found=0
   while IFS= read -r file; do
-    line=$(grep -E '^\[rank[0-9]+\]: [A-Za-z_][A-Za-z0-9_.]*(Error|Exception|Interrupt|Exit)\b' "$file" | tail -n 1)
+    line=$(grep -E '^\[rank[0-9]+\]: [A-Za-z_][A-Za-z0-9_.]*(Error|Exception|Interrupt|Exit)\b' "$file" | tail -n 1 || true)
     [ -n "$line" ] || continue
     found=1
     log "failed: ${line%%:*} on node $(echo "${file#"$(rank_log_dir)/"}" | cut -d/ -f1): ${line#*: }"
