@@ -307,8 +307,24 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                 parts.append(f"== {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-tail:]))
         return "\n".join(parts)
 
+    def cancel_all(self, timeout_s: float = 40.0) -> None:
+        """Cancel every job and wait until none is left, so no slurmstepd outlives its slurmd."""
+        if not self.conf.exists():
+            return
+        jobs = self.slurm("squeue", "-h", "-o", "%i", check=False).stdout.split()
+        if not jobs:
+            return
+        self.slurm("scancel", *jobs, check=False)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            done = self.slurm("squeue", "-h", "-o", "%i", check=False)
+            if done.returncode == 0 and not done.stdout.split():
+                return
+            time.sleep(0.5)
+
     def stop(self, remove: bool = True, timeout_s: float = 20.0) -> None:
-        """Stop the daemons by their PID files (TERM, then KILL), then remove the state dir."""
+        """Cancel the jobs, stop the daemons by their PID files (TERM, then KILL), remove the state dir."""
+        self.cancel_all()
         pids = []
         for pid_file in self._pid_files():
             try:

@@ -77,7 +77,9 @@ def _release_requeued(cluster: LocalSlurmCluster, job: int, restarts: int, timeo
         record = cluster.job(job)
         if int(record["Restarts"]) >= restarts and record["JobState"] in ("RUNNING", "COMPLETED"):
             return
-        if record["JobState"] == "PENDING":
+        # Only once Slurm has finished requeueing (the hold is in place): releasing a job whose old
+        # batch step is still completing can make its relaunch fail.
+        if record["JobState"] == "PENDING" and record["Reason"] == "BeginTime":
             cluster.slurm("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
         time.sleep(0.5)
     raise TimeoutError(f"job {job} did not run restart {restarts}: {cluster.job(job)}")
