@@ -101,11 +101,6 @@ def evaluate(rt: Runtime) -> float:
         greedy = AgentLoop(rt.rollout.agent.client, rt.tokenizer, rt.rollout.agent.executor,
                            AgentSettings(**{**settings.__dict__, "sampling": settings.sampling.replace(temperature=0.0)}))
     trajectories = generate(rt, prompts, 1, tag="eval", agent=greedy)
-    if rt.is_driver:
-        # Measured: after a full greedy evaluation the embedded engine's prefix cache can serve KV that
-        # does not match a fresh forward (sampling logprobs drifted by ~1 nat from the trainer's).
-        # Flushing costs one prompt prefill per server; the engine bug itself is tracked in the notes.
-        rt.rollout.loop.run_until_complete(rt.rollout.agent.client.flush_cache())
     rewards, _ = stages.score(trajectories, prompts, reward=rt.config.reward.name, step=0, params=rt.config.reward.params)
     return float(rewards.mean())
 
