@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from rest_megatron.config import Config, load_config, save_config
+from rest_megatron.rollout.trajectory import save_jsonl
 from rest_megatron.trainer import stages
 from rest_megatron.trainer.batching import make_microbatches
 from rest_megatron.trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -40,6 +41,9 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
     prompts = rt.train_prompts.batch(step)
     trajectories = generate(rt, prompts, cfg.rollout.num_samples_per_prompt)  # on every rank, same list
     timings["time/rollout"] = time.perf_counter() - started
+    if cfg.logging.save_rollouts and rt.is_driver:  # replayable record of exactly what was trained on
+        (rt.run_dir / "rollouts").mkdir(exist_ok=True)
+        save_jsonl(trajectories, rt.run_dir / "rollouts" / f"step_{step + 1:08d}.jsonl")
     rewards, reward_parts = stages.score(
         trajectories, prompts, reward=cfg.reward.name, step=step, params=cfg.reward.params
     )
