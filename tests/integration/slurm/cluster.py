@@ -249,15 +249,18 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr}\n{self.logs()}")
 
+    def node_states(self) -> dict[str, str]:
+        """Node name -> sinfo's short state (idle, alloc, comp, ...); empty while slurmctld is not up."""
+        query = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env(), capture_output=True, text=True)
+        return dict(line.split()[:2] for line in query.stdout.splitlines() if len(line.split()) >= 2)
+
     def wait_idle(self, timeout_s: float) -> None:
         """Wait until sinfo reports every node idle (raises with the daemon logs if it does not)."""
         deadline = time.monotonic() + timeout_s
-        states = ""
+        states: dict[str, str] = {}
         while time.monotonic() < deadline:
-            query = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env(), capture_output=True, text=True)
-            states = query.stdout.strip()
-            lines = states.splitlines()
-            if len(lines) == len(self.nodes) and all(line.split()[1] == "idle" for line in lines):
+            states = self.node_states()
+            if len(states) == len(self.nodes) and set(states.values()) == {"idle"}:
                 return
             time.sleep(0.5)
         raise RuntimeError(f"nodes not idle after {timeout_s}s: {states!r}\n{self.logs()}")

@@ -77,9 +77,10 @@ def _release_requeued(cluster: LocalSlurmCluster, job: int, restarts: int, timeo
         record = cluster.job(job)
         if int(record["Restarts"]) >= restarts and record["JobState"] in ("RUNNING", "COMPLETED"):
             return
-        # Only once Slurm has finished requeueing (the hold is in place): releasing a job whose old
-        # batch step is still completing can make its relaunch fail.
-        if record["JobState"] == "PENDING" and record["Reason"] == "BeginTime":
+        # Only once the requeue is complete (the hold is in place, every node idle again): releasing
+        # a job whose old batch step is still cleaning up makes its relaunch fail at once.
+        if (record["JobState"] == "PENDING" and record["Reason"] == "BeginTime"
+                and set(cluster.node_states().values()) == {"idle"}):
             cluster.slurm("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
         time.sleep(0.5)
     raise TimeoutError(f"job {job} did not run restart {restarts}: {cluster.job(job)}")
@@ -145,3 +146,19 @@ def test_failing_rank_fails_the_job(slurm_cluster: LocalSlurmCluster, job_env: d
     failures = re.findall(r"failed: \[rank(\d)\] on node (rmnode\d): (.*)", log)
     assert [(rank, message) for rank, _, message in failures] == [("1", "RuntimeError: rank 1 fails on purpose")], log[-4000:]
     assert "error: trainer failed" in log
+
+
+@pytest.mark.timeout(300)
+def test_failing_service_fails_the_job(slurm_cluster: LocalSlurmCluster, job_env: dict[str, str],
+                                       tmp_path: Path) -> None:
+    """A rollout server that cannot start ends the job at once, not after the health-wait timeout."""
+    env = {**job_env, "TRAIN_CMD": str(PAYLOADS / "counter.py"), "ROLLOUT_ENGINE": "embedded",
+           "ROLLOUT_MODEL": str(tmp_path / "no-such-model"), "SANDBOX": "0", "SERVICE_TIMEOUT_S": "600"}
+    started = time.monotonic()
+    job = slurm_cluster.submit(TRAIN, "recipes/tiny-cpu.yaml", env=env, cwd=REPO,
+                               sbatch_opts=("--output", str(tmp_path / "job-%j.out")))
+    record = slurm_cluster.wait_job(job, timeout_s=240)
+    log = _log(record)
+    assert record["JobState"] == "FAILED" and record["ExitCode"] == "1:0", log[-4000:]
+    assert "error: services step ended" in log and "[counter]" not in log
+    assert time.monotonic() - started < 240
