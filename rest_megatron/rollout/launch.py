@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,19 +213,12 @@ class ServerProcess:
             self.process.wait()
 
 
-def start_embedded_servers(model_path: str | Path, num_servers: int, *, log_dir: str | Path,
-                           extra: Mapping[str, Any] | None = None, timeout_s: float = 300.0) -> list[ServerProcess]:
-    """Start `num_servers` embedded engines on free loopback ports and wait until all are healthy."""
-    log_dir = Path(log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    servers = []
+def _start_all(make: Callable[[int], ServerProcess], count: int, timeout_s: float) -> list[ServerProcess]:
+    """Start `count` servers built by `make(index)`, wait until all are healthy; on any failure stop them all."""
+    servers: list[ServerProcess] = []
     try:
-        for index in range(num_servers):
-            port_file = str(log_dir / f"embedded-{index}.port")
-            if os.path.exists(port_file):
-                os.unlink(port_file)
-            server = ServerProcess(embedded_command(model_path, port_file=port_file, extra=extra),
-                                   port_file=port_file, log_path=log_dir / f"embedded-{index}.log")
+        for index in range(count):
+            server = make(index)
             server.start()
             servers.append(server)
         for server in servers:
@@ -235,6 +228,22 @@ def start_embedded_servers(model_path: str | Path, num_servers: int, *, log_dir:
             server.stop()
         raise
     return servers
+
+
+def start_embedded_servers(model_path: str | Path, num_servers: int, *, log_dir: str | Path,
+                           extra: Mapping[str, Any] | None = None, timeout_s: float = 300.0) -> list[ServerProcess]:
+    """Start `num_servers` embedded engines on free loopback ports and wait until all are healthy."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    def make(index: int) -> ServerProcess:
+        port_file = str(log_dir / f"embedded-{index}.port")
+        if os.path.exists(port_file):
+            os.unlink(port_file)
+        return ServerProcess(embedded_command(model_path, port_file=port_file, extra=extra),
+                             port_file=port_file, log_path=log_dir / f"embedded-{index}.log")
+
+    return _start_all(make, num_servers, timeout_s)
 
 
 def start_sglang_servers(model_path: str | Path, rollout: Any, *, log_dir: str | Path, timeout_s: float = 900.0,
@@ -245,23 +254,17 @@ def start_sglang_servers(model_path: str | Path, rollout: Any, *, log_dir: str |
     (server i: GPUs i·tp ... i·tp + tp - 1), unless `env` already pins them.
     """
     log_dir = Path(log_dir)
-    servers = []
-    try:
-        for index in range(rollout.num_servers):
-            port = free_port()
-            cmd = sglang_command(model_path, port=port, tp=rollout.server_tp, extra=rollout.sglang)
-            server_env = dict(os.environ if env is None else env)
-            if rollout.num_servers > 1 and "CUDA_VISIBLE_DEVICES" not in (env or {}):
-                first = index * rollout.server_tp
-                server_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(first, first + rollout.server_tp))
-            server = ServerProcess(cmd, base_url=f"http://127.0.0.1:{port}", log_path=log_dir / f"sglang-{index}.log",
-                                   env=server_env)
-            server.start()
-            servers.append(server)
-        for server in servers:
-            server.wait_healthy(timeout_s)
-    except BaseException:
-        for server in servers:
-            server.stop()
-        raise
-    return servers
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    def make(index: int) -> ServerProcess:
+        port = free_port()
+        cmd = sglang_command(model_path, port=port, tp=rollout.server_tp, extra=rollout.sglang)
+        server_env = dict(os.environ if env is None else env)
+        if rollout.num_servers > 1 and "CUDA_VISIBLE_DEVICES" not in (env or {}):
+            first = index * rollout.server_tp
+            server_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(first, first + rollout.server_tp))
+        return ServerProcess(cmd, base_url=f"http://127.0.0.1:{port}", log_path=log_dir / f"sglang-{index}.log",
+                             env=server_env)
+
+    return _start_all(make, rollout.num_servers, timeout_s)
+
