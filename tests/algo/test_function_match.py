@@ -2,7 +2,16 @@
 
 import pytest
 
-from rest_megatron.algo.function_match import call_matches, calls_match, schemas_by_name, values_match
+from rest_megatron.algo.function_match import (
+    allowed_call_mismatch,
+    allowed_calls_mismatch,
+    allowed_value_mismatch,
+    call_matches,
+    calls_match,
+    normalize_answer_string,
+    schemas_by_name,
+    values_match,
+)
 from rest_megatron.algo.tool_calls import parse_tool_calls
 
 
@@ -121,3 +130,77 @@ def test_parsed_calls_match_dicts():
     )
     expected = [{"name": "get_time", "arguments": {"tz": "CET"}}, {"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}}]
     assert calls_match(list(parsed.calls), expected, tools=[WEATHER, TIME])
+
+
+# --- answer keys with allowed values (BFCL's possible answers) ----------------------------------------------
+
+AREA = {"name": "area", "parameters": {"type": "dict", "required": ["base", "height"], "properties": {
+    "base": {"type": "integer"}, "height": {"type": "float"}, "unit": {"type": "string"},
+    "exact": {"type": "boolean"}, "dims": {"type": "array", "items": {"type": "string"}},
+    "box": {"type": "dict", "properties": {"w": {"type": "integer"}, "h": {"type": "integer"}}}}}}
+AREA_KEY = {"area": {"base": [10], "height": [5.0, 5.5], "unit": ["m", "meters", ""], "exact": ["", True],
+                     "dims": [["x", "y"], ""], "box": [{"w": [1], "h": [2, ""]}, ""]}}
+
+
+@pytest.mark.parametrize(
+    "value, allowed, spec, ok",
+    [
+        (5, [5.0], {"type": "float"}, True),  # int where a float is declared
+        (5.0, [5], {"type": "integer"}, False),  # but no float where an integer is declared
+        (True, [1], {"type": "integer"}, False),  # bool is never a number
+        ("April 1, 2024", ["april 1 2024"], {"type": "string"}, True),  # lenient strings
+        ("New York", ["new-york", "NYC"], {"type": "string"}, True),
+        ("Boston", ["new york"], {"type": "string"}, False),
+        ("my_var", ["my_var"], {"type": "integer"}, True),  # the answer key's type wins (a variable name)
+        ("", ["x", ""], {"type": "string"}, True),  # an explicit "" where "" is allowed
+        (["X", "y"], [["x", "y"]], {"type": "array", "items": {"type": "string"}}, True),
+        (["y", "x"], [["x", "y"]], {"type": "array", "items": {"type": "string"}}, False),  # lists keep order
+        ({"w": 1}, [{"w": [1], "h": [2, ""]}], {"type": "dict"}, True),  # dicts are answer keys themselves
+        ({"w": 1, "h": 3}, [{"w": [1], "h": [2, ""]}], {"type": "dict"}, False),
+        ({"h": 2}, [{"w": [1], "h": [2, ""]}], {"type": "dict"}, False),  # w is not optional
+        ({"w": 1, "d": 0}, [{"w": [1]}], {"type": "dict"}, False),
+        (None, [None, ""], {"type": "string"}, True),
+    ],
+)
+def test_allowed_value_mismatch(value, allowed, spec, ok):
+    assert (allowed_value_mismatch(value, allowed, spec) is None) is ok
+
+
+def test_normalize_answer_string():
+    assert normalize_answer_string("San Francisco, CA") == normalize_answer_string("san_francisco ca")
+    assert normalize_answer_string("it's") == 'it"s'
+
+
+def test_allowed_call_mismatch_reasons():
+    schema = AREA["parameters"]
+    assert allowed_call_mismatch({"name": "area", "arguments": {"base": 10, "height": 5}}, AREA_KEY, schema) is None
+    full = {"base": 10, "height": 5.5, "unit": "Meters", "exact": True, "dims": ["x", "y"], "box": {"w": 1, "h": 2}}
+    assert allowed_call_mismatch({"name": "area", "arguments": full}, AREA_KEY, schema) is None
+    cases = {
+        "called 'volume'": {"name": "volume", "arguments": {"base": 10, "height": 5}},
+        "required argument 'height' is missing": {"name": "area", "arguments": {"base": 10}},
+        "argument 'base' is 11": {"name": "area", "arguments": {"base": 11, "height": 5}},
+        "unexpected argument 'color'": {"name": "area", "arguments": {"base": 10, "height": 5, "color": "red"}},
+        "argument 'exact' is False": {"name": "area", "arguments": {"base": 10, "height": 5, "exact": False}},
+    }
+    for expected_reason, call in cases.items():
+        reason = allowed_call_mismatch(call, AREA_KEY, schema)
+        assert reason is not None and expected_reason in reason, (expected_reason, reason)
+    # An answer-key argument without "" must be given even when the schema calls it optional.
+    key = {"area": {"base": [10], "height": [5], "unit": ["m"]}}
+    assert "argument 'unit' is missing" in allowed_call_mismatch({"name": "area", "arguments": {"base": 10, "height": 5}},
+                                                                 key, schema)
+    # Without a schema only the answer key is checked.
+    assert allowed_call_mismatch({"name": "area", "arguments": {"base": 10, "height": 5}}, AREA_KEY) is None
+
+
+def test_allowed_calls_mismatch_pairs_parallel_calls_in_any_order():
+    key = [{"area": {"base": [1], "height": [1.0]}}, {"area": {"base": [2], "height": [2.0]}}]
+    one = {"name": "area", "arguments": {"base": 1, "height": 1}}
+    two = {"name": "area", "arguments": {"base": 2, "height": 2}}
+    assert allowed_calls_mismatch([two, one], key, tools=[AREA]) is None
+    assert "expected 2 call(s), got 3" in allowed_calls_mismatch([two, one, one], key, tools=[AREA])
+    assert "expected call 2 matches no predicted call" in allowed_calls_mismatch([one, one], key, tools=[AREA])
+    parsed = parse_tool_calls('<tool_call>{"name": "area", "arguments": {"base": 2, "height": 2}}</tool_call>\n'
+                              '<tool_call>{"name": "area", "arguments": {"base": 1, "height": 1.0}}</tool_call>')
+    assert allowed_calls_mismatch(list(parsed.calls), key, tools=[AREA]) is None
