@@ -1,0 +1,180 @@
+"""BFCL test entries and answer keys, read from the installed `bfcl-eval` package's data files.
+
+`bfcl-eval` is installed without its dependency tree (the `bfcl` extra), so nothing here imports it:
+the package is located with `importlib.util.find_spec` and only its JSON-lines files are read
+(`data/BFCL_v*_<category>.json`, `data/possible_answer/...`, `data/multi_turn_func_doc/...`).
+
+Our category names are BFCL's, except `simple`, which is BFCL's `simple_python`. Java and JavaScript
+(`simple_java`, `simple_javascript`) are not offered: their answers need BFCL's Java/JS literal
+converters. Function docs use BFCL's Python-flavoured types; `json_schema` turns them into the JSON
+schema a chat template shows the model (dict -> object, float -> number, tuple -> array, any -> string),
+while scoring keeps BFCL's own types (float and integer stay distinct).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tools_sandbox.tools.bfcl import CLASSES as BFCL_CLASSES
+
+CATEGORY_FILES: dict[str, str] = {
+    "simple": "simple_python",
+    "multiple": "multiple",
+    "parallel": "parallel",
+    "parallel_multiple": "parallel_multiple",
+    "irrelevance": "irrelevance",
+    "live_simple": "live_simple",
+    "live_multiple": "live_multiple",
+    "live_parallel": "live_parallel",
+    "live_parallel_multiple": "live_parallel_multiple",
+    "live_irrelevance": "live_irrelevance",
+    "live_relevance": "live_relevance",
+    "multi_turn_base": "multi_turn_base",
+}
+"""Our category name -> BFCL's file stem, in report order."""
+
+IRRELEVANCE = frozenset({"irrelevance", "live_irrelevance"})
+"""No function fits: correct means no call."""
+RELEVANCE = frozenset({"live_relevance"})
+"""Some function fits, with no answer key: correct means at least one call."""
+MULTI_TURN = frozenset({"multi_turn_base"})
+"""Conversations run against BFCL's environment classes; scored by state and execution results."""
+SINGLE_TURN = tuple(c for c in CATEGORY_FILES if c not in MULTI_TURN)
+
+_JSON_TYPES = {"dict": "object", "float": "number", "double": "number", "tuple": "array", "any": "string",
+               "int": "integer", "long": "integer", "str": "string", "bool": "boolean", "list": "array"}
+
+
+class BfclUnavailable(RuntimeError):
+    """bfcl-eval (or a data file of it) is not installed; the message says how to install it."""
+
+
+@dataclass(frozen=True)
+class BfclEntry:
+    """One test entry with its answer key."""
+
+    id: str
+    category: str
+    turns: list[list[dict[str, Any]]]
+    """User turns, each a list of chat messages (single-turn categories have one)."""
+    functions: list[dict[str, Any]]
+    """BFCL function docs offered to the model (BFCL types; see `tool_schemas` for the prompt form)."""
+    answer: list[Any] | None
+    """Single-turn: `[{name: {argument: [allowed values]}}]`; multi-turn: per turn, call strings like
+    "cd(folder='docs')"; None where the category has no answer key (irrelevance, relevance)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Multi-turn only: `initial_config` and `involved_classes`."""
+
+
+def package_dir() -> Path:
+    """Where bfcl-eval is installed (found without importing it)."""
+    spec = importlib.util.find_spec("bfcl_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise BfclUnavailable("bfcl-eval is not installed; install the `bfcl` extra "
+                              "(`pip install --no-deps bfcl-eval`)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def package_version() -> str | None:
+    """bfcl-eval's version, for the report (None if unknown)."""
+    try:
+        return importlib.metadata.version("bfcl-eval")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def parse_categories(text: str) -> list[str]:
+    """"simple,irrelevance" -> ["simple", "irrelevance"]; "all", "single_turn" and "live" expand."""
+    groups = {"all": list(CATEGORY_FILES), "single_turn": list(SINGLE_TURN),
+              "live": [c for c in CATEGORY_FILES if c.startswith("live_")]}
+    out: list[str] = []
+    for name in (part.strip() for part in text.split(",")):
+        if not name:
+            continue
+        if name not in CATEGORY_FILES and name not in groups:
+            raise ValueError(f"unknown BFCL category {name!r}; use any of {', '.join(CATEGORY_FILES)} "
+                             f"or a group ({', '.join(groups)}), comma-separated")
+        out += [c for c in groups.get(name, [name]) if c not in out]
+    if not out:
+        raise ValueError("no BFCL category given; e.g. --categories simple,irrelevance")
+    return out
+
+
+def _newest(directory: Path, stem: str) -> Path:
+    """BFCL_v<N>_<stem>.json with the highest N (v4 files today, v3 in older releases)."""
+    found = [(int(m.group(1)), p) for p in directory.glob(f"BFCL_v*_{stem}.json")
+             if (m := re.fullmatch(rf"BFCL_v(\d+)_{re.escape(stem)}\.json", p.name))]
+    if not found:
+        raise BfclUnavailable(f"no BFCL_v*_{stem}.json in {directory}; this bfcl-eval release lacks the category "
+                              "(upgrade bfcl-eval or drop it from --categories)")
+    return max(found)[1]
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def multi_turn_functions(classes: list[str]) -> list[dict[str, Any]]:
+    """The function docs of BFCL environment classes, in class order (what BFCL offers a multi-turn entry)."""
+    docs_dir = package_dir() / "data" / "multi_turn_func_doc"
+    docs: list[dict[str, Any]] = []
+    for name in classes:
+        if name not in BFCL_CLASSES:
+            raise ValueError(f"BFCL class {name!r} is not one of {', '.join(BFCL_CLASSES)}")
+        docs += _read_lines(docs_dir / BFCL_CLASSES[name][1])
+    return docs
+
+
+def load_category(category: str, limit: int | None = None) -> list[BfclEntry]:
+    """The first `limit` entries (all if None) of a category, in file order, with their answer keys."""
+    if category not in CATEGORY_FILES:
+        parse_categories(category)  # raises with the list of names
+    data = package_dir() / "data"
+    stem = CATEGORY_FILES[category]
+    records = _read_lines(_newest(data, stem))[:limit]
+    answers: dict[str, Any] = {}
+    if category not in IRRELEVANCE | RELEVANCE:
+        answers = {a["id"]: a["ground_truth"] for a in _read_lines(_newest(data / "possible_answer", stem))}
+    entries = []
+    for record in records:
+        if answers and record["id"] not in answers:
+            raise BfclUnavailable(f"BFCL entry {record['id']} has no possible answer; the bfcl-eval data is "
+                                  "inconsistent (reinstall bfcl-eval)")
+        extra = {k: record[k] for k in ("initial_config", "involved_classes") if k in record}
+        functions = record.get("function") or multi_turn_functions(record.get("involved_classes", []))
+        entries.append(BfclEntry(record["id"], category, record["question"], functions, answers.get(record["id"]),
+                                 extra))
+    return entries
+
+
+def json_schema(node: Any) -> Any:
+    """A BFCL parameter schema with JSON-schema type names (recursing into properties and items only)."""
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "type" and isinstance(value, str):
+            out[key] = _JSON_TYPES.get(value, value)
+        elif key == "properties" and isinstance(value, dict):
+            out[key] = {name: json_schema(spec) for name, spec in value.items()}
+        elif key in ("items", "additionalProperties"):
+            out[key] = json_schema(value)
+        elif key in ("anyOf", "oneOf") and isinstance(value, list):
+            out[key] = [json_schema(v) for v in value]
+        else:
+            out[key] = value
+    return out
+
+
+def tool_schemas(functions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Function docs as chat-template tools: `{"type": "function", "function": {name, description, parameters}}`."""
+    return [{"type": "function", "function": {
+        "name": doc["name"], "description": doc.get("description", ""),
+        "parameters": json_schema(doc.get("parameters") or {"type": "dict", "properties": {}})}}
+        for doc in functions]
