@@ -1,0 +1,22 @@
+"""Evaluation of tool-calling models: `rest-megatron eval bfcl` (the Berkeley Function Calling Leaderboard).
+
+    cli.py        the command line: arguments, server lifecycle, table and report
+    serving.py    start the embedded engine or SGLang for --model, or use --server; where the tokenizer comes from
+    bfcl_data.py  BFCL entries and answer keys from the installed bfcl-eval package; BFCL docs -> JSON schema
+    bfcl_run.py   generation: single-turn prompts, multi-turn conversations with executed calls
+    bfcl_env.py   BFCL's environment classes run in-process (the model's and the ground truth's)
+    bfcl_score.py verdicts as pure functions (answer-key matching lives in algo/function_match.py)
+    report.py     progress lines, the accuracy table, the JSON report
+"""
+
+from __future__ import annotations
+
+
+def main(argv: list[str]) -> int:
+    """`rest-megatron eval ...` (imported lazily so `rest-megatron --help` stays fast)."""
+    from rest_megatron.eval.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+__all__ = ["main"]

@@ -1,0 +1,114 @@
+"""`rest-megatron eval bfcl` end to end on the random-init tiny Qwen3, through real embedded engines.
+
+The tiny model calls nothing sensible, so scores are low; what is checked is the pipeline: the server
+started and stopped by the command (or an existing one), prompts with tool schemas, generation, the
+verdicts with their reasons, the table and the JSON report. Replies are capped at 64 tokens to keep the
+run short (a random model otherwise writes until `--max-new-tokens`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import transformers
+
+from rest_megatron import cli
+from rest_megatron.assets import tiny_model_dir
+from rest_megatron.eval.bfcl_data import load_category
+from rest_megatron.eval.bfcl_env import parse_call_string
+from rest_megatron.eval.bfcl_run import BfclRunner, RunSettings
+from rest_megatron.rollout.clients import make_client
+from rest_megatron.rollout.launch import ServerProcess, start_embedded_servers
+from rest_megatron.rollout.types import SamplingParams
+from tests.eval.conftest import needs_bfcl
+
+pytestmark = needs_bfcl
+
+
+@pytest.fixture(scope="module")
+def tiny_dir() -> Path:
+    return tiny_model_dir("tiny-qwen3")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    servers = start_embedded_servers(tiny_dir, 1, log_dir=tmp_path_factory.mktemp("engine"),
+                                     extra={"seed": 0, "num_threads": 1}, timeout_s=180)
+    yield servers[0]
+    servers[0].stop()
+
+
+def test_eval_bfcl_starts_the_engine_and_writes_a_report(tiny_dir: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "reports" / "bfcl.json"
+    code = cli.main(["eval", "bfcl", "--model", str(tiny_dir), "--categories", "simple,irrelevance", "--limit", "3",
+                     "--out", str(out), "--max-new-tokens", "64", "--log-dir", str(tmp_path / "logs")])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "bfcl" and list(report["categories"]) == ["simple", "irrelevance"]
+    for name, category in report["categories"].items():
+        entries = category["entries"]
+        assert category["total"] == len(entries) == 3
+        assert category["correct"] == sum(e["correct"] for e in entries)
+        assert category["accuracy"] == pytest.approx(category["correct"] / 3)
+        assert [e["id"] for e in entries] == [f"{'simple_python' if name == 'simple' else name}_{i}" for i in range(3)]
+        for entry in entries:
+            assert isinstance(entry["output"], str) and entry["output"]
+            assert (entry["reason"] is None) == entry["correct"]
+    assert report["overall"]["total"] == 6
+    assert report["meta"]["model"] == str(tiny_dir) and report["meta"]["sampling"]["max_new_tokens"] == 64
+    captured = capsys.readouterr()
+    assert "simple" in captured.out and "irrelevance" in captured.out and "all entries" in captured.out
+    assert "bfcl simple: 3/3 done" in captured.err  # progress
+    # The engine the command started is gone: its log says it served, and the port it used is closed.
+    assert "embedded engine serving" in (tmp_path / "logs" / "embedded-0.log").read_text()
+    port = (tmp_path / "logs" / "embedded-0.port").read_text().strip()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2.0, trust_env=False)
+
+
+def test_eval_bfcl_uses_a_running_server_and_its_reported_model(server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "bfcl.json"
+    code = cli.main(["eval", "bfcl", "--server", server.base_url, "--categories", "live_relevance", "--limit", "2",
+                     "--max-new-tokens", "16", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["server"] == server.base_url and report["categories"]["live_relevance"]["total"] == 2
+    assert server.alive  # a server the command did not start is left running
+
+
+def test_multi_turn_entry_runs_turn_by_turn(server: ServerProcess, tiny_dir: Path) -> None:
+    entry = load_category("multi_turn_base", 2)[1]
+    # Offer only the functions the ground truth uses, so the prompt fits the tiny model's 4096-token context.
+    used = {parse_call_string(call)[0] for turn in entry.answer for call in turn}
+    entry = dataclasses.replace(entry, functions=[f for f in entry.functions if f["name"] in used])
+    settings = RunSettings(sampling=SamplingParams(temperature=0.0, max_new_tokens=16), max_steps=2)
+
+    async def go() -> Any:
+        client = make_client("embedded", server.base_url)
+        try:
+            return await BfclRunner(client, transformers.AutoTokenizer.from_pretrained(tiny_dir), settings).run_entry(entry)
+        finally:
+            await client.aclose()
+
+    result = asyncio.run(go())
+    assert not result.correct and result.reason.startswith("turn 0:"), result.reason
+    assert isinstance(result.output, list) and result.output[0] and all(isinstance(t, str) for t in result.output[0])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--categories", "simple"], "give --model HF_DIR"),
+    (["--model", "tiny-qwen3", "--categories", "simple,bogus"], "unknown BFCL category 'bogus'"),
+    (["--model", "tiny-qwen3", "--engine", "vllm", "--categories", "simple", "--limit", "1"], "start it yourself"),
+    (["--model", "/nonexistent", "--categories", "simple"], "not a Hugging Face folder"),
+])
+def test_usage_errors_exit_2_with_the_fix(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["eval", "bfcl", *argv]) == 2
+    assert message in capsys.readouterr().err
