@@ -92,7 +92,7 @@ class _FusedOutputTokenStats(torch.autograd.Function):
         w = weight[:n]  # [n, H] rows of real (not padding) vocabulary
         idx, is_local = local_targets(targets, geom, ignore_index)  # [T], [T]
         m_local = h.new_empty(T, dtype=torch.float32)
-        packed = h.new_empty(4, T, dtype=torch.float32)
+        packed = h.new_empty(4, T, dtype=torch.float64)
         rows = block_rows(n, h.device)
         for r0 in range(0, T, chunk):
             r = slice(r0, r0 + chunk)
