@@ -96,6 +96,8 @@ rollout_port() { echo $((ROLLOUT_PORT + 10 * $1)); }
 
 # This node's sandbox port: SANDBOX_PORT + node index, for the same reason.
 sandbox_port() { echo $((SANDBOX_PORT + $(node_index "$(node_name)"))); }
+# This node's sandbox address: loopback, or with SANDBOX_HOST=node the node's own address.
+sandbox_host() { if [ "$SANDBOX_HOST" = node ]; then host_addr "$(node_name)"; else echo 127.0.0.1; fi; }
 
 # Per node: the rollout servers (engine, GPUs) placed here, then the sandbox; waits on them all.
 node_services() {
@@ -120,10 +122,9 @@ node_services() {
   if [ "$SANDBOX" = 1 ]; then
     # Node-local by default: the trainer's driver rank uses the sandbox of its own node. Bound to the
     # node's address it demands the shared secret, which travels in the environment, never in argv.
-    local host=127.0.0.1 secret=()
-    if [ "$SANDBOX_HOST" = node ]; then
-      host=$bind secret=(--secret-env TOOLS_SANDBOX_SECRET)
-    fi
+    local host secret=()
+    host=$(sandbox_host)
+    [ "$SANDBOX_HOST" = node ] && secret=(--secret-env TOOLS_SANDBOX_SECRET)
     log "sandbox on $host:$(sandbox_port) (node $idx${secret:+, shared secret required})"
     python -m rest_megatron.cli sandbox-server --host "$host" --port "$(sandbox_port)" "${secret[@]}" $SANDBOX_ARGS &
     pids+=($!)
@@ -180,12 +181,12 @@ node_trainer() {
     CUDA_VISIBLE_DEVICES=$(gpu_slice 0 "$TRAIN_GPUS_PER_NODE")
     export CUDA_VISIBLE_DEVICES
   fi
-  [ "$SANDBOX" = 1 ] && urls+=("http://127.0.0.1:$(sandbox_port)/health")
+  [ "$SANDBOX" = 1 ] && urls+=("http://$(sandbox_host):$(sandbox_port)/health")
   for url in $ROLLOUT_URLS; do urls+=("$url/health"); done
   [ ${#urls[@]} -eq 0 ] || wait_http "${urls[@]}"
   if [ "$LAUNCH_OVERRIDES" = 1 ] && [ "$SANDBOX" = 1 ]; then
     # After the recipe, before the user's overrides (theirs win): this node's own sandbox.
-    set -- "$1" "sandbox.url=http://127.0.0.1:$(sandbox_port)" "${@:2}"
+    set -- "$1" "sandbox.url=http://$(sandbox_host):$(sandbox_port)" "${@:2}"
   fi
   log "torchrun: node $(node_index "$me")/$TRAIN_NODES, $NPROC_PER_NODE proc(s), rendezvous $HEAD:$MASTER_PORT" \
       "(host: $is_host), NCCL_SOCKET_IFNAME=$NCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-}"

@@ -302,6 +302,10 @@ class SandboxConfig:
     url: str | None = None
     """Base URL of a running sandbox service; null starts a local one."""
 
+    secret_env: str = "TOOLS_SANDBOX_SECRET"
+    """Environment variable holding the shared secret sent to `url` (a service started with
+    `--secret-env`); unset or empty sends none. The secret itself never goes in a recipe."""
+
     backend: Literal["auto", "bubblewrap", "nsjail", "rlimit"] = "auto"
     """Isolation backend; `auto` picks the strongest available (rlimit is the weak fallback)."""
 

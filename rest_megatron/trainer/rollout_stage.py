@@ -10,13 +10,15 @@ writes them as a Hugging Face folder and tells every server to load it.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
+from rest_megatron.config import SandboxConfig
 from rest_megatron.convert.hf_files import copy_metadata
 from rest_megatron.convert.live import iter_hf_tensors
 from rest_megatron.convert.to_hf import ShardWriter
@@ -25,6 +27,9 @@ from rest_megatron.rollout.agent_loop import AgentLoop, AgentSettings, RolloutPr
 from rest_megatron.rollout.weight_sync import DiskWeightSync
 from rest_megatron.trainer import stages
 from rest_megatron.trainer.runtime import Runtime
+
+if TYPE_CHECKING:
+    from tools_sandbox.client import SandboxClient
 
 
 @dataclass
@@ -42,7 +47,7 @@ def start_services(rt: Runtime) -> None:
         return
     from rest_megatron.rollout.clients import make_router
     from rest_megatron.rollout.launch import start_embedded_servers, start_sglang_servers
-    from tools_sandbox.client import SandboxClient, local_sandbox_server
+    from tools_sandbox.client import local_sandbox_server
 
     cfg = rt.config
     logs = rt.run_dir / "logs"
@@ -66,15 +71,31 @@ def start_services(rt: Runtime) -> None:
     rt.services.callback(loop.close)
     engine = "sglang" if cfg.rollout.engine == "embedded" else cfg.rollout.engine  # ours speaks SGLang's API
     router = make_router(engine, urls, timeout_s=cfg.rollout.request_timeout_s)
-    sandbox = SandboxClient(sandbox_url, timeout_s=cfg.sandbox.wall_seconds + 30)
+    sandbox = sandbox_client(cfg.sandbox, sandbox_url)
     rt.services.callback(lambda: loop.run_until_complete(sandbox.aclose()))
     rt.services.callback(lambda: loop.run_until_complete(router.aclose()))
     agent = AgentLoop(router, rt.tokenizer, sandbox, AgentSettings.from_config(cfg))
     rt.rollout = RolloutServices(loop, agent, DiskWeightSync(router, rt.run_dir / "weights"))
 
 
-def _rollout_prompts(prompts: list[Prompt], num_samples: int, tag: str) -> list[RolloutPrompt]:
-    return [RolloutPrompt(f"{tag}-{i}-{k}", p.messages, p.tools) for i, p in enumerate(prompts) for k in range(num_samples)]
+def sandbox_client(sandbox: SandboxConfig, url: str) -> SandboxClient:
+    """A client of the sandbox at `url`, sending the shared secret from `sandbox.secret_env` if it is set."""
+    from tools_sandbox.client import SandboxClient
+
+    return SandboxClient(url, os.environ.get(sandbox.secret_env) or None, timeout_s=sandbox.wall_seconds + 30)
+
+
+def _rollout_prompts(prompts: list[Prompt], num_samples: int, tag: str, seed: int | None) -> list[RolloutPrompt]:
+    """One request per sample; seeds 1000 apart leave room for the per-turn offsets."""
+    return [RolloutPrompt(f"{tag}-{i}-{k}", p.messages, p.tools,
+                          seed=None if seed is None else seed + 1000 * (i * num_samples + k))
+            for i, p in enumerate(prompts) for k in range(num_samples)]
+
+
+def sampling_seed(data_seed: int, step: int) -> int:
+    """The base sampling seed of a training step: a function of (data.seed, step) only, so resuming
+    from a checkpoint replays the very requests of the uninterrupted run."""
+    return (data_seed * 1_000_003 + step) % 2**31 * 2**20
 
 
 def _broadcast(value: Any) -> Any:
@@ -83,12 +104,14 @@ def _broadcast(value: Any) -> Any:
     return box[0]
 
 
-def generate(rt: Runtime, prompts: list[Prompt], num_samples: int, *, tag: str = "train", agent: AgentLoop | None = None) -> list[Any]:
+def generate(rt: Runtime, prompts: list[Prompt], num_samples: int, *, tag: str = "train", agent: AgentLoop | None = None,
+             seed: int | None = None) -> list[Any]:
     """`num_samples` trajectories per prompt (grouped by prompt), identical on every rank."""
     trajectories = None
     if rt.is_driver:
         agent = agent or rt.rollout.agent
-        trajectories = rt.rollout.loop.run_until_complete(agent.run_batch(_rollout_prompts(prompts, num_samples, tag)))
+        requests = _rollout_prompts(prompts, num_samples, tag, seed)
+        trajectories = rt.rollout.loop.run_until_complete(agent.run_batch(requests))
     return _broadcast(trajectories)
 
 
