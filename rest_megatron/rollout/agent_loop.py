@@ -68,6 +68,9 @@ class RolloutPrompt:
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    """Sampling seed of the first turn (turn k uses seed + k), so a resumed run samples what the
+    uninterrupted one would; None lets the server draw one."""
 
 
 class AgentLoop:
@@ -136,7 +139,8 @@ class AgentLoop:
             if budget <= 0:
                 trajectory.finish(TrajectoryStatus.TRUNCATED, "max_total_tokens")
                 return
-            params = self.sampling.replace(max_new_tokens=min(self.sampling.max_new_tokens, budget))
+            params = self.sampling.replace(max_new_tokens=min(self.sampling.max_new_tokens, budget),
+                                           seed=None if prompt.seed is None else prompt.seed + turn)
             # Per turn: seconds since the trajectory started when generation and tools began/ended.
             timing = {"generate": [self._since(trajectory)]}
             trajectory.metadata["timeline"].append(timing)

@@ -27,7 +27,7 @@ from rest_megatron.rollout.trajectory import save_jsonl
 from rest_megatron.trainer import stages
 from rest_megatron.trainer.batching import make_microbatches
 from rest_megatron.trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from rest_megatron.trainer.rollout_stage import evaluate, generate, start_services, sync_weights
+from rest_megatron.trainer.rollout_stage import evaluate, generate, sampling_seed, start_services, sync_weights
 from rest_megatron.trainer.runtime import Runtime, start_runtime, stop_runtime
 from rest_megatron.trainer.sft_stage import sft_warm_start
 
@@ -39,7 +39,8 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
     cfg, timings = rt.config, {}
     started = time.perf_counter()
     prompts = rt.train_prompts.batch(step)
-    trajectories = generate(rt, prompts, cfg.rollout.num_samples_per_prompt)  # on every rank, same list
+    trajectories = generate(rt, prompts, cfg.rollout.num_samples_per_prompt,  # on every rank, same list
+                            seed=sampling_seed(cfg.data.seed, step))
     timings["time/rollout"] = time.perf_counter() - started
     if cfg.logging.save_rollouts and rt.is_driver:  # replayable record of exactly what was trained on
         (rt.run_dir / "rollouts").mkdir(exist_ok=True)
@@ -85,6 +86,8 @@ def run(config: Config) -> int:
     rt = start_runtime(config)
     try:
         start_step = resume(rt)
+        if rt.logger is not None:  # steps after the checkpoint are redone: drop their first records
+            rt.logger.truncate_after(start_step if start_step > 0 else -1)
         start_services(rt)
         if start_step == 0 and config.sft.num_steps > 0:
             sft_warm_start(rt)

@@ -66,6 +66,15 @@ class RunLogger:
         shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in CONSOLE_KEYS if k in metrics)
         self.console.print(f"[bold]step {step}[/bold]  {shown}  ({record['elapsed_s']:.0f}s)")
 
+    def truncate_after(self, step: int) -> None:
+        """Drop the records of steps after `step` (a resumed run redoes them), atomically."""
+        kept = [r for r in self.records() if r["step"] <= step]
+        if len(kept) == len(self.records()):
+            return
+        partial = self.path.with_suffix(".jsonl.partial")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        partial.replace(self.path)
+
     def records(self) -> list[dict[str, Any]]:
         """Every step logged so far in this run directory."""
         if not self.path.exists():
