@@ -8,6 +8,7 @@ found are reported together, one line each, every line naming its full dotted ke
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +35,31 @@ _POSITIVE = (
 )  # fmt: skip
 
 
-def validate(config: Config, world_size: int | None = None) -> None:
+def validate(
+    config: Config,
+    world_size: int | None = None,
+    *,
+    model_config: Mapping[str, Any] | None = None,
+    require_paths: bool = True,
+) -> None:
     """Raise `ConfigError` listing every problem in `config`; return None when it can run.
 
     Args:
         config: a type-checked config (from `load_config` / `config_from_dict`).
         world_size: the trainer's real world size if known; default `launch.nnodes × nproc_per_node`.
+        model_config: the model's Hugging Face config when the caller already has it (`plan` knows the
+            shape of models the user has not downloaded yet); default: read `model.path`.
+        require_paths: False skips the checks that data files and the resume checkpoint exist, for
+            commands that only reason about a recipe (`plan`). Training keeps them: a missing download
+            should fail before a job starts its servers.
     """
     errors: list[str] = []
     errors += _check_ranges(config)
     errors += _check_combinations(config)
-    errors += _check_files(config)
+    if require_paths:
+        errors += _check_files(config)
     if not errors:  # the layout checks divide by tp/pp and read the model; only run them on sane values
-        errors += _check_model_layout(config)
+        errors += _check_model_layout(config, model_config)
         errors += _check_world_and_batches(config, config.world_size if world_size is None else world_size)
     if len(errors) == 1:
         raise ConfigError(errors[0])
@@ -181,9 +194,9 @@ def read_model_config(path: str) -> dict[str, Any]:
         ) from None
 
 
-def _check_model_layout(config: Config) -> list[str]:
+def _check_model_layout(config: Config, model_config: Mapping[str, Any] | None = None) -> list[str]:
     try:
-        hf = read_model_config(config.model.path)
+        hf = read_model_config(config.model.path) if model_config is None else model_config
     except ConfigError as err:
         return [str(err)]
     missing = [k for k in ("num_attention_heads", "num_hidden_layers") if not isinstance(hf.get(k), int)]
