@@ -4,10 +4,11 @@ Each subcommand is one row of `COMMANDS`, naming the function that implements it
 "module:function". Modules are imported only when their subcommand runs, so `--help` and `doctor`
 stay fast and a build without, say, the trainer still runs the rest. Two kinds of rows:
 
-- recipe commands (`train`, `plan`) take `RECIPE [key=value ...]`; the CLI loads and validates the
+- recipe commands (`train`) take `RECIPE [key=value ...]`; the CLI loads and validates the
   config first, so config errors print as one message with exit code 2, and calls `fn(config) -> int`.
 - pass-through commands hand their remaining arguments to `fn(argv: list[str]) -> int`, which owns
-  its own argparse (and its own `--help`).
+  its own argparse (and its own `--help`). `plan` is one: it has options of its own and loads recipes
+  whose model and data are not downloaded yet.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ COMMANDS: dict[str, Command] = {
         "rest_megatron.trainer.loop:train_main", "recipe", "train a policy with ResT from a recipe"
     ),
     "plan": Command(
-        "rest_megatron.trainer.plan:plan_main", "recipe", "print a recipe's resolved config and process plan"
+        "rest_megatron.plan.main:plan_main", "argv", "per-GPU memory of a recipe and a TP/PP/DP layout for N GPUs"
     ),
     "convert to-hf": Command(
         "rest_megatron.convert.cli:to_hf_main", "argv", "Megatron checkpoint -> Hugging Face folder"
@@ -105,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         target = groups[group] if group else subparsers
         if command.kind == "recipe":
             sub = target.add_parser(leaf, help=command.help, description=command.help)
-            sub.add_argument("recipe", help="path of a YAML recipe (see recipes/)")
+            sub.add_argument("recipe", nargs="?", help="path of a YAML recipe (see recipes/)")
             sub.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. parallel.tp=2")
+            sub.add_argument("--resume", metavar="RUN_DIR", help="continue that run from its latest checkpoint, "
+                             "with the config it saved (key=value overrides still apply)")
         else:
             # No option prefix: everything after the subcommand, `--help` too, goes to its own parser.
             sub = target.add_parser(leaf, help=command.help, add_help=False, prefix_chars="\0")
@@ -127,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = None
     if command.kind == "recipe":
         # The config comes first, so its errors surface even where the subcommand is not built yet.
-        config = _load_recipe(name, args.recipe, args.overrides)
+        config = _load_recipe(name, args.recipe, args.overrides, resume=args.resume)
         if config is None:
             return EXIT_USAGE
     try:
@@ -138,9 +142,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(function(config if command.kind == "recipe" else list(args.args)) or 0)
 
 
-def _load_recipe(name: str, recipe: str, overrides: Sequence[str]) -> Config | None:
-    """The validated config, or None after printing the config error (no traceback: it is user input)."""
-    from rest_megatron.config import ConfigError, load_config
+def _load_recipe(name: str, recipe: str | None, overrides: Sequence[str], *, resume: str | None = None) -> Config | None:
+    """The validated config, or None after printing the config error (no traceback: it is user input).
+
+    With `resume`, the recipe is the run directory's saved config, pinned to that directory and to
+    resuming from its newest checkpoint.
+    """
+    from rest_megatron.config import RESOLVED_CONFIG_NAME, ConfigError, load_config
+
+    if resume is not None:
+        if recipe is not None and "=" in recipe:  # argparse took the first override for the recipe
+            overrides, recipe = [recipe, *overrides], None
+        saved = Path(resume) / RESOLVED_CONFIG_NAME
+        if recipe is not None or not saved.is_file():
+            problem = (f"give either a recipe or --resume, not both (got {recipe})" if recipe is not None else
+                       f"{saved} does not exist: --resume takes the run directory of an earlier `rest-megatron "
+                       f"{name}` (the folder holding {RESOLVED_CONFIG_NAME} and checkpoints/)")
+            print(f"rest-megatron {name}: {problem}", file=sys.stderr)
+            return None
+        recipe, overrides = str(saved), [f"logging.run_dir={resume}", "checkpoint.resume=auto", *overrides]
+    elif recipe is None:
+        print(f"rest-megatron {name}: give a recipe (see recipes/) or --resume RUN_DIR", file=sys.stderr)
+        return None
 
     # Under torchrun the real world size is known; validate against it rather than launch.*.
     world_size = int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ else None

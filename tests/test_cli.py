@@ -110,7 +110,7 @@ def test_train_config_errors_exit_2_with_the_message(
     )
     # torchrun's WORLD_SIZE is what the layout is checked against
     monkeypatch.setenv("WORLD_SIZE", "3")
-    assert main(["plan", TINY_CPU_TP2, model_override]) == 2
+    assert main(["train", TINY_CPU_TP2, model_override]) == 2
     assert "world size 3 is not divisible by parallel.tp × parallel.pp = 2" in capsys.readouterr().err
 
 
