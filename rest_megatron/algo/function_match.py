@@ -258,9 +258,11 @@ def allowed_calls_mismatch(
 
     if all(augment(i, [False] * len(expected)) for i in range(len(predicted))):
         return None
+    if len(expected) == 1:
+        return reasons[0][0]
     for j, exp in enumerate(expected):
         if all(reasons[i][j] is not None for i in range(len(predicted))):
             same_name = [reasons[i][j] for i in range(len(predicted)) if _call_parts(predicted[i])[0] == next(iter(exp))]
             detail = same_name[0] if same_name else f"no call to {next(iter(exp))!r}"
-            return f"expected call {j + 1} matches no predicted call ({detail})" if len(expected) > 1 else detail
+            return f"expected call {j + 1} matches no predicted call ({detail})"
     return "no one-to-one pairing of predicted and expected calls"

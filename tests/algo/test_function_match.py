@@ -201,6 +201,9 @@ def test_allowed_calls_mismatch_pairs_parallel_calls_in_any_order():
     assert allowed_calls_mismatch([two, one], key, tools=[AREA]) is None
     assert "expected 2 call(s), got 3" in allowed_calls_mismatch([two, one, one], key, tools=[AREA])
     assert "expected call 2 matches no predicted call" in allowed_calls_mismatch([one, one], key, tools=[AREA])
+    # One expected call: the reason is that call's own.
+    wrong = {"name": "volume", "arguments": {"base": 1, "height": 1}}
+    assert allowed_calls_mismatch([wrong], key[:1], tools=[AREA]) == "called 'volume', expected 'area'"
     parsed = parse_tool_calls('<tool_call>{"name": "area", "arguments": {"base": 2, "height": 2}}</tool_call>\n'
                               '<tool_call>{"name": "area", "arguments": {"base": 1, "height": 1.0}}</tool_call>')
     assert allowed_calls_mismatch(list(parsed.calls), key, tools=[AREA]) is None
