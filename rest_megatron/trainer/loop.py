@@ -27,7 +27,13 @@ from rest_megatron.rollout.trajectory import save_jsonl
 from rest_megatron.trainer import stages
 from rest_megatron.trainer.batching import make_microbatches
 from rest_megatron.trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from rest_megatron.trainer.rollout_stage import evaluate, generate, sampling_seed, start_services, sync_weights
+from rest_megatron.trainer.rollout_stage import (
+    evaluate,
+    generate,
+    sampling_seed,
+    start_services,
+    sync_weights,
+)
 from rest_megatron.trainer.runtime import Runtime, start_runtime, stop_runtime
 from rest_megatron.trainer.sft_stage import sft_warm_start
 
