@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from rest_megatron.plan.memory import GIB, head_bytes
+from dataclasses import replace
+
+from rest_megatron.plan.memory import GIB, estimate, head_bytes
 from rest_megatron.plan.planner import Plan
 from rest_megatron.plan.search import Candidate
 
@@ -104,8 +106,16 @@ def format_plan(plan: Plan, *, recipe_path: str, model_source: str, model_name: 
     full = head_bytes(a, best.layout, best.workload, fused=False)
     fused = head_bytes(a, best.layout, best.workload, fused=True)
     tokens = w.micro_batch_size * w.seq_length
+    def variant(distributed: bool, recompute: bool):
+        layout = replace(best.layout, distributed_optimizer=distributed, recompute=recompute)
+        return estimate(a, layout, best.workload)
+
+    plain, sharded, recomputed = variant(False, False), variant(True, False), variant(False, True)
     lines += [
         "",
+        f"savers at {best.layout.name}: optimizer {_gib(plain.optimizer)} GiB without, {_gib(sharded.optimizer)} "
+        f"GiB with the distributed optimizer; activations {_gib(plain.activations)} GiB without, "
+        f"{_gib(recomputed.activations)} GiB with full recompute",
         f"output head: fused, {min(w.head_chunk, tokens)}-row chunks: {_gib(fused)} GiB; unfused logits "
         f"[{tokens}, V/TP] in {w.dtype} + fp32 would take {_gib(full)} GiB",
     ]

@@ -184,6 +184,7 @@ def test_cli_prints_the_table_and_the_recommendation(capsys: pytest.CaptureFixtu
     assert "model    Qwen3ForCausalLM from built-in table (Qwen/Qwen3-1.7B" in out
     assert "trainer  4 GPUs; limit 72.0 GiB per GPU (80 GiB less 10% headroom)" in out
     assert any(line.startswith("tp1 pp1 dp4") and line.endswith("fits  recipe  recommended") for line in out.splitlines())
+    assert "savers at tp1 pp1 dp4: optimizer 19.2 GiB without, 4.8 GiB with the distributed optimizer" in out
     assert out.rstrip().endswith("recommended: tp1 pp1 dp4, the recipe's layout")
 
 
