@@ -1,18 +1,21 @@
 """Rule-based rewards, one float per trajectory, chosen by name.
 
-A reward function takes plain Python data: the assistant's response text, the task's ground truth and
-keyword parameters (`step` is always passed, for scheduled rewards), and returns
-`(reward, {component: float})`. It never raises on a bad *response*; a malformed ground truth is a data
-error and raises ValueError.
+A reward function takes plain Python data: the assistant's response (one text, or the list of the
+trajectory's assistant turns), the task's ground truth and keyword parameters (`step` and the prompt's
+`tools` are always passed), and returns `(reward, {component: float})`. It never raises on a bad
+*response*; a malformed ground truth is a data error and raises ValueError.
 
 Registered rewards and their ground truth:
 - `toolrl`: ToolRL's rule reward (Qian et al. 2025, `verl/utils/reward_score/rlla.py` in ResT's code), with
   the ToolRL answer string as ground truth (`<think>…</think>` followed by `<tool_call>` lines of
-  `{"name": …, "parameters": {…}}` and/or `<response>…</response>`).
-- `function_match`: 1 if the calls match as structures (function_match.py), else 0; ground truth
-  `{"calls": [{"name", "arguments"}, …], "tools": [schemas] (optional), "ordered": bool (optional)}`.
-- `answer_match`: 1 if the final answer matches, else 0; ground truth a string or number, or a list of
-  acceptable ones.
+  `{"name": …, "parameters": {…}}` and/or `<response>…</response>`), or a prepared record's ground truth
+  holding it as `reference` (`rest-megatron data prepare --format toolrl`). ToolRL is single-turn: a
+  multi-turn trajectory is scored on its first assistant turn.
+- `function_match`: 1 if the calls of every turn match as structures (function_match.py), else 0; ground
+  truth `{"calls": [{"name", "arguments"}, …], "tools": [schemas] (optional, else the prompt's),
+  "ordered": bool (optional)}`.
+- `answer_match`: 1 if the final answer (of the last turn) matches, else 0; ground truth a string or
+  number, a list of acceptable ones, or a prepared record's ground truth with an `answer`.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from rest_megatron.algo.tool_calls import ToolCall, parse_tool_calls
 
 
 class RewardFn(Protocol):
-    """fn(response, ground_truth, *, step=0, **params) -> (reward, components)."""
+    """fn(response, ground_truth, *, step=0, tools=None, **params) -> (reward, components)."""
 
     def __call__(
-        self, response: str, ground_truth: Any, *, step: int = 0, **params: Any
+        self, response: str | Sequence[str], ground_truth: Any, *, step: int = 0,
+        tools: Sequence[Mapping[str, Any]] | None = None, **params: Any,
     ) -> tuple[float, dict[str, float]]: ...
 
 
@@ -42,6 +46,11 @@ _REWARDS: Registry[RewardFn] = Registry("reward")
 register_reward = _REWARDS.register
 get_reward = _REWARDS.get
 reward_names = _REWARDS.names
+
+
+def as_turns(response: str | Sequence[str]) -> list[str]:
+    """The assistant turns of a response given as one text or as a list of turn texts."""
+    return [response] if isinstance(response, str) else list(response)
 
 
 # ---------------------------------------------------------------------------------------------- ToolRL
@@ -133,10 +142,11 @@ TOOLRL_CORRECT_MIN = Linear(start=-2.0, slope=-1.0 / 150, cap=-3.0)
 
 @register_reward("toolrl")
 def toolrl_reward(
-    response: str,
-    ground_truth: str,
+    response: str | Sequence[str],
+    ground_truth: str | Mapping[str, Any],
     *,
     step: int = 0,
+    tools: Sequence[Mapping[str, Any]] | None = None,
     format_max: CurriculumSpec = TOOLRL_FORMAT_MAX,
     format_min: CurriculumSpec = TOOLRL_FORMAT_MIN,
     correct_max: CurriculumSpec = TOOLRL_CORRECT_MAX,
@@ -155,6 +165,13 @@ def toolrl_reward(
     "parameters", blank lines and whole-block JSON lists inside the block are tolerated, and text inside
     <think> is never a call.
     """
+    if isinstance(ground_truth, Mapping):
+        ground_truth = ground_truth.get("reference")
+    if not isinstance(ground_truth, str):
+        raise ValueError("toolrl ground truth is ToolRL's answer string, or a record prepared by `rest-megatron data "
+                         "prepare --format toolrl` (it keeps that string as ground_truth.reference)")
+    turns = as_turns(response)
+    response = turns[0] if turns else ""
     f_max, f_min = evaluate(format_max, step), evaluate(format_min, step)
     c_max, c_min = evaluate(correct_max, step), evaluate(correct_min, step)
     fmt = f_max if toolrl_format_ok(response, ground_truth) else f_min
@@ -181,17 +198,20 @@ def toolrl_reward(
 
 @register_reward("function_match")
 def function_match_reward(
-    response: str, ground_truth: Mapping[str, Any], *, step: int = 0
+    response: str | Sequence[str], ground_truth: Mapping[str, Any], *, step: int = 0,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """1.0 when the response's calls match ground_truth["calls"] and no call is malformed, else 0.0."""
+    """1.0 when the calls of all turns match ground_truth["calls"] and no call is malformed, else 0.0."""
     if not isinstance(ground_truth, Mapping) or "calls" not in ground_truth:
         raise ValueError('function_match ground truth is {"calls": [...], "tools": [...], "ordered": bool}')
-    parsed = parse_tool_calls(response)
+    parsed = [parse_tool_calls(turn) for turn in as_turns(response)]
+    made = [call for p in parsed for call in p.calls]
+    num_errors = sum(len(p.errors) for p in parsed)
     expected = [c if isinstance(c, ToolCall) else dict(c) for c in ground_truth["calls"]]
-    ok = not parsed.errors and calls_match(
-        list(parsed.calls), expected, tools=ground_truth.get("tools"), ordered=bool(ground_truth.get("ordered", False))
+    ok = not num_errors and calls_match(
+        made, expected, tools=ground_truth.get("tools") or tools, ordered=bool(ground_truth.get("ordered", False))
     )
-    return float(ok), {"match": float(ok), "num_calls": float(len(parsed.calls)), "num_errors": float(len(parsed.errors))}
+    return float(ok), {"match": float(ok), "num_calls": float(len(made)), "num_errors": float(num_errors)}
 
 
 # ---------------------------------------------------------------------------------------- answer match
@@ -241,13 +261,18 @@ def answer_matches(predicted: str, expected: str | int | float) -> bool:
 
 @register_reward("answer_match")
 def answer_match_reward(
-    response: str, ground_truth: str | int | float | Sequence[str | int | float], *, step: int = 0
+    response: str | Sequence[str], ground_truth: str | int | float | Sequence[str | int | float] | Mapping[str, Any],
+    *, step: int = 0, tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """1.0 when the final answer matches any accepted answer, else 0.0.
 
-    The final answer is the last `\\boxed{…}` if there is one, else the parsed answer
+    The final answer is the last `\\boxed{…}` of the last turn if there is one, else its parsed answer
     (`<response>` content or the text outside think and tool calls, see tool_calls.py).
     """
+    if isinstance(ground_truth, Mapping):
+        ground_truth = ground_truth.get("answer", [])
+    turns = as_turns(response)
+    response = turns[-1] if turns else ""
     accepted = list(ground_truth) if isinstance(ground_truth, (list, tuple)) else [ground_truth]
     if not accepted or not all(isinstance(a, (str, int, float)) for a in accepted):
         raise ValueError(f"answer_match ground truth is a string/number or a list of them, got {ground_truth!r}")

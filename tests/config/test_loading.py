@@ -123,7 +123,7 @@ def test_unknown_key_in_the_wrong_group_points_to_the_right_group(write_recipe: 
 
 def test_unknown_key_without_a_close_match_lists_the_group(write_recipe: WriteRecipe) -> None:
     with pytest.raises(
-        ConfigError, match=r"unknown key 'sandbox.zzz'; valid keys in 'sandbox' are: url, backend"
+        ConfigError, match=r"unknown key 'sandbox.zzz'; valid keys in 'sandbox' are: url, secret_env, backend"
     ):
         load_config(write_recipe(), ["sandbox.zzz=1"])
 
