@@ -24,8 +24,7 @@ from typing import Any
 from tools_sandbox.backends import Launch
 from tools_sandbox.executor import Executor, kill_tree
 from tools_sandbox.limits import Limits
-from tools_sandbox.tools import calculator
-from tools_sandbox.tools.registry import EnvSpec, ToolRegistry
+from tools_sandbox.tools.registry import SERVICE_TOOLS, EnvSpec, ToolRegistry
 
 log = logging.getLogger(__name__)
 _GRACE_S = 2.0  # beyond a call's wall limit, for the worker's own timeout to answer first
@@ -52,10 +51,10 @@ class ToolOutcome:
     duration_s: float = 0.0
 
 
-def _in_service(arguments: dict) -> ToolOutcome:
-    """The calculator: a bounded parser, run here rather than in a sandbox."""
+def _in_service(tool: str, arguments: dict) -> ToolOutcome:
+    """A `SERVICE_TOOLS` tool (the calculator's bounded parser, a lookup), run here rather than in a sandbox."""
     start = time.perf_counter()
-    ok, output, error = calculator.call(arguments)
+    ok, output, error = SERVICE_TOOLS[tool](arguments)
     return ToolOutcome(ok, output, error, duration_s=time.perf_counter() - start)
 
 
@@ -263,7 +262,7 @@ class SessionManager:
 
     async def _call_in(self, session: Session, tool: str, arguments: dict, wall_s: float | None) -> ToolOutcome:
         if self.registry.env_of(tool).in_service:
-            return _in_service(arguments)
+            return _in_service(tool, arguments)
         outcome, broken = await self._worker_call(session.worker, tool, arguments, wall_s)
         if broken:
             await self.close(session.id)
@@ -275,7 +274,7 @@ class SessionManager:
         """Run one call in a fresh environment that is thrown away afterwards."""
         env = self.registry.env_of(tool)
         if env.in_service:
-            return _in_service(arguments)
+            return _in_service(tool, arguments)
         worker = await self._take_worker([env], {env.name: config} if config is not None else {})
         try:
             outcome, _ = await self._worker_call(worker, tool, arguments, wall_s)

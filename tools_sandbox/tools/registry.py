@@ -1,7 +1,8 @@
 """The tool registry: environments (groups of tools that share state in a session), by name.
 
 An environment is what a session is built from: `python` (one tool, a persistent interpreter),
-`calculator` (runs in the service: it is a bounded parser, not code execution), each BFCL
+`calculator` and `lookup_price` (run in the service: a bounded parser and a dictionary lookup, not
+code execution; `SERVICE_TOOLS`), each BFCL
 multi-turn class (`GorillaFileSystem`, `TwitterAPI`, ...; tools are its methods), and user tool
 modules. A session is created from environment names or tool names; a tool name pulls in its
 environment. Tool names are unique across the registry, because the model calls tools by name.
@@ -9,11 +10,11 @@ environment. Tool names are unique across the registry, because the model calls 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tools_sandbox.tools import calculator
+from tools_sandbox.tools import calculator, catalogue
 
 PYTHON_SCHEMA = {
     "name": "python",
@@ -25,13 +26,19 @@ PYTHON_SCHEMA = {
 }
 
 
+SERVICE_TOOLS: dict[str, Callable[[dict], tuple[bool, str, str | None]]] = {
+    "calculator": calculator.call, "lookup_price": catalogue.call,
+}
+"""Tools cheap and safe enough to run in the service process: name -> fn(arguments) -> (ok, output, error)."""
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     """One environment: its kind, its tool schemas and where its code lives."""
 
     name: str
     kind: str
-    """"calculator" (in the service), "python", "bfcl" (a BFCL class) or "module" (user tools)."""
+    """"service" (runs in the service process), "python", "bfcl" (a BFCL class) or "module" (user tools)."""
     schemas: tuple[dict, ...]
     module: str | None = None
     attr: str | None = None
@@ -42,7 +49,7 @@ class EnvSpec:
     @property
     def in_service(self) -> bool:
         """True when the tools run in the service process instead of a sandbox worker."""
-        return self.kind == "calculator"
+        return self.kind == "service"
 
     @property
     def tool_names(self) -> list[str]:
@@ -117,11 +124,12 @@ class ToolRegistry:
 
 
 def builtin_registry(*, bfcl: bool = True) -> ToolRegistry:
-    """The registry with calculator, python and (when `bfcl-eval` is installed) the BFCL classes."""
+    """The registry with calculator, lookup_price, python and (when `bfcl-eval` is installed) the BFCL classes."""
     from tools_sandbox.tools import bfcl as bfcl_tools
 
     registry = ToolRegistry()
-    registry.register(EnvSpec("calculator", "calculator", (calculator.SCHEMA,)))
+    registry.register(EnvSpec("calculator", "service", (calculator.SCHEMA,)))
+    registry.register(EnvSpec("lookup_price", "service", (catalogue.SCHEMA,)))
     registry.register(EnvSpec("python", "python", (PYTHON_SCHEMA,)))
     if bfcl:
         for env in bfcl_tools.environments():
