@@ -93,7 +93,7 @@ def main() -> int:
     model_dir = tiny_tool_caller_dir()
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     prompts = []
-    for i, sample in enumerate(make_tiny_task(2024, args.trajectories, "eval")):
+    for i, sample in enumerate(make_tiny_task(2024, args.trajectories, "eval", kinds=("arithmetic",))):
         messages, tools = prompt_messages(sample)
         prompts.append(RolloutPrompt(f"bench-{i}", messages, tools))
     with tempfile.TemporaryDirectory() as logs:

@@ -1,17 +1,28 @@
-"""The tiny tool-use task: arithmetic questions that need 1–3 calculator calls, generated from a seed.
+"""The tiny tool-use task: questions that need 1–3 real tool calls, generated from a seed.
+
+Two kinds of question, both answered through the sandbox's tools:
+- `arithmetic`: "What is (7 + 5) * 3?", one calculator call per operation (1–3);
+- `price`: "What do 3 units of apple cost?", a key-value lookup (`lookup_price`, the sandbox's shop
+  catalogue) for each item, then one calculator call for the total (2 or 3 calls). The prices are only
+  in the tool, so the model must call it.
+Price questions offer both tools, so the model also has to pick the right one.
 
 Each sample has the chat messages of the prompt, the tool schemas the model may call, the ground-truth
 calls in order, and the final answer. `demonstration` renders the gold trajectory (calls, tool
-results, answer) as chat messages for the SFT warm start. Train and eval splits come from disjoint
-seeds, so the held-out split never overlaps the training questions.
+results, answer) as chat messages for the SFT warm start. Every question text belongs to one split
+(a hash of the text picks it, 1 in 8 to eval), so no held-out question is ever a training question,
+whatever the seeds; the splits also draw from different seeds.
 """
 
 from __future__ import annotations
 
 import operator
 import random
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from tools_sandbox.tools import catalogue
 
 CALCULATOR_TOOL: dict[str, Any] = {
     "type": "function",
@@ -26,7 +37,12 @@ CALCULATOR_TOOL: dict[str, Any] = {
     },
 }
 
+LOOKUP_TOOL: dict[str, Any] = {"type": "function", "function": catalogue.SCHEMA}
+
 SYSTEM_PROMPT = "You are a careful assistant. Use the calculator for every arithmetic step, then answer."
+
+KINDS = ("arithmetic", "price")
+"""Question kinds; `make_tiny_task` draws arithmetic and price questions half and half by default."""
 
 _SPLIT_SEED_OFFSET = {"train": 0, "eval": 1_000_003}
 _APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul}
@@ -51,6 +67,21 @@ def _operand(rng: random.Random) -> int:
     return rng.randint(2, 60)
 
 
+def _price_sample(rng: random.Random) -> TinyTaskSample:
+    items = rng.sample(sorted(catalogue.PRICES), rng.choice((1, 1, 2)))
+    counts = [rng.randint(2, 12) for _ in items]
+    prices = [catalogue.PRICES[item] for item in items]
+    calls = [{"name": "lookup_price", "arguments": {"item": item}} for item in items]
+    expression = " + ".join(f"{price} * {count}" for price, count in zip(prices, counts))
+    calls.append({"name": "calculator", "arguments": {"expression": expression}})
+    total = sum(price * count for price, count in zip(prices, counts))
+    results = [str(price) for price in prices] + [str(total)]
+    question = "What do " + " and ".join(f"{c} units of {i}" for c, i in zip(counts, items)) + " cost?"
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+    return TinyTaskSample(question=question, tools=[LOOKUP_TOOL, CALCULATOR_TOOL], calls=calls, results=results,
+                          answer=str(total), messages=messages)
+
+
 def _sample(rng: random.Random) -> TinyTaskSample:
     num_steps = rng.choice((1, 1, 2, 3))
     value = _operand(rng)
@@ -71,12 +102,26 @@ def _sample(rng: random.Random) -> TinyTaskSample:
     )
 
 
-def make_tiny_task(seed: int, num_samples: int, split: str = "train") -> list[TinyTaskSample]:
-    """`num_samples` questions of `split` ("train" or "eval"), deterministic in `seed`."""
+def make_tiny_task(seed: int, num_samples: int, split: str = "train", kinds: tuple[str, ...] = KINDS
+                   ) -> list[TinyTaskSample]:
+    """`num_samples` questions of `split` ("train" or "eval") drawn from `kinds`, deterministic in `seed`."""
     if split not in _SPLIT_SEED_OFFSET:
         raise ValueError(f"split must be one of {sorted(_SPLIT_SEED_OFFSET)}, got {split!r}")
+    if not kinds or set(kinds) - set(KINDS):
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds!r}")
+    make = {"arithmetic": _sample, "price": _price_sample}
     rng = random.Random(seed + _SPLIT_SEED_OFFSET[split])
-    return [_sample(rng) for _ in range(num_samples)]
+    samples: list[TinyTaskSample] = []
+    while len(samples) < num_samples:
+        sample = make[rng.choice(kinds)](rng)
+        if split_of(sample.question) == split:
+            samples.append(sample)
+    return samples
+
+
+def split_of(question: str) -> str:
+    """The split that owns a question text: "eval" for 1 in 8 (by CRC-32), else "train"."""
+    return "eval" if zlib.crc32(question.encode()) % 8 == 0 else "train"
 
 
 def demonstration(sample: TinyTaskSample) -> list[dict[str, Any]]:

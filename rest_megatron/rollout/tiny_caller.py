@@ -1,7 +1,7 @@
 """A tiny tool-calling model for rollout tests and benchmarks, fine-tuned locally in about a minute.
 
 The random-init tiny Qwen3 (`rest_megatron.assets`) is trained with plain torch AdamW on
-demonstrations of the tiny calculator task (`data.tiny_task.demonstration`), so it emits
+demonstrations of the tiny task's arithmetic questions (`data.tiny_task.demonstration`), so it emits
 well-formed `<tool_call>` blocks, reads tool results and answers. Two trigger words in the user turn
 give deterministic behaviours that the tests need:
 
@@ -30,7 +30,7 @@ from rest_megatron.assets._cache import cache_key, cached_dir
 from rest_megatron.data.sft import collate, tokenize_for_sft
 from rest_megatron.data.tiny_task import CALCULATOR_TOOL, TinyTaskSample, demonstration, make_tiny_task
 
-VERSION = 3
+VERSION = 4
 SLOW_SECONDS = 4
 PYTHON_TOOL: dict[str, Any] = {
     "type": "function",
@@ -79,7 +79,7 @@ def finetune(out_dir: str | Path, *, num_steps: int = 150, batch_size: int = 4, 
         model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         rng = random.Random(seed)
         examples = []
-        for index, sample in enumerate(make_tiny_task(seed, 256)):
+        for index, sample in enumerate(make_tiny_task(seed, 256, kinds=("arithmetic",))):
             mode = ("normal", "normal", "normal", "broken", "slow")[index % 5]
             messages, tools = _conversation(sample, mode)
             examples.append(tokenize_for_sft(tokenizer, messages, tools))

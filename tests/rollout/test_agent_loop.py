@@ -24,7 +24,7 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=64)
 
 def _prompts(n: int, mode: str = "normal", seed: int = 11) -> list[RolloutPrompt]:
     out = []
-    for i, sample in enumerate(make_tiny_task(seed, n, "eval")):
+    for i, sample in enumerate(make_tiny_task(seed, n, "eval", kinds=("arithmetic",))):
         messages, tools = prompt_messages(sample, mode)
         out.append(RolloutPrompt(f"{mode}-{i}", messages, tools, {"answer": sample.answer}))
     return out

@@ -18,7 +18,7 @@ from tests.rollout.conftest import run
 
 def _prompts(tokenizer, n: int) -> list[list[int]]:
     out = []
-    for i, sample in enumerate(make_tiny_task(7, n, "eval")):
+    for i, sample in enumerate(make_tiny_task(7, n, "eval", kinds=("arithmetic",))):
         messages, tools = prompt_messages(sample, ("normal", "slow", "broken")[i % 3])
         text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
         out.append(tokenizer.encode(text, add_special_tokens=False))

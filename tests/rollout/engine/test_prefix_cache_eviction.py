@@ -39,7 +39,7 @@ def small_cache_engine(caller_dir, tmp_path) -> Iterator[ServerProcess]:
 
 def _prompts(tokenizer, seed: int, n: int, split: str) -> list[list[int]]:
     out = []
-    for sample in make_tiny_task(seed, n, split):
+    for sample in make_tiny_task(seed, n, split, kinds=("arithmetic",)):
         messages, tools = prompt_messages(sample)
         text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
         out.append(tokenizer.encode(text, add_special_tokens=False))
