@@ -54,22 +54,28 @@ def test_impossible_requests_are_refused(slurm_cluster: LocalSlurmCluster, optio
 
 
 def test_gpu_recipes_fit_their_request(slurm_cluster: LocalSlurmCluster) -> None:
-    """Every GPU recipe's launch.nnodes x launch.nproc_per_node, as train.sbatch would be asked for it."""
-    from rest_megatron.config import load_config
+    """Every GPU recipe's whole job as train.sbatch is asked for it: launch.nnodes nodes, each with the
+    trainer's launch.nproc_per_node GPUs plus its share of the rollout servers (num_servers x server_tp,
+    colocated on the trainer nodes)."""
+    from rest_megatron.config import config_from_dict, read_recipe
 
-    checked = 0
+    checked = []
     for recipe in sorted((REPO / "recipes").glob("*.yaml")):
-        launch = load_config(recipe, []).launch
+        config = config_from_dict(read_recipe(recipe))  # the shape only: the weights are not downloaded here
+        launch, rollout = config.launch, config.rollout
         if launch.device != "cuda":
             continue
-        options = (f"--nodes={launch.nnodes}", f"--gpus-per-node={launch.nproc_per_node}")
-        if launch.nnodes > len(slurm_cluster.nodes) or launch.nproc_per_node > slurm_cluster.gpus_per_node:
-            continue  # larger than the test cluster: nothing to learn here
+        rollout_gpus = 0 if rollout.server_urls else rollout.num_servers * rollout.server_tp
+        gpus_per_node = launch.nproc_per_node + -(-rollout_gpus // launch.nnodes)
+        assert launch.nnodes <= len(slurm_cluster.nodes) and gpus_per_node <= slurm_cluster.gpus_per_node, (
+            f"{recipe.name} asks for {launch.nnodes} x {gpus_per_node} GPUs; the test cluster has "
+            f"{len(slurm_cluster.nodes)} x {slurm_cluster.gpus_per_node}")
+        options = (f"--nodes={launch.nnodes}", f"--gpus-per-node={gpus_per_node}")
         done = _test_only(slurm_cluster, SLURM / "train.sbatch", *options, str(recipe))
         assert done.returncode == 0, f"{recipe.name}: {done.stderr}"
-        checked += 1
-    if not checked:
-        pytest.skip("no GPU recipe (launch.device: cuda) that fits 2 nodes x 8 GPUs yet")
+        assert "to start at" in done.stderr, done.stderr
+        checked.append(recipe.name)
+    assert len(checked) >= 8, checked  # four models, ResT and GRPO each
 
 
 @pytest.mark.timeout(120)
