@@ -75,6 +75,11 @@ class ParallelConfig:
     micro_batch_size: int = 1
     """Trajectories per forward/backward micro-batch on each data-parallel rank."""
 
+    pack_sequences: bool = False
+    """Pack trajectories back to back into rows of `micro_batch_size` × the step's longest trajectory
+    instead of padding each one (THD with Transformer Engine on GPU, a block-diagonal causal mask on
+    CPU). Needs a token-level `algorithm.aggregation` (token-mean-weighted or token-mean)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class RolloutConfig:

@@ -112,6 +112,12 @@ def _check_ranges(config: Config) -> list[str]:
 def _check_combinations(config: Config) -> list[str]:
     errors = []
     p, r, launch = config.parallel, config.rollout, config.launch
+    if p.pack_sequences and config.algorithm.aggregation not in ("token-mean-weighted", "token-mean"):
+        errors.append(
+            f"parallel.pack_sequences puts several trajectories in one row, which the per-row aggregation "
+            f"algorithm.aggregation={config.algorithm.aggregation} would mix; use token-mean-weighted or "
+            "token-mean, or set parallel.pack_sequences=false"
+        )
     if p.sequence_parallel and p.tp == 1:
         errors.append(
             "parallel.sequence_parallel needs parallel.tp > 1; set parallel.sequence_parallel=false"

@@ -55,13 +55,15 @@ class PolicyActor:
     """This rank's part of a policy: a DDP-wrapped Megatron GPT chunk, its optimizer and LR schedule."""
 
     def __init__(
-        self, model: torch.nn.Module, optimizer: Any, scheduler: Any, *, vocab_size: int, chunk_size: int = 1024
+        self, model: torch.nn.Module, optimizer: Any, scheduler: Any, *, vocab_size: int, chunk_size: int = 1024,
+        packed_format: str = "mask",
     ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.vocab_size = vocab_size
         self.chunk_size = chunk_size
+        self.packed_format = packed_format  # packed rows attend via "thd" (TE, cu_seqlens) or "mask" (local spec)
 
     @property
     def network(self) -> torch.nn.Module:
@@ -80,9 +82,8 @@ class PolicyActor:
 
         def forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
             batch = next(data_iterator)
-            positions = torch.arange(batch["tokens"].shape[1], device=batch["tokens"].device)
             with hidden_states_instead_of_logits(self.network) if self.network.post_process else nullcontext():
-                hidden = model(batch["tokens"], positions.expand_as(batch["tokens"]), None)  # [B, S, H] last stage
+                hidden = model(batch["tokens"], **self._attention_inputs(batch))  # [B, S, H] last stage
             return hidden, lambda output: loss_for_batch(output, batch)
 
         micro_batch_size, seq_length = microbatches[0]["tokens"].shape
@@ -95,6 +96,22 @@ class PolicyActor:
             micro_batch_size=micro_batch_size,
             forward_only=forward_only,
         )
+
+    def _attention_inputs(self, batch: MicroBatch) -> dict[str, Any]:
+        """Positions and masking: causal per row, or per packed segment (THD with TE, else a mask)."""
+        tokens = batch["tokens"]
+        if "cu_seqlens" not in batch:
+            positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+            return {"position_ids": positions, "attention_mask": None}
+        cu_seqlens = batch["cu_seqlens"].to(tokens.device)
+        if self.packed_format == "thd":
+            from megatron.core.packed_seq_params import PackedSeqParams
+
+            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
+                                     max_seqlen_q=longest, max_seqlen_kv=longest)
+            return {"position_ids": batch["position_ids"], "attention_mask": None, "packed_seq_params": params}
+        return {"position_ids": batch["position_ids"], "attention_mask": packed_causal_mask(cu_seqlens, tokens.shape[1])}
 
     @torch.no_grad()
     def token_stats(self, microbatches: list[MicroBatch]) -> list[TokenStats]:
@@ -207,6 +224,20 @@ class PolicyActor:
         return reduced
 
 
+def packed_causal_mask(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
+    """[1, 1, L, L] bool, True where attention is blocked: causal and within one packed segment.
+
+    RoPE scores depend only on the distance between positions, so a segment attends exactly as it
+    would alone, wherever it sits in the row.
+    """
+    segment = torch.repeat_interleave(
+        torch.arange(len(cu_seqlens) - 1, device=cu_seqlens.device), (cu_seqlens[1:] - cu_seqlens[:-1]).long(),
+        output_size=length,
+    )
+    causal = torch.ones(length, length, dtype=torch.bool, device=cu_seqlens.device).tril()
+    return ~(causal & (segment[:, None] == segment[None, :]))[None, None]
+
+
 def build_actor(
     spec: Any,
     settings: Any,
@@ -240,4 +271,11 @@ def build_actor(
     )
     model = wrap_ddp(model, use_distributed_optimizer=settings.use_distributed_optimizer)
     optimizer, scheduler = build_optimizer([model], settings)
-    return PolicyActor(model, optimizer, scheduler, vocab_size=spec.vocab_size, chunk_size=chunk_size)
+    packed_format = "thd" if uses_transformer_engine(model) else "mask"
+    return PolicyActor(model, optimizer, scheduler, vocab_size=spec.vocab_size, chunk_size=chunk_size,
+                       packed_format=packed_format)
+
+
+def uses_transformer_engine(model: torch.nn.Module) -> bool:
+    """Whether the model's layers are Transformer Engine modules (the GPU spec), which take THD input."""
+    return any(type(m).__module__.startswith("megatron.core.extensions.transformer_engine") for m in model.modules())

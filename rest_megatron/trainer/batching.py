@@ -6,10 +6,18 @@ A trajectory is one growing list of token ids with, per token, the sampling logp
 masks, logprobs and regions of the labels. Rows are split contiguously over data-parallel ranks (the
 step keeps its global order, so the gradient does not depend on the DP size) and padded to one length
 for the whole step, because pipeline parallelism exchanges activations of a fixed shape.
+
+Packed micro-batches (`pack_microbatches`) put several trajectories end to end in one row of
+`micro_batch_size × the step's padded length` tokens instead of padding each one, and record where each
+starts in `cu_seqlens` ([segments + 1] int32; segments past `num_trajectories` are padding): attention stays within a
+segment (THD on GPU, a block-diagonal causal mask on CPU) and `position_ids` restart at every segment.
+Packing changes which tokens share a row, so anything normalized per row must go through
+`unpack_rows`/`pack_rows` to stay per trajectory.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,3 +92,71 @@ def make_microbatches(
         {key: torch.stack([row[key] for row in local[i : i + micro_batch_size]]) for key in local[0]}
         for i in range(0, per_rank, micro_batch_size)
     ]
+
+
+def pack_microbatches(
+    samples: Sequence[TrainingSample],
+    *,
+    dp_rank: int,
+    dp_size: int,
+    micro_batch_size: int,
+    pad_id: int,
+    length_multiple: int = 8,
+) -> list[MicroBatch]:
+    """This DP rank's packed micro-batches: [1, L] rows holding whole trajectories back to back.
+
+    L = micro_batch_size × the step's padded length, so a packed row never holds fewer trajectories
+    than a padded micro-batch would. Trajectories keep their global order and fill rows first-fit in
+    that order; rows are split contiguously over DP ranks, empty rows (loss_mask 0) even out the count.
+    """
+    if not samples:
+        raise ValueError("a training step needs at least one trajectory; check the rollout and dynamic sampling")
+    capacity = micro_batch_size * padded_length(samples, length_multiple)
+    bins: list[list[TrainingSample]] = [[]]
+    used = 0
+    for sample in samples:
+        n = len(sample.token_ids) - 1
+        if used + n > capacity and bins[-1]:
+            bins.append([])
+            used = 0
+        bins[-1].append(sample)
+        used += n
+    per_rank = math.ceil(len(bins) / dp_size)
+    bins += [[]] * (per_rank * dp_size - len(bins))
+    return [_packed_row(b, capacity, pad_id) for b in bins[dp_rank * per_rank : (dp_rank + 1) * per_rank]]
+
+
+def _packed_row(samples: Sequence[TrainingSample], capacity: int, pad_id: int) -> MicroBatch:
+    lengths = [len(s.token_ids) - 1 for s in samples]
+    rows = [_row(s, n, pad_id) for s, n in zip(samples, lengths)]
+    if capacity > sum(lengths):  # the rest of the row: one padding segment that trains nothing
+        lengths.append(capacity - sum(lengths))
+        rows.append(_padding_row(lengths[-1], pad_id))
+    batch = {key: torch.cat([row[key] for row in rows])[None] for key in rows[0]}  # [1, L]
+    batch["position_ids"] = torch.cat([torch.arange(n) for n in lengths])[None]
+    batch["cu_seqlens"] = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    batch["num_trajectories"] = torch.tensor(len(samples))  # the segments after these are padding
+    return batch
+
+
+def _padding_row(length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    zeros = torch.zeros(length)
+    pad = torch.full((length,), pad_id, dtype=torch.long)
+    return {"tokens": pad, "labels": pad, "loss_mask": zeros, "sampling_logprobs": zeros,
+            "region_mask": torch.zeros(length, dtype=torch.long), "advantages": zeros}
+
+
+def unpack_rows(values: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """[1, L] packed per-token values -> [segments, longest] rows, zero-padded (the inverse of `pack_rows`)."""
+    bounds = cu_seqlens.tolist()
+    lengths = [b - a for a, b in zip(bounds, bounds[1:])]
+    out = values.new_zeros(len(lengths), max(lengths))
+    for i, (start, n) in enumerate(zip(bounds, lengths)):
+        out[i, :n] = values[0, start : start + n]
+    return out
+
+
+def pack_rows(rows: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """[segments, longest] rows -> [1, L] packed per-token values, following `cu_seqlens`."""
+    bounds = cu_seqlens.tolist()
+    return torch.cat([rows[i, : b - a] for i, (a, b) in enumerate(zip(bounds, bounds[1:]))])[None]

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from rest_megatron.config import Config, load_config, save_config
 from rest_megatron.rollout.trajectory import save_jsonl
 from rest_megatron.trainer import stages
-from rest_megatron.trainer.batching import make_microbatches
+from rest_megatron.trainer.batching import make_microbatches, pack_microbatches
 from rest_megatron.trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from rest_megatron.trainer.rollout_stage import (
     evaluate,
@@ -63,7 +63,8 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
         return {"reward/mean": float(rewards.mean()), "skipped": 1.0, **timings}
     from megatron.core import parallel_state
 
-    microbatches = make_microbatches(
+    batching = pack_microbatches if cfg.parallel.pack_sequences else make_microbatches
+    microbatches = batching(
         samples, dp_rank=parallel_state.get_data_parallel_rank(), dp_size=parallel_state.get_data_parallel_world_size(),
         micro_batch_size=cfg.parallel.micro_batch_size, pad_id=rt.tokenizer.pad_token_id,
         length_multiple=8 * cfg.parallel.tp,

@@ -18,7 +18,7 @@ from rest_megatron.algo.rewards import get_reward
 from rest_megatron.algo.weights import get_token_weights
 from rest_megatron.data.prompts import Prompt
 from rest_megatron.ops.vocab_parallel import TokenStats
-from rest_megatron.trainer.batching import MicroBatch, TrainingSample
+from rest_megatron.trainer.batching import MicroBatch, TrainingSample, pack_rows, unpack_rows
 from rest_megatron.trainer.run_log import region_means
 
 
@@ -76,9 +76,9 @@ def attach_weights(
     entropy, weight, regions, mask, drift = [], [], [], [], []
     for mb, st in zip(microbatches, stats):
         mb["old_logprobs"] = st.logprob
-        mb["weights"] = fn(
-            loss_mask=mb["loss_mask"], region_mask=mb["region_mask"], step=step,
-            collision=st.collision, entropy=st.entropy, **params,
+        mb["weights"] = per_trajectory(
+            fn, mb.get("cu_seqlens"), loss_mask=mb["loss_mask"], region_mask=mb["region_mask"],
+            collision=st.collision, entropy=st.entropy, step=step, **params,
         )
         trained = valid_mask(mb["loss_mask"], st.logprob)
         drift.append(((mb["sampling_logprobs"] - st.logprob).abs() * trained)[trained])
@@ -92,3 +92,12 @@ def attach_weights(
     drift_all = torch.cat(drift)
     metrics["logprob_drift"] = float(drift_all.mean()) if drift_all.numel() else 0.0
     return metrics
+
+
+def per_trajectory(weights_fn: Any, cu_seqlens: torch.Tensor | None, *, step: int, **tensors_and_params: Any
+                   ) -> torch.Tensor:
+    """Token weights normalized per trajectory: per row, or per segment of a packed row (`cu_seqlens`)."""
+    if cu_seqlens is None:
+        return weights_fn(step=step, **tensors_and_params)
+    unpacked = {k: unpack_rows(v, cu_seqlens) if isinstance(v, torch.Tensor) else v for k, v in tensors_and_params.items()}
+    return pack_rows(weights_fn(step=step, **unpacked), cu_seqlens)

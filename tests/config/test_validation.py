@@ -110,6 +110,10 @@ def test_all_problems_are_reported_together(write_recipe: WriteRecipe) -> None:
         ),
         (["parallel.sequence_parallel=true"], "parallel.sequence_parallel needs parallel.tp > 1"),
         (
+            ["parallel.pack_sequences=true", "algorithm.aggregation=seq-mean-token-mean"],
+            "parallel.pack_sequences puts several trajectories in one row",
+        ),
+        (
             [
                 "parallel.sequence_parallel=true",
                 "parallel.tp=2",
