@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,26 @@ MANIFEST = "manifest.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or corrupt; the message names the file and what to do."""
+
+
+def _start_writer_results_queue() -> None:
+    """Start Megatron's checkpoint-writer results queue with SIGTERM ignored.
+
+    The writer keeps one *spawned* manager process for that queue, created at the first save and kept.
+    Slurm preemption (`scancel -s TERM`) signals every process of the job step, and that manager would
+    die of it, so the checkpoint the trainer then saves fails with a broken pipe. A spawned process
+    keeps an ignored disposition across exec, so starting it under SIG_IGN makes it outlive the signal;
+    it still stops at exit, when its owner tells it to shut down.
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if getattr(filesystem_async, "_results_queue", True) is not None:  # started already (or not this version)
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        filesystem_async._get_write_results_queue()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _step_name(step: int) -> str:
@@ -102,6 +123,7 @@ def save_checkpoint(
         (tmp / "model_optim").mkdir(parents=True)
         (tmp / "rng").mkdir()
     dist.barrier()
+    _start_writer_results_queue()
     dist_checkpointing.save(_sharded_state(model, optimizer, is_loading=False), str(tmp / "model_optim"))
     torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
     if rank == 0:

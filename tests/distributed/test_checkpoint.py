@@ -108,3 +108,28 @@ def test_save_at_tp2_load_at_pp2_and_recover_from_a_truncated_shard(gloo, tmp_pa
     assert recovered["step"] == 1 and len(recovered["skipped"]) == 1 and shard.name in recovered["skipped"][0]
     assert recovered["logprob_sum"] != pytest.approx(saved["logprob_sum"], rel=1e-6)  # really the older weights
     assert Path(root / "latest").read_text() == "step_00000002"  # loading never rewrites the pointer
+
+
+def _save_after_sigterm_to_every_child(root: str) -> int:
+    """Save, SIGTERM every process this rank started (what `scancel -s TERM` does to a job step), save again."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    spec, actor = _actor(1, 1)
+    _train(actor, spec, range(1), seed=0)  # an optimizer with state, as in a real run
+    save_checkpoint(root, 1, actor.model, actor.optimizer, actor.scheduler)
+    children = psutil.Process(os.getpid()).children(recursive=True)
+    for child in children:
+        os.kill(child.pid, signal.SIGTERM)
+    time.sleep(1.0)
+    save_checkpoint(root, 2, actor.model, actor.optimizer, actor.scheduler)
+    return int(load_checkpoint(root, actor.model, actor.optimizer, actor.scheduler)["step"])
+
+
+def test_a_checkpoint_saves_after_the_whole_step_got_sigterm(tmp_path) -> None:
+    # A fresh rank: the checkpoint writer's helper process is created once per process, at its first save.
+    with GlooPool(1) as pool:
+        assert pool.run(_save_after_sigterm_to_every_child, str(tmp_path / "ckpt"))[0] == 2
