@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,16 +50,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threshold", type=float, default=0.95, help="held-out reward for steps-to-threshold")
     parser.add_argument("--out", type=Path, default=Path("runs/rest_vs_grpo"))
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (each is one trainer process)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="applied to both recipes")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     curves: dict[str, dict[int, list[float]]] = {name: {} for name in RECIPES}
-    for seed in args.seeds:
-        for name, recipe in RECIPES.items():
-            started = time.perf_counter()
-            curves[name][seed] = train(recipe, seed, args.out / f"{name}-seed{seed}", args.overrides)
-            print(f"{name} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+
+    def one(name: str, seed: int) -> None:
+        started = time.perf_counter()
+        curves[name][seed] = train(RECIPES[name], seed, args.out / f"{name}-seed{seed}", args.overrides)
+        print(f"{name} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for done in [pool.submit(one, name, seed) for seed in args.seeds for name in RECIPES]:
+            done.result()
+    curves = {name: dict(sorted(runs.items())) for name, runs in curves.items()}
 
     num_points = min(len(c) for runs in curves.values() for c in runs.values())
     header = "| recipe | seed | " + " | ".join(f"step {s}" for s in range(num_points)) + " | steps to ≥ threshold |"
