@@ -3,12 +3,17 @@
 For tasks whose ground truth is `{"calls": [...], "answer": ...}` (the tiny task, prepared JSONL data),
 scored over the assistant turns of one trajectory:
 
-    R = format_weight · (+1 if every turn parses cleanly, −1 otherwise)
+    R = format_weight · (+1 if every turn parses cleanly and, where calls are expected, the
+                         trajectory made at least one; −1 otherwise)
       + call_weight   · (fraction of ground-truth calls matched, in order, by the calls made;
                          −1 when the trajectory made no call although calls were expected)
       + answer_weight · (1 if the final turn's answer matches, else 0)
 
-Like ToolRL, a malformed call costs the format term; unlike ToolRL's single-turn reward, calls are
+Like ToolRL, a malformed call costs the format term, and so does answering without the tool call the
+ground truth expects (ToolRL's format check demands a <tool_call> block exactly when the ground truth has
+one). Without that, skipping the tools (format +1, calls −1) would outscore trying them and sometimes
+malforming a call, and a weak policy learns to stop calling tools: measured on the tiny task, where
+every seed of the 12-step recipe collapsed to no calls. Unlike ToolRL's single-turn reward, calls are
 collected over all turns, because a multi-step question needs each call's result before the next.
 """
 
@@ -36,9 +41,9 @@ def tool_trajectory_reward(
     """Score the assistant turns of one trajectory (a list of turn texts, or one text for one turn)."""
     turns = [response] if isinstance(response, str) else list(response)
     parsed = [parse_tool_calls(turn) for turn in turns]
-    well_formed = bool(turns) and all(not p.errors for p in parsed)
     made = [call for p in parsed for call in p.calls]
     expected = list(ground_truth.get("calls", []))
+    well_formed = bool(turns) and all(not p.errors for p in parsed) and bool(made or not expected)
     schemas = schemas_by_name(tools)
     matched = 0
     for predicted, wanted in zip(made, expected):
