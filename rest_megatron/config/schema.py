@@ -180,15 +180,6 @@ class RewardConfig:
     name: str = "toolrl"
     """Name of a registered reward function."""
 
-    scheduled: bool = False
-    """Anneal the reward's component weights over training (ToolRL's dynamic reward scaling)."""
-
-    format_weight: float = 1.0
-    """Weight of the format component (well-formed think / tool-call structure)."""
-
-    answer_weight: float = 1.0
-    """Weight of the correctness component (tool name, arguments, final answer)."""
-
     params: dict[str, Any] = field(default_factory=dict)
     """Extra keyword parameters of the reward function."""
 

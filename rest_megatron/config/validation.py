@@ -7,6 +7,7 @@ found are reported together, one line each, every line naming its full dotted ke
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,6 +57,7 @@ def validate(
     errors: list[str] = []
     errors += _check_ranges(config)
     errors += _check_combinations(config)
+    errors += _check_registered(config)
     if require_paths:
         errors += _check_files(config)
     if not errors:  # the layout checks divide by tp/pp and read the model; only run them on sane values
@@ -106,6 +108,33 @@ def _check_ranges(config: Config) -> list[str]:
         )
     if not 1 <= config.launch.master_port <= 65535:
         errors.append(f"launch.master_port must be a TCP port in 1..65535, got {config.launch.master_port}")
+    return errors
+
+
+def _check_registered(config: Config) -> list[str]:
+    """Names that must be registered, and keyword parameters their functions accept, so a typo fails
+    at load time and not at the first scoring step, after the SFT warm start."""
+    from rest_megatron.algo.rewards import get_reward, reward_names
+    from rest_megatron.algo.weights import get_token_weights, token_weight_names
+
+    errors = []
+    for key, name, names, get, params_key, params, passed in (
+        ("reward.name", config.reward.name, reward_names(), get_reward, "reward.params", config.reward.params,
+         {"response", "ground_truth", "step", "tools"}),
+        ("algorithm.weights", config.algorithm.weights, token_weight_names(), get_token_weights,
+         "algorithm.weights_params", config.algorithm.weights_params,
+         {"loss_mask", "region_mask", "step", "collision", "entropy"}),
+    ):
+        if name not in names:
+            errors.append(f"{key}={name!r} is not registered; choose one of {', '.join(sorted(names))}")
+            continue
+        signature = inspect.signature(get(name))
+        if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            continue
+        accepted = sorted(set(signature.parameters) - passed)
+        for unknown in sorted(set(params) - set(accepted)):
+            errors.append(f"{params_key} has {unknown!r}, which {key}={name} does not take; it takes: "
+                          f"{', '.join(accepted) or 'nothing'} (write a mapping as {{key: value}}, with a space)")
     return errors
 
 

@@ -109,6 +109,9 @@ def test_all_problems_are_reported_together(write_recipe: WriteRecipe) -> None:
             "rollout.num_samples_per_prompt must be >= 2 for advantage 'grpo'",
         ),
         (["parallel.sequence_parallel=true"], "parallel.sequence_parallel needs parallel.tp > 1"),
+        (["reward.name=tool_trajectroy"], "reward.name='tool_trajectroy' is not registered; choose one of"),
+        (["reward.params={format_weight:1.0}"], "reward.params has 'format_weight:1.0', which reward.name="),
+        (["algorithm.weights_params={gama_name: 2}"], "algorithm.weights_params has 'gama_name'"),
         (
             ["parallel.pack_sequences=true", "algorithm.aggregation=seq-mean-token-mean"],
             "parallel.pack_sequences puts several trajectories in one row",
