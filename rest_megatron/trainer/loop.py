@@ -59,7 +59,9 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
         estimator=cfg.algorithm.advantage, dynamic_sampling=cfg.algorithm.dynamic_sampling,
     )
     samples = stages.to_samples(trajectories, advantages, keep)
-    if not samples:  # every group was uniform under dynamic sampling: nothing to learn from
+    # Every group uniform: nothing to learn, and an Adam step on a zero gradient would still move the
+    # weights along its momentum (measured: ~lr per parameter per step, a tiny policy drifted to noise).
+    if not samples or not bool((advantages[keep] != 0).any()):
         return {"reward/mean": float(rewards.mean()), "skipped": 1.0, **timings}
     from megatron.core import parallel_state
 
