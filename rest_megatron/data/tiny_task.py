@@ -64,12 +64,12 @@ class TinyTaskSample:
 
 
 def _operand(rng: random.Random) -> int:
-    return rng.randint(2, 60)
+    return rng.randint(2, 9)
 
 
 def _price_sample(rng: random.Random) -> TinyTaskSample:
     items = rng.sample(sorted(catalogue.PRICES), rng.choice((1, 1, 2)))
-    counts = [rng.randint(2, 12) for _ in items]
+    counts = [rng.randint(2, 9) for _ in items]
     prices = [catalogue.PRICES[item] for item in items]
     calls = [{"name": "lookup_price", "arguments": {"item": item}} for item in items]
     expression = " + ".join(f"{price} * {count}" for price, count in zip(prices, counts))

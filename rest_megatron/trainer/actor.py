@@ -56,7 +56,7 @@ class PolicyActor:
 
     def __init__(
         self, model: torch.nn.Module, optimizer: Any, scheduler: Any, *, vocab_size: int, chunk_size: int = 1024,
-        packed_format: str = "mask",
+        packed_format: str = "mask", temperature: float = 1.0,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -64,6 +64,9 @@ class PolicyActor:
         self.vocab_size = vocab_size
         self.chunk_size = chunk_size
         self.packed_format = packed_format  # packed rows attend via "thd" (TE, cu_seqlens) or "mask" (local spec)
+        # The rollout's sampling temperature: the policy that generated the data is softmax(logits / T),
+        # so that is the policy whose log-probs, entropy and gradient the trainer computes (0: greedy, as 1).
+        self.temperature = temperature if temperature > 0 else 1.0
 
     @property
     def network(self) -> torch.nn.Module:
@@ -72,7 +75,10 @@ class PolicyActor:
 
     # ----------------------------------------------------------------------------------------- stats
     def stats_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor, *, entropy_grad: bool) -> TokenStats:
-        """log π(labels), H, Σπ² ([B, S]) from the last stage's hidden states [B, S, H], differentiably."""
+        """log π(labels), H, Σπ² ([B, S]) of softmax(logits / temperature) from the last stage's hidden
+        states [B, S, H], differentiably. The output layer has no bias, so logits / T = (h / T)·Wᵀ."""
+        if self.temperature != 1.0:
+            hidden = hidden / self.temperature
         return model_token_stats(
             self.network, hidden, labels, vocab_size=self.vocab_size, chunk_size=self.chunk_size, entropy_grad=entropy_grad
         )
@@ -251,6 +257,7 @@ def build_actor(
     chunk_size: int = 1024,
     max_sequence_length: int | None = None,
     megatron_overrides: dict[str, Any] | None = None,
+    temperature: float = 1.0,
 ) -> PolicyActor:
     """Build this rank's actor (model parallel state must be initialized for `tp`×`pp`).
 
@@ -273,7 +280,7 @@ def build_actor(
     optimizer, scheduler = build_optimizer([model], settings)
     packed_format = "thd" if uses_transformer_engine(model) else "mask"
     return PolicyActor(model, optimizer, scheduler, vocab_size=spec.vocab_size, chunk_size=chunk_size,
-                       packed_format=packed_format)
+                       packed_format=packed_format, temperature=temperature)
 
 
 def uses_transformer_engine(model: torch.nn.Module) -> bool:

@@ -82,6 +82,7 @@ def start_runtime(config: Config) -> Runtime:
         spec, _optimizer_settings(config), tp=layout.tp, pp=layout.pp, dtype=DTYPES[config.model.dtype],
         sequence_parallel=config.parallel.sequence_parallel, recompute=config.model.recompute_activations,
         padded_vocab_multiple=config.model.padded_vocab_multiple, megatron_overrides=config.model.megatron,
+        temperature=config.rollout.temperature,
     )
     load_hf_into_model(actor.network, spec, HFWeights.open(hf_dir, spec=spec))
     algo = config.algorithm

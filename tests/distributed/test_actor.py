@@ -152,3 +152,25 @@ def test_forward_only_logprobs_equal_train_pass(gloo, tmp_path) -> None:
     for metrics in gloo(4).run(_ratio_is_one, init, seed):
         assert abs(metrics["ratio_max"] - 1.0) < 1e-6 and abs(metrics["ratio_min"] - 1.0) < 1e-6, metrics
         assert metrics["clip_frac_low"] == 0.0 and metrics["clip_frac_high"] == 0.0
+
+
+def _tempered_stats_against_logits(seed: int, temperature: float) -> float:
+    """Largest |log π_T − reference| where the reference is log_softmax(logits / T) of the model's own logits."""
+    spec = model_spec_from_hf(tiny_hf_config("tiny-qwen3"))
+    init_model_parallel(ParallelLayout(tp=1, pp=1), seed=1234, timeout_s=120)
+    actor = build_actor(spec, OptimizerSettings(lr=1e-3), chunk_size=7, temperature=temperature)
+    batch = _global_batch(seed, spec.vocab_size)
+    microbatch = {k: batch[k][:2] for k in ("tokens", "labels", "loss_mask")}
+    ours = actor.token_stats([microbatch])[0]
+    positions = torch.arange(microbatch["tokens"].shape[1]).expand_as(microbatch["tokens"])
+    with torch.no_grad():
+        logits = actor.network(microbatch["tokens"], positions, None)[..., : spec.vocab_size].double()  # [B, S, V]
+    log_p = torch.log_softmax(logits / temperature, dim=-1)
+    reference_logprob = log_p.gather(-1, microbatch["labels"][..., None])[..., 0]
+    reference_entropy = -(log_p.exp() * log_p).sum(-1)
+    return max(float((ours.logprob - reference_logprob).abs().max()), float((ours.entropy - reference_entropy).abs().max()))
+
+
+def test_stats_follow_the_sampling_temperature(gloo) -> None:
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    assert gloo(1).run(_tempered_stats_against_logits, seed, 0.7)[0] < 1e-4, seed
