@@ -3,10 +3,11 @@
 SFT warm start, ResT RL with real rollouts (embedded engine) and real tool execution (sandbox),
 checkpoints and the final Hugging Face export, in one CLI process on CPU (about 3 minutes).
 
-Measured with this recipe (seed 0): held-out greedy reward 0.874 after SFT; after 6 RL steps 0.883 in
-one run and 0.694 in another (the sampled rollouts differ run to run). Six steps do not move it reliably
-either way, so this test checks the pipeline and the SFT warm start, not an RL gain: a clear, repeatable
-gain is the open part of the trainer issue.
+The held-out greedy reward must end clearly above where RL started. Measured with this recipe
+(benchmarks/rest_vs_grpo.py, see benchmarks/README.md): seed 0, the recipe's, goes from -0.047 after
+SFT to 1.016 after 12 steps (+1.06); seed 1 gains +0.19 and seed 2 starts at the ~1.0 plateau
+(well-formed calls, wrong arguments) and stays there. Sampling seeds follow (data.seed, step), so a
+seed-0 run repeats its trajectories; the margin is half of its measured gain.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+GAIN_MARGIN = 0.5
 
 
 @pytest.mark.slow
@@ -35,7 +37,7 @@ def test_tiny_recipe_trains_checkpoints_and_exports(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["step"], r["eval/reward"]) for r in records if "eval/reward" in r]
     assert evals[0][0] == 0 and evals[-1][0] == records[-1]["step"], evals
-    assert evals[0][1] > 0.5, evals  # the SFT warm start emits well-formed calls (random init scores -2)
+    assert evals[-1][1] - evals[0][1] > GAIN_MARGIN, evals  # RL clearly improved on the SFT warm start
     assert [r["step"] for r in records if "reward/mean" in r] == list(range(1, records[-1]["step"] + 1))
     assert all(r["logprob_drift"] < 1e-3 for r in records if "logprob_drift" in r)  # train/inference agree
 
