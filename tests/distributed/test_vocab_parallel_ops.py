@@ -78,6 +78,7 @@ def _fused_errors(seed: int, tp: int, vocab: int, sequence_parallel: bool) -> li
     ref_h, ref_w = hidden.double().requires_grad_(), weight.double().requires_grad_()
     ref = reference_stats(ref_h @ ref_w.t(), targets, vocab)
     (ref[0] @ g_lp.double() + ref[1] @ g_h.double()).backward()
+    ref_of_fp32_logits = reference_stats(hidden @ weight.t(), targets, vocab)  # the op's own error, given its logits
     out, label = [], f"fused tp={tp} vocab={vocab} sp={sequence_parallel}"
     for chunk in (1, 7, T + 3):
         h = hidden[rows].clone().requires_grad_()
@@ -86,8 +87,9 @@ def _fused_errors(seed: int, tp: int, vocab: int, sequence_parallel: bool) -> li
             h, w, targets, group, chunk, vocab_size=vocab, entropy_grad=True, sequence_parallel=sequence_parallel
         )
         (stats.logprob @ g_lp + stats.entropy @ g_h).backward()
-        for name, ours, expected in zip(stats._fields, stats, ref):
+        for name, ours, expected, given_logits in zip(stats._fields, stats, ref, ref_of_fp32_logits):
             out.append((f"{label} chunk={chunk} {name}", rel_err(ours, expected), FUSED_VALUE_RTOL[name]))
+            out.append((f"{label} chunk={chunk} {name} (fp32 logits)", rel_err(ours, given_logits), VALUE_RTOL[name]))
         out.append((f"{label} chunk={chunk} grad_h", rel_err(h.grad, ref_h.grad[rows]), GRAD_RTOL))
         grad_w_ref = ref_w.grad[rank * shard : (rank + 1) * shard]
         out.append((f"{label} chunk={chunk} grad_w", rel_err(w.grad, grad_w_ref), GRAD_RTOL))

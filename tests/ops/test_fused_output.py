@@ -14,6 +14,7 @@ from rest_megatron.ops.memory import peak_allocated_bytes
 from tests.ops.reference import (
     FUSED_VALUE_RTOL,
     GRAD_RTOL,
+    VALUE_RTOL,
     fresh_seed,
     make_targets,
     reference_stats,
@@ -52,8 +53,10 @@ def test_values_and_grads_match_float64(device: str, chunk_size: int) -> None:
     stats = fused_output_token_stats(
         h, w, targets.to(device), None, chunk_size, vocab_size=VOCAB, entropy_grad=True
     )
-    for name, ours, expected in zip(stats._fields, stats, ref):
+    given_logits = reference_stats((h.detach() @ w.detach().t()).cpu(), targets, VOCAB)  # float32 logits, float64 stats
+    for name, ours, expected, of_fp32_logits in zip(stats._fields, stats, ref, given_logits):
         assert rel_err(ours.cpu(), expected) < FUSED_VALUE_RTOL[name], (name, seed)
+        assert rel_err(ours.cpu(), of_fp32_logits) < VALUE_RTOL[name], (name, seed)
     (stats.logprob @ g_lp.to(device) + stats.entropy @ g_h.to(device)).backward()
     assert rel_err(h.grad.cpu(), ref_gh) < GRAD_RTOL, seed
     assert rel_err(w.grad.cpu(), ref_gw) < GRAD_RTOL, seed
