@@ -64,6 +64,9 @@ class RunLogger:
         if self._wandb is not None:
             self._wandb.log(record, step=step)
         shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in CONSOLE_KEYS if k in metrics)
+        by_region = " ".join(f"{k[len('entropy/'):]} {v:.3g}" for k, v in metrics.items() if k.startswith("entropy/"))
+        if by_region:
+            shown += f"  [dim]H by region:[/dim] {by_region}"
         self.console.print(f"[bold]step {step}[/bold]  {shown}  ({record['elapsed_s']:.0f}s)")
 
     def truncate_after(self, step: int) -> None:

@@ -28,3 +28,14 @@ def test_log_appends_across_reopen_and_plots(tmp_path) -> None:
     assert [r["step"] for r in lines] == [0, 1] and lines[1]["reward/mean"] == 0.4
     png = second.plot()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_console_line_shows_entropy_by_region_and_truncate_drops_redone_steps(tmp_path) -> None:
+    logger = RunLogger(tmp_path)
+    with logger.console.capture() as captured:
+        logger.log(1, {"reward/mean": 0.5, "entropy/tool_args": 1.25, "entropy/answer": 0.5, "tokens_per_s": 300.0})
+    line = captured.get()
+    assert "reward/mean 0.5" in line and "tool_args 1.25" in line and "answer 0.5" in line
+    logger.log(2, {"reward/mean": 0.6})
+    logger.truncate_after(1)  # a run resumed from the step-1 checkpoint redoes step 2
+    assert [r["step"] for r in logger.records()] == [1]
