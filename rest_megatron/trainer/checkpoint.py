@@ -94,6 +94,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     get_cuda_rng_tracker().set_states(state["megatron_tracker"])
 
 
+def _optimizer_has_state(optimizer: Any) -> bool:
+    """Whether any rank's optimizer holds state (Adam moments exist only after the first step)."""
+    parts = getattr(optimizer, "chained_optimizers", [optimizer])
+    local = any(len(getattr(part, "optimizer", part).state) > 0 for part in parts)
+    flag = torch.tensor([float(local)])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def _sharded_state(model: torch.nn.Module, optimizer: Any, *, is_loading: bool) -> dict[str, Any]:
     model_state = unwrap_ddp(model).sharded_state_dict()
     state = {"model": model_state}
@@ -124,10 +133,14 @@ def save_checkpoint(
         (tmp / "rng").mkdir()
     dist.barrier()
     _start_writer_results_queue()
-    dist_checkpointing.save(_sharded_state(model, optimizer, is_loading=False), str(tmp / "model_optim"))
+    # Before its first step an optimizer has no state to save, and a loader would expect Adam moments.
+    with_optimizer = optimizer is not None and _optimizer_has_state(optimizer)
+    dist_checkpointing.save(_sharded_state(model, optimizer if with_optimizer else None, is_loading=False),
+                            str(tmp / "model_optim"))
     torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
     if rank == 0:
-        state = {"step": step, "world_size": dist.get_world_size(), **(trainer_state or {})}
+        state = {"step": step, "world_size": dist.get_world_size(), "optimizer_saved": with_optimizer,
+                 **(trainer_state or {})}
         if scheduler is not None:
             state["scheduler"] = scheduler.state_dict()
         torch.save(state, tmp / "trainer_state.pt")
@@ -229,13 +242,15 @@ def load_checkpoint(
     else:
         raise CheckpointError("every checkpoint failed verification:\n" + "\n".join(skipped))
 
+    state = torch.load(directory / "trainer_state.pt", weights_only=False)
+    if not state.get("optimizer_saved", True):  # saved before the first update: the optimizer stays fresh
+        optimizer = None
     loaded = dist_checkpointing.load(
         _sharded_state(model, optimizer, is_loading=True), str(directory / "model_optim")
     )
     unwrap_ddp(model).load_state_dict(loaded["model"])
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
-    state = torch.load(directory / "trainer_state.pt", weights_only=False)
     if scheduler is not None and "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
     rng_file = directory / "rng" / f"rank_{dist.get_rank():05d}.pt"

@@ -133,3 +133,18 @@ def test_a_checkpoint_saves_after_the_whole_step_got_sigterm(tmp_path) -> None:
     # A fresh rank: the checkpoint writer's helper process is created once per process, at its first save.
     with GlooPool(1) as pool:
         assert pool.run(_save_after_sigterm_to_every_child, str(tmp_path / "ckpt"))[0] == 2
+
+
+def _save_before_the_first_update_then_resume(root: str) -> float:
+    """A checkpoint saved before any optimizer step (every group skipped) loads, and training goes on."""
+    spec, actor = _actor(1, 1)
+    save_checkpoint(root, 1, actor.model, actor.optimizer, actor.scheduler)
+    spec, resumed = _actor(1, 1)
+    assert load_checkpoint(root, resumed.model, resumed.optimizer, resumed.scheduler)["step"] == 1
+    before = _weights(resumed)
+    _train(resumed, spec, range(2), seed=0)  # the first step warms the LR up from 0
+    return max(float((_weights(resumed)[k] - v).abs().max()) for k, v in before.items())
+
+
+def test_a_checkpoint_from_before_the_first_update_resumes(gloo, tmp_path) -> None:
+    assert gloo(1).run(_save_before_the_first_update_then_resume, str(tmp_path / "ckpt"))[0] > 0

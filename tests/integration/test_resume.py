@@ -1,7 +1,8 @@
 """Resume after a hard kill: `rest-megatron train --resume RUN_DIR` redoes exactly the unfinished steps.
 
-A short tiny-recipe run (checkpoint every step, rollouts saved) is killed with SIGKILL in the middle of
-step 3, after its rollouts were generated and before its update, together with every process it started.
+A short tiny-recipe run (checkpoint every step, rollouts saved) is killed with SIGKILL, together with
+every process it started, as soon as its step-2 checkpoint is complete: in the middle of step 3, before
+step 3 logs anything (a step takes at least its rollouts and weight sync, far longer than the poll).
 The resumed run must finish every step exactly once, in the data order of an uninterrupted run of the
 same recipe, and end with the final checkpoint and Hugging Face export.
 """
@@ -45,17 +46,18 @@ def _prompts(run_dir: Path, step: int) -> list[str]:
 
 
 def _kill_mid_step(run_dir: Path, timeout_s: float = 600) -> None:
-    """Start a run and SIGKILL its whole process group once step KILL_IN_STEP has its rollouts."""
+    """Start a run and SIGKILL its whole process group as soon as step KILL_IN_STEP has begun."""
     proc = subprocess.Popen(_train(str(ROOT / "recipes/tiny-cpu.yaml"), f"logging.run_dir={run_dir}", *OVERRIDES),
                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    marker = run_dir / "rollouts" / f"step_{KILL_IN_STEP:08d}.jsonl"
+    latest = run_dir / "checkpoints" / "latest"
+    previous = f"step_{KILL_IN_STEP - 1:08d}"
     deadline = time.monotonic() + timeout_s
     try:
-        while not marker.exists():
+        while not (latest.exists() and latest.read_text().strip() == previous):
             assert proc.poll() is None, f"the run ended before step {KILL_IN_STEP}:\n{proc.stdout.read()[-3000:]}"
-            assert time.monotonic() < deadline, "no step-3 rollouts in time"
-            time.sleep(0.05)
+            assert time.monotonic() < deadline, f"no {previous} checkpoint in time"
+            time.sleep(0.01)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

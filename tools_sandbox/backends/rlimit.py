@@ -24,7 +24,7 @@ import platform
 import subprocess
 import sys
 
-from tools_sandbox.backends.common import Launch, launcher_argv, sandbox_env
+from tools_sandbox.backends.common import PACKAGE_DIR, Launch, launcher_argv, sandbox_env
 from tools_sandbox.confine import landlock, seccomp
 
 
@@ -59,16 +59,23 @@ class RlimitBackend:
         if not self.as_root:
             return True, self.describe()
         # uid 65534 (nobody), not a pool uid: this probe may run beside a live server.
-        try:
-            done = subprocess.run([self.python, "-I", "-S", "-c", "import ctypes, json"], user=65534,
-                                  group=65534, extra_groups=[], capture_output=True, timeout=timeout_s,
-                                  check=False, cwd="/")
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            done = exc
-        if not isinstance(done, subprocess.CompletedProcess) or done.returncode != 0:
-            return False, (f"an unprivileged uid cannot run {self.python} (is it under a private directory "
-                           "such as /root?); install Python world-readable, or pass --sandbox-python "
-                           "/usr/bin/python3")
+        checks = (
+            (["import ctypes, json"], f"an unprivileged uid cannot run {self.python} (is it under a private "
+             "directory such as /root?); install Python world-readable, or pass --sandbox-python /usr/bin/python3"),
+            # The worker imports tools_sandbox from its checkout after dropping to the call's uid.
+            (["import os, sys; os.listdir(sys.argv[1]); open(sys.argv[2]).close()", str(PACKAGE_DIR),
+              str(PACKAGE_DIR / "worker.py")],
+             f"an unprivileged uid cannot read {PACKAGE_DIR} (a private directory on the way, such as one from "
+             "`mktemp -d`?); make it and its parents world-readable (chmod o+rx), or use bubblewrap"),
+        )
+        for code, problem in checks:
+            try:
+                done = subprocess.run([self.python, "-I", "-S", "-c", *code], user=65534, group=65534,
+                                      extra_groups=[], capture_output=True, timeout=timeout_s, check=False, cwd="/")
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                done = exc
+            if not isinstance(done, subprocess.CompletedProcess) or done.returncode != 0:
+                return False, problem
         return True, self.describe()
 
     def describe(self) -> str:
