@@ -56,7 +56,7 @@ def variant_args(variant: str) -> list[str]:
             pytest.skip("the rlimit fallback's kill/background containment needs a root service (per-call uids)")
         python = rlimit_python()
         if python is None:
-            pytest.skip("no interpreter that an unprivileged uid can run")
+            pytest.skip(f"the rlimit backend cannot run here: {RlimitBackend(python='/usr/bin/python3').probe()[1]}")
         args += ["--sandbox-python", python, "--no-bfcl"]
     if flag == "noseccomp":
         args.append("--disable-seccomp")
