@@ -30,6 +30,8 @@ from typing import Any
 
 import httpx
 
+from tools_sandbox.executor import die_with_parent
+
 _MAX_RETRY_SLEEP_S = 10.0
 
 
@@ -223,7 +225,8 @@ def local_sandbox_server(args: list[str] | None = None, *, secret: str | None = 
         env["TOOLS_SANDBOX_SECRET"] = secret
         argv += ["--secret-env", "TOOLS_SANDBOX_SECRET"]
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                   preexec_fn=die_with_parent)
     try:
         base_url = _wait_ready(process, port_file, log_path, ready_timeout_s)
         yield LocalServer(base_url, int(base_url.rsplit(":", 1)[1]), secret, process)

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -65,6 +66,19 @@ class _Capture:
     def text(self) -> str:
         out = self.kept.decode("utf-8", errors="replace")
         return out + truncation_marker(self.dropped, self.cap) if self.dropped else out
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """A `preexec_fn` for services started by a parent process: the kernel sends `sig` when the parent
+    dies, SIGKILL and the OOM killer included, so a service never outlives what started it (Linux;
+    elsewhere a no-op). The parent must start it from a thread that lives as long as it needs it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def kill_tree(proc: asyncio.subprocess.Process) -> None:

@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from tools_sandbox.executor import die_with_parent
+
 # Flags the launcher owns: set them through the keyword arguments, not the passthrough mapping.
 _OWNED = {"model_path": "the model path", "host": "host", "port": "port", "tp_size": "rollout.server_tp",
           "tp": "rollout.server_tp"}
@@ -163,8 +165,9 @@ class ServerProcess:
             raise RuntimeError("this server was already started")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
+            # Own session (stopped as a group), and SIGTERM from the kernel if this process dies first.
             self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=die_with_parent)
 
     def wait_healthy(self, timeout_s: float = 600.0, poll_s: float = 0.2) -> str:
         """Block until GET /health answers 200; returns the base URL.

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,9 +60,13 @@ def _kill_mid_step(run_dir: Path, timeout_s: float = 600) -> None:
             assert time.monotonic() < deadline, f"no {previous} checkpoint in time"
             time.sleep(0.01)
     finally:
+        services = psutil.Process(proc.pid).children(recursive=True)  # servers in sessions of their own
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
+    # The inference server and the sandbox die with the trainer (parent-death signal), not outlive it.
+    _, alive = psutil.wait_procs(services, timeout=30)
+    assert not alive, f"left running after the trainer was killed: {[p.cmdline()[:4] for p in alive]}"
 
 
 @pytest.mark.slow
