@@ -29,7 +29,7 @@ except the Qwen2 QKV bias. Not modelled: the CUDA context, NCCL buffers and allo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -52,19 +52,9 @@ class Architecture:
 
     @classmethod
     def from_spec(cls, spec) -> Architecture:
-        """From `rest_megatron.model.builder.ModelSpec`, so HF configs are read in one place only."""
-        return cls(
-            num_layers=spec.num_layers,
-            hidden_size=spec.hidden_size,
-            ffn_hidden_size=spec.ffn_hidden_size,
-            num_attention_heads=spec.num_attention_heads,
-            num_query_groups=spec.num_query_groups,
-            head_dim=spec.head_dim,
-            vocab_size=spec.vocab_size,
-            tie_word_embeddings=spec.tie_word_embeddings,
-            qkv_bias=spec.qkv_bias,
-            qk_layernorm=spec.qk_layernorm,
-        )
+        """From `rest_megatron.model.builder.ModelSpec` (whose fields these are a subset of), so HF configs
+        are read in one place only."""
+        return cls(**{f.name: getattr(spec, f.name) for f in fields(cls)})
 
     def sharded_layer_params(self) -> int:
         """Parameters of one transformer layer that TP splits: QKV, attention output, SwiGLU MLP."""
