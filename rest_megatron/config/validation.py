@@ -229,6 +229,29 @@ def read_model_config(path: str) -> dict[str, Any]:
         ) from None
 
 
+def layout_errors(
+    hf: Mapping[str, Any], *, tp: int, pp: int, tp_key: str = "parallel.tp", pp_key: str = "parallel.pp"
+) -> list[str]:
+    """Why TP×PP cannot split the model whose HF config is `hf` (empty when it can)."""
+    heads, layers = hf["num_attention_heads"], hf["num_hidden_layers"]
+    groups = hf.get("num_key_value_heads") or heads
+    errors = []
+    if heads % tp:
+        errors.append(
+            f"{tp_key}={tp} does not divide the model's {heads} attention heads; choose {tp_key} from {_divisors(heads)}"
+        )
+    if groups % tp:
+        errors.append(
+            f"{tp_key}={tp} does not divide the model's {groups} query groups (num_key_value_heads); "
+            f"choose {tp_key} from {_divisors(groups)}"
+        )
+    if layers % pp:
+        errors.append(
+            f"{pp_key}={pp} does not divide the model's {layers} layers; choose {pp_key} from {_divisors(layers)}"
+        )
+    return errors
+
+
 def _check_model_layout(config: Config, model_config: Mapping[str, Any] | None = None) -> list[str]:
     try:
         hf = read_model_config(config.model.path) if model_config is None else model_config
@@ -240,24 +263,7 @@ def _check_model_layout(config: Config, model_config: Mapping[str, Any] | None =
             f"model.path '{config.model.path}': config.json lacks {', '.join(missing)}; "
             "rest-megatron supports Qwen2/Qwen2.5, Qwen3 and Llama 3 configs"
         ]
-    heads, layers = hf["num_attention_heads"], hf["num_hidden_layers"]
-    groups = hf.get("num_key_value_heads") or heads
-    tp, pp = config.parallel.tp, config.parallel.pp
-    errors = []
-    if heads % tp:
-        errors.append(
-            f"parallel.tp={tp} does not divide the model's {heads} attention heads; "
-            f"choose parallel.tp from {_divisors(heads)}"
-        )
-    if groups % tp:
-        errors.append(
-            f"parallel.tp={tp} does not divide the model's {groups} query groups (num_key_value_heads); "
-            f"choose parallel.tp from {_divisors(groups)}"
-        )
-    if layers % pp:
-        errors.append(
-            f"parallel.pp={pp} does not divide the model's {layers} layers; choose parallel.pp from {_divisors(layers)}"
-        )
+    errors = layout_errors(hf, tp=config.parallel.tp, pp=config.parallel.pp)
     max_positions = hf.get("max_position_embeddings")
     total = config.data.max_prompt_tokens + config.data.max_response_tokens
     if isinstance(max_positions, int) and total > max_positions:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -111,7 +112,7 @@ def from_hf_main(argv: Sequence[str]) -> int:
     in_this_process = dist.is_initialized() or "WORLD_SIZE" in os.environ or args.tp * args.pp == 1
 
     def run() -> None:
-        _precheck(args.hf, args.out, args.dtype)  # input errors surface here, before any rank starts
+        _precheck(args.hf, args.out, args.dtype, tp=args.tp, pp=args.pp)  # input errors: before any rank starts
         if in_this_process:
             with _world():
                 result.append(convert_from_hf(args.hf, args.out, **options))
@@ -124,25 +125,38 @@ def from_hf_main(argv: Sequence[str]) -> int:
     return code
 
 
-def _precheck(hf: str, out: str, dtype: str) -> None:
+def _precheck(hf: str, out: str, dtype: str, *, tp: int, pp: int) -> None:
+    from rest_megatron.config.validation import layout_errors
     from rest_megatron.convert.from_hf import resolve_dtype
     from rest_megatron.convert.hf_files import HFWeights, check_empty_output, read_config
 
     config, spec, adapter = read_config(hf)
+    errors = layout_errors(config, tp=tp, pp=pp, tp_key="--tp", pp_key="--pp")
+    if errors:
+        raise ValueError("; ".join(errors))
     HFWeights.open(hf, spec=spec, adapter=adapter)
     resolve_dtype(dtype, config)
     check_empty_output(out, "--out")
 
 
 def _spawn(world_size: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
-    """Run `fn` on `world_size` CPU gloo ranks started here (a GPU, if any, is hidden from them)."""
-    from rest_megatron.testing.gloo import GlooPool
+    """Run `fn` on `world_size` CPU gloo ranks started here (a GPU, if any, is hidden from them).
+
+    A rank's input error (ValueError, CheckpointError) comes back as that error with its own message,
+    so the caller prints one line and exits 2 instead of a page of per-rank tracebacks.
+    """
+    from rest_megatron.testing.gloo import DistributedRunError, GlooPool
 
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # spawned children inherit it: gloo ranks stay on the CPU
     try:
         with GlooPool(world_size, timeout_s=24 * 3600.0, collective_timeout_s=3600.0) as pool:
             return pool.run(fn, *args, **kwargs)
+    except DistributedRunError as err:
+        input_error = re.search(r"raised:\n(?:ValueError|CheckpointError): (.*)", str(err))
+        if input_error:
+            raise ValueError(input_error.group(1)) from None
+        raise
     finally:
         if hidden is None:
             del os.environ["CUDA_VISIBLE_DEVICES"]

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError
+from safetensors import safe_open as _safe_open
 
 from rest_megatron.convert.adapters import IGNORED_HF_SUFFIXES, Adapter, get_adapter
 from rest_megatron.convert.mapping import describe, dims
@@ -64,6 +65,17 @@ def expected_hf_shapes(adapter: Adapter, spec: ModelSpec) -> dict[str, tuple[int
         for layer in range(spec.num_layers) if rule.layered else [None]:
             shapes.update(rule.hf_shapes(d, layer))
     return shapes
+
+
+def safe_open(path: str | Path, framework: str) -> Any:
+    """`safetensors.safe_open` whose errors name the file and the fix (the library's name neither)."""
+    try:
+        return _safe_open(str(path), framework)
+    except SafetensorError as err:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({err}): it is truncated or corrupt, "
+            "probably an interrupted download; fetch it again"
+        ) from None
 
 
 class HFWeights:
