@@ -67,6 +67,8 @@ class RunLogger:
         by_region = " ".join(f"{k[len('entropy/'):]} {v:.3g}" for k, v in metrics.items() if k.startswith("entropy/"))
         if by_region:
             shown += f"  [dim]H by region:[/dim] {by_region}"
+        if metrics.get("skipped"):  # rl_step's marker: every advantage was zero
+            shown += "  [yellow]no update: every advantage was zero (all groups had equal rewards)[/yellow]"
         self.console.print(f"[bold]step {step}[/bold]  {shown}  ({record['elapsed_s']:.0f}s)")
 
     def truncate_after(self, step: int) -> None:

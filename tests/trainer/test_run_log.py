@@ -39,3 +39,13 @@ def test_console_line_shows_entropy_by_region_and_truncate_drops_redone_steps(tm
     logger.log(2, {"reward/mean": 0.6})
     logger.truncate_after(1)  # a run resumed from the step-1 checkpoint redoes step 2
     assert [r["step"] for r in logger.records()] == [1]
+
+
+def test_a_skipped_step_says_so_on_the_console(tmp_path) -> None:
+    logger = RunLogger(tmp_path)
+    with logger.console.capture() as captured:
+        logger.log(1, {"reward/mean": 1.0, "skipped": 1.0})
+        logger.log(2, {"reward/mean": 0.5, "loss": 0.1})
+    first, second = (" ".join(chunk.split()) for chunk in captured.get().split("step ")[1:])
+    assert "no update: every advantage was zero" in first
+    assert "no update" not in second
