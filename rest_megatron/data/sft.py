@@ -27,7 +27,20 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]], tools: list[
             raise ValueError("the chat template does not render conversations prefix by prefix; SFT masking needs it")
         # The trailing newline after <|im_end|> is formatting, not a target.
         spans.append((len(before) + len(ASSISTANT_HEADER), len(through.rstrip("\n"))))
+        _check_turn_rendered(message, index, text[spans[-1][0] : spans[-1][1]])
     return text, spans
+
+
+def _check_turn_rendered(message: dict[str, Any], index: int, rendered: str) -> None:
+    """Some real chat templates silently drop `tool_calls`: SFT would then train on empty turns."""
+    for call in message.get("tool_calls") or []:
+        name = call.get("function", call).get("name", "")
+        if name and name not in rendered:
+            raise ValueError(
+                f"the chat template renders assistant message {index} without its tool call {name!r} "
+                f"(rendered: {rendered[:80]!r}): SFT would train on turns that lack the calls; use a model "
+                "whose chat template renders tool_calls (Qwen2.5/Qwen3 do) or set sft.num_steps=0"
+            )
 
 
 def tokenize_for_sft(
