@@ -89,6 +89,24 @@ def init_distributed(
     return compute_device
 
 
+def destroy_model_parallel() -> None:
+    """Forget Megatron's TP/PP/DP groups and free them.
+
+    Megatron's own `destroy_model_parallel` only drops its references (and a few gloo side groups):
+    each gloo group keeps its worker threads, ~50 per layout and rank, busy-polling. A long-lived
+    process that switches layouts (the test harness) would pile up thousands of threads and burn
+    half a core per rank while idle.
+    """
+    from megatron.core import parallel_state
+
+    groups = [group for group in parallel_state._global_process_group_list or [] if group is not None]
+    parallel_state.destroy_model_parallel()
+    live = dist.distributed_c10d._world.pg_map
+    for group in groups:
+        if group in live and group is not dist.GroupMember.WORLD:
+            dist.destroy_process_group(group)
+
+
 def init_model_parallel(
     layout: ParallelLayout, *, seed: int = 1234, timeout_s: float | None = None
 ) -> None:
@@ -104,7 +122,7 @@ def init_model_parallel(
     if not dist.is_initialized():
         raise RuntimeError("call init_distributed() before init_model_parallel()")
     layout.dp(dist.get_world_size())
-    parallel_state.destroy_model_parallel()
+    destroy_model_parallel()
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=layout.tp,
         pipeline_model_parallel_size=layout.pp,

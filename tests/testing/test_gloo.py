@@ -47,3 +47,39 @@ def test_a_hang_fails_fast_with_stack_dumps() -> None:
     text = str(info.value)
     assert "rank 0 did not finish in time" in text
     assert "_hang_on_rank_zero" in text  # faulthandler's dump of the stuck frame
+
+
+def _thread_count() -> int:
+    import os
+
+    return len(os.listdir(f"/proc/{os.getpid()}/task"))
+
+
+def _switch_layouts(num_switches: int) -> tuple[int, int]:
+    from rest_megatron.distributed import ParallelLayout, init_model_parallel
+
+    before = _thread_count()
+    for i in range(num_switches):
+        init_model_parallel(ParallelLayout(tp=1 + i % 2))
+    return before, _thread_count()
+
+
+def _idle_cpu_seconds(seconds: float) -> float:
+    import time
+
+    started = time.process_time()
+    time.sleep(seconds)
+    return time.process_time() - started
+
+
+def test_ranks_do_not_keep_threads_or_burn_cpu_after_layout_switches(gloo) -> None:
+    """Each gloo group holds polling threads: ~50 per layout, so leaked groups pile up across tests."""
+    pool = gloo(2)
+    pool.run(_switch_layouts, 1)  # first Megatron import and layout start a few threads for good
+    start = pool.run(_thread_count)
+    during = pool.run(_switch_layouts, 20)
+    assert all(after - before < 100 for before, after in during), during  # only the last layout's groups live
+    end = pool.run(_thread_count)
+    assert all(e - s <= 4 for s, e in zip(start, end)), (start, end)
+    idle = pool.run(_idle_cpu_seconds, 5.0)
+    assert all(cpu < 0.05 for cpu in idle), idle  # < 1% of a core over 5 s
