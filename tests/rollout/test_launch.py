@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from rest_megatron.rollout.launch import (
     server_command,
     sglang_command,
     start_embedded_servers,
+    start_sglang_servers,
     vllm_logprobs_mode,
     vllm_server_args,
 )
@@ -180,3 +182,41 @@ def test_gpu_placement_refuses_what_does_not_fit() -> None:
         gpu_placement("2,5", device_count=8, trainer_gpus=2, num_servers=1, server_tp=1)
     with pytest.raises(ValueError, match=r"has 0 \(CUDA_VISIBLE_DEVICES=\)"):
         gpu_placement("", device_count=8, trainer_gpus=0, num_servers=1, server_tp=1)
+
+
+FAKE_SGLANG = """import json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+argv = sys.argv[1:]
+seen = {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "raw_logprob_env": os.environ.get("SGLANG_RETURN_ORIGINAL_LOGPROB"),
+        "argv": argv}
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps(seen).encode()
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+HTTPServer((argv[argv.index("--host") + 1], int(argv[argv.index("--port") + 1])), Handler).serve_forever()
+"""
+
+
+def test_trainer_launched_servers_take_the_gpus_after_the_trainers(tmp_path) -> None:
+    """A stand-in `sglang.launch_server` (SGLang needs a GPU) reports the GPUs and flags it was given."""
+    (tmp_path / "sglang").mkdir()
+    (tmp_path / "sglang" / "__init__.py").write_text("")
+    (tmp_path / "sglang" / "launch_server.py").write_text(FAKE_SGLANG)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "CUDA_VISIBLE_DEVICES": "2,5,6,7", "SGLANG_RETURN_ORIGINAL_LOGPROB": "1"}
+    rollout = RolloutConfig(engine="sglang", num_servers=2, server_tp=1, deterministic=True)
+    servers = start_sglang_servers("/models/m", rollout, log_dir=tmp_path / "logs", env=env, trainer_gpus=2,
+                                   timeout_s=60)
+    try:
+        seen = [httpx.get(f"{s.base_url}/info", timeout=5, trust_env=False).json() for s in servers]
+    finally:
+        for server in servers:
+            server.stop()
+    assert [s["cuda"] for s in seen] == ["6", "7"]  # torchrun's two ranks hold 2 and 5
+    assert all(s["raw_logprob_env"] is None and "--enable-deterministic-inference" in s["argv"] for s in seen)
+    with pytest.raises(ValueError, match="= 5 GPUs, but this node has 4"):
+        start_sglang_servers("/m", replace(rollout, num_servers=3), log_dir=tmp_path, env=env, trainer_gpus=2)
