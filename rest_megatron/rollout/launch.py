@@ -1,4 +1,5 @@
-"""Start, health-check and stop local inference servers (SGLang or the embedded engine).
+"""Build the command lines of inference servers (SGLang, vLLM, the embedded engine) from a recipe; start,
+health-check and stop them.
 
     cmd = sglang_command(model_path, port=30000, tp=2, mem_fraction_static=0.7,
                          tool_call_parser="qwen25", extra={"context_length": 8192})
