@@ -120,6 +120,12 @@ class RolloutConfig:
     request_timeout_s: float = 600.0
     """Timeout of one generation request to an inference server."""
 
+    share_trainer_gpus: bool = False
+    """Servers the trainer starts itself (no `server_urls`) go on the trainer's own GPUs instead of the
+    ones after them (`rollout/launch.py` `gpu_placement`): for a single-GPU machine. Leave the trainer
+    room with `sglang: {mem_fraction_static: ...}`. Off, servers that do not fit beside the trainer are
+    refused."""
+
     deterministic: bool = False
     """Exact replay of sampling: the SGLang servers we launch (trainer or `slurm/train.sbatch`) get
     `--enable-deterministic-inference`, under which SGLang honours each request's `sampling_seed` and

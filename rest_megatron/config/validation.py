@@ -150,6 +150,11 @@ def _check_server_flags(rollout: RolloutConfig) -> list[str]:
             "embedded engine (always deterministic), not vllm; set rollout.deterministic=false or use "
             "rollout.engine=sglang"
         )
+    if rollout.share_trainer_gpus and (rollout.server_urls or rollout.engine == "embedded"):
+        errors.append(
+            "rollout.share_trainer_gpus places the GPU servers the trainer starts itself; with "
+            "rollout.server_urls set or rollout.engine=embedded it would do nothing: set it to false"
+        )
     try:
         server_command(rollout, "MODEL", port=0)
     except ValueError as err:

@@ -337,15 +337,16 @@ def start_embedded_servers(model_path: str | Path, num_servers: int, *, log_dir:
 
 
 def gpu_placement(visible: str | None, *, device_count: int, trainer_gpus: int, num_servers: int,
-                  server_tp: int) -> tuple[list[str], list[str]]:
+                  server_tp: int, share: bool = False) -> tuple[list[str], list[str]]:
     """Split one node's GPUs: the trainer's ranks take the first `trainer_gpus`, server i the next
-    `server_tp` each.
+    `server_tp` each (with `share`, the servers start from the first GPU, beside the trainer).
 
     Args:
         visible: `CUDA_VISIBLE_DEVICES` as the launching process sees it (ids or UUIDs, in order; None
             when unset: GPUs 0 .. device_count - 1). torchrun's local rank r uses its r-th entry.
         device_count: GPUs on the node, read only when `visible` is None.
         trainer_gpus: GPUs the trainer's ranks on this node hold (its local world size; 0 on CPU).
+        share: `rollout.share_trainer_gpus`.
 
     Returns:
         (the trainer's ids, one `CUDA_VISIBLE_DEVICES` value per server).
@@ -355,16 +356,18 @@ def gpu_placement(visible: str | None, *, device_count: int, trainer_gpus: int, 
     """
     ids = [i.strip() for i in visible.split(",") if i.strip()] if visible is not None else [
         str(i) for i in range(device_count)]
-    need = trainer_gpus + num_servers * server_tp
+    first = 0 if share else trainer_gpus
+    need = max(trainer_gpus, first + num_servers * server_tp)
     if need > len(ids):
         seen = f"CUDA_VISIBLE_DEVICES={visible}" if visible is not None else f"{device_count} GPU(s), CUDA_VISIBLE_DEVICES unset"
+        shared = " (shared)" if share else ""
         raise ValueError(
-            f"{trainer_gpus} trainer GPU(s) + rollout.num_servers={num_servers} × rollout.server_tp={server_tp} "
+            f"{trainer_gpus} trainer GPU(s){shared} + rollout.num_servers={num_servers} × rollout.server_tp={server_tp} "
             f"= {need} GPUs, but this node has {len(ids)} ({seen}); lower launch.nproc_per_node, "
-            "rollout.num_servers or rollout.server_tp, expose more GPUs, or start the servers elsewhere and "
-            "give rollout.server_urls"
+            "rollout.num_servers or rollout.server_tp, expose more GPUs, set rollout.share_trainer_gpus=true "
+            "(servers beside the trainer on the same GPUs), or start the servers elsewhere and give rollout.server_urls"
         )
-    servers = [",".join(ids[trainer_gpus + i * server_tp: trainer_gpus + (i + 1) * server_tp]) for i in range(num_servers)]
+    servers = [",".join(ids[first + i * server_tp: first + (i + 1) * server_tp]) for i in range(num_servers)]
     return ids[:trainer_gpus], servers
 
 
@@ -395,7 +398,8 @@ def start_sglang_servers(model_path: str | Path, rollout: Any, *, log_dir: str |
 
         count = torch.cuda.device_count()
     _, placement = gpu_placement(visible, device_count=count, trainer_gpus=trainer_gpus,
-                                 num_servers=rollout.num_servers, server_tp=rollout.server_tp)
+                                 num_servers=rollout.num_servers, server_tp=rollout.server_tp,
+                                 share=rollout.share_trainer_gpus)
     sglang = replace(rollout, engine="sglang")
 
     def make(index: int) -> ServerProcess:

@@ -138,6 +138,8 @@ def test_vllm_combinations_that_cannot_agree_are_refused() -> None:
     (["rollout.engine=vllm", "rollout.top_p=0.9"], "rollout.engine=vllm cannot report the trainer's log-probs"),
     (["rollout.engine=vllm", "rollout.temperature=1.0", "rollout.deterministic=true"], "rollout.deterministic=false"),
     (["rollout.engine=sglang", "rollout.sglang={tp_size: 2}"], "use rollout.server_tp instead"),
+    (["rollout.engine=sglang", "rollout.share_trainer_gpus=true", "rollout.server_urls=[http://h:1]"],
+     "rollout.share_trainer_gpus .* set it to false"),
 ])
 def test_config_load_refuses_servers_that_cannot_match_the_trainer(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -220,3 +222,13 @@ def test_trainer_launched_servers_take_the_gpus_after_the_trainers(tmp_path) -> 
     assert all(s["raw_logprob_env"] is None and "--enable-deterministic-inference" in s["argv"] for s in seen)
     with pytest.raises(ValueError, match="= 5 GPUs, but this node has 4"):
         start_sglang_servers("/m", replace(rollout, num_servers=3), log_dir=tmp_path, env=env, trainer_gpus=2)
+
+
+def test_one_gpu_machines_share_the_trainers_gpu_when_asked() -> None:
+    with pytest.raises(ValueError, match="rollout.share_trainer_gpus=true"):
+        gpu_placement("3", device_count=0, trainer_gpus=1, num_servers=1, server_tp=1)
+    assert gpu_placement("3", device_count=0, trainer_gpus=1, num_servers=1, server_tp=1, share=True) == (["3"], ["3"])
+    assert gpu_placement(None, device_count=4, trainer_gpus=4, num_servers=2, server_tp=2, share=True) == (
+        ["0", "1", "2", "3"], ["0,1", "2,3"])
+    with pytest.raises(ValueError, match=r"\(shared\) .* = 6 GPUs"):
+        gpu_placement(None, device_count=4, trainer_gpus=4, num_servers=3, server_tp=2, share=True)
