@@ -32,33 +32,30 @@ host_addr() { getent ahostsv4 "$1" | awk 'NR == 1 { print $1 }'; }
 # The device of the route from this node to address $1 (empty when `ip` cannot tell).
 route_dev() { ip -o route get "$1" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p'; }
 
+# The non-loopback interface that carries address $1 on this node, if any.
+addr_dev() { ip -o -4 addr show | awk -v a="$1" '{ split($4, p, "/") } p[1] == a && $2 != "lo" { print $2; exit }'; }
+
 # iface_to HEAD [PEER ...]: the network interface for NCCL/gloo sockets on this node, given the
 # head node and the job's other nodes (names or addresses); empty when `ip` cannot tell.
 # Elsewhere the route to the head decides. On the head itself that route is `lo`, which the other
-# nodes cannot reach: take the interface that carries the head's address, or, when the head's name
-# resolves to loopback (Debian's "127.0.1.1 host" line), the route to another node. `lo` only when
-# every node's address is loopback: one host (a single node, or an emulated test cluster).
+# nodes cannot reach: take the interface that carries the head's address instead. A name that
+# resolves to loopback (Debian's "127.0.1.1 host" line) says nothing: the next node decides. `lo`
+# only when every node's address is loopback: one host (a single node, or an emulated test cluster).
 iface_to() {
   command -v ip >/dev/null || return 0
-  local addr dev peer peer_addr
-  addr=$(host_addr "$1")
-  shift
-  [ -n "$addr" ] || return 0
-  dev=$(route_dev "$addr")
-  if [ -n "$dev" ] && [ "$dev" != lo ]; then echo "$dev"; return; fi
-  case "$addr" in
-    127.*) ;;
-    *) dev=$(ip -o -4 addr show | awk -v a="$addr" '{ split($4, p, "/") } p[1] == a { print $2; exit }')
-       if [ -n "$dev" ] && [ "$dev" != lo ]; then echo "$dev"; return; fi ;;
-  esac
-  for peer in "$@"; do
-    peer_addr=$(host_addr "$peer")
-    case "$peer_addr" in 127.* | "") continue ;; esac
-    dev=$(route_dev "$peer_addr")
-    if [ -n "$dev" ] && [ "$dev" != lo ]; then echo "$dev"; return; fi
-    return 0  # a remote node that only `lo` reaches: no interface we could name
+  local host addr dev loopback=0
+  for host in "$@"; do
+    addr=$(host_addr "$host")
+    case "$addr" in
+      127.*) loopback=1; continue ;;
+      "") continue ;;
+    esac
+    dev=$(route_dev "$addr")
+    [ "$dev" = lo ] && dev=$(addr_dev "$addr")  # this node's own address
+    [ -z "$dev" ] || { echo "$dev"; return; }
+    return 0  # a non-loopback node we cannot place: no guess
   done
-  case "$addr" in 127.*) echo lo ;; esac
+  [ "$loopback" = 0 ] || echo lo
 }
 
 # 0 when GET $1 answers 2xx (never through a proxy). curl if present, else the job's python.

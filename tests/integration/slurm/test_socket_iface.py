@@ -7,6 +7,7 @@ second node), stand in for two hosts; `ip netns exec` also bind-mounts /etc/netn
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -54,6 +55,8 @@ def two_hosts() -> Iterator[tuple[str, str]]:
         for ns in (head, peer):  # deleting a namespace deletes its end of the veth pair, and so the pair
             _ip("netns", "del", ns)
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only when empty: other users' namespaces keep theirs
+            Path("/etc/netns").rmdir()
 
 
 def _iface(ns: str, *args: str) -> str:
@@ -92,3 +95,5 @@ def test_loopback_only_when_every_node_is_on_this_host(two_hosts: tuple[str, str
     # A single node, or an emulated cluster whose names all resolve to 127.0.0.1: `lo` is right.
     assert _iface(head, "127.0.0.1") == "lo"
     assert _iface(head, "127.0.0.1", "127.0.0.1") == "lo"
+    # Names that do not resolve: no guess (NCCL then excludes lo itself).
+    assert _iface(head, "rm-no-such-node.invalid") == ""
