@@ -60,6 +60,10 @@ COMMANDS: dict[str, Command] = {
     "rollout-server": Command(
         "rest_megatron.rollout.embedded_server:main", "argv", "run the embedded CPU inference server"
     ),
+    "serve-command": Command(
+        "rest_megatron.rollout.launch:serve_command_main", "argv",
+        "print the inference-server command line of a recipe (what slurm/train.sbatch runs)",
+    ),
     "sandbox-server": Command("tools_sandbox.server:main", "argv", "run the tool-execution sandbox service"),
     "eval": Command("rest_megatron.eval:main", "argv", "evaluate a model on a tool-use benchmark (BFCL)"),
     "data": Command("rest_megatron.data.cli:main", "argv", "inspect and prepare data sets"),

@@ -2,7 +2,7 @@
 # Shared pieces of the sbatch scripts. Sourced by train.sbatch and eval.sbatch; run per node by srun:
 #
 #   srun ... bash slurm/common.sh trainer RECIPE [key=value ...]   # one torchrun on this node
-#   srun ... bash slurm/common.sh services                         # this node's sandbox and rollout servers
+#   srun ... bash slurm/common.sh services [RECIPE [key=value ...]]  # this node's sandbox and rollout servers
 #
 # The per-node roles read the job-level variables that train.sbatch exports (NODES, HEAD, ports,
 # GPU split); they are documented there. Nothing here kills by name: every process is stopped by
@@ -29,12 +29,33 @@ node_index() {
 # The address $1 resolves to (first IPv4 address), for binding a server to one interface.
 host_addr() { getent ahostsv4 "$1" | awk 'NR == 1 { print $1 }'; }
 
-# The network interface this node uses to reach host $1 (empty when `ip` cannot tell).
+# The device of the route from this node to address $1 (empty when `ip` cannot tell).
+route_dev() { ip -o route get "$1" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p'; }
+
+# The non-loopback interface that carries address $1 on this node, if any.
+addr_dev() { ip -o -4 addr show | awk -v a="$1" '{ split($4, p, "/") } p[1] == a && $2 != "lo" { print $2; exit }'; }
+
+# iface_to HEAD [PEER ...]: the network interface for NCCL/gloo sockets on this node, given the
+# head node and the job's other nodes (names or addresses); empty when `ip` cannot tell.
+# Elsewhere the route to the head decides. On the head itself that route is `lo`, which the other
+# nodes cannot reach: take the interface that carries the head's address instead. A name that
+# resolves to loopback (Debian's "127.0.1.1 host" line) says nothing: the next node decides. `lo`
+# only when every node's address is loopback: one host (a single node, or an emulated test cluster).
 iface_to() {
-  local addr
-  addr=$(host_addr "$1")
-  [ -n "$addr" ] && command -v ip >/dev/null || return 0
-  ip -o route get "$addr" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p'
+  command -v ip >/dev/null || return 0
+  local host addr dev loopback=0
+  for host in "$@"; do
+    addr=$(host_addr "$host")
+    case "$addr" in
+      127.*) loopback=1; continue ;;
+      "") continue ;;
+    esac
+    dev=$(route_dev "$addr")
+    [ "$dev" = lo ] && dev=$(addr_dev "$addr")  # this node's own address
+    [ -z "$dev" ] || { echo "$dev"; return; }
+    return 0  # a non-loopback node we cannot place: no guess
+  done
+  [ "$loopback" = 0 ] || echo lo
 }
 
 # 0 when GET $1 answers 2xx (never through a proxy). curl if present, else the job's python.
@@ -62,13 +83,13 @@ wait_http() {
   done
 }
 
-# recipe_fields RECIPE [key=value ...]: print "<rollout.engine> <model.path>" of the resolved recipe;
-# fails with the config error when the recipe or an override is wrong.
+# recipe_fields RECIPE [key=value ...]: print "<rollout.engine> <rollout.server_tp> <model.path>" of
+# the resolved recipe; fails with the config error when the recipe or an override is wrong.
 recipe_fields() {
   python -c 'import sys
 from rest_megatron.config import load_config
 config = load_config(sys.argv[1], sys.argv[2:])
-print(config.rollout.engine, config.model.path)' "$@"
+print(config.rollout.engine, config.rollout.server_tp, config.model.path)' "$@"
 }
 
 # signal_step NAME SIGNAL: send SIGNAL to every process of this job's step called NAME (srun -J).
@@ -100,6 +121,8 @@ sandbox_port() { echo $((SANDBOX_PORT + $(node_index "$(node_name)"))); }
 sandbox_host() { if [ "$SANDBOX_HOST" = node ]; then host_addr "$(node_name)"; else echo 127.0.0.1; fi; }
 
 # Per node: the rollout servers (engine, GPUs) placed here, then the sandbox; waits on them all.
+# Arguments: the recipe and its overrides, from which the servers' command lines are built (none:
+# the rollout defaults with ROLLOUT_ENGINE / ROLLOUT_MODEL / ROLLOUT_TP).
 node_services() {
   LOG_TAG="services $(node_name)"
   : "${NODES:?} ${SANDBOX:?} ${SANDBOX_PORT:?} ${ROLLOUT_PORT:?}"  # set by train.sbatch
@@ -115,7 +138,7 @@ node_services() {
     [ "$node" = "$me" ] || continue
     for ((k = 0; k < count; k++)); do
       gpus=$(gpu_slice $((gpu0 + k * per)) "$per")
-      start_rollout_server "$bind" "$(rollout_port $((first + k)))" "$gpus" &
+      start_rollout_server "$bind" "$(rollout_port $((first + k)))" "$gpus" "$@" &
       pids+=($!)
     done
   done
@@ -147,21 +170,23 @@ gpu_slice() {
   echo "$visible" | cut -d, -f"$(($1 + 1))-$(($1 + $2))"
 }
 
-# start_rollout_server BIND_ADDR PORT GPUS: one inference server in the foreground; no GPUs means
-# none visible (the embedded engine on CPU).
+# start_rollout_server BIND_ADDR PORT GPUS [RECIPE key=value ...]: one inference server in the
+# foreground; no GPUs means none visible (the embedded engine on CPU). Its command line comes from
+# `rest-megatron serve-command`, the builder the trainer's own launcher uses, so it matches the recipe
+# (server TP, rollout.sglang / rollout.vllm flags, deterministic mode, log-probs mode); ROLLOUT_ARGS
+# follow it.
 start_rollout_server() {
-  local bind=$1 port=$2 gpus=$3
+  local bind=$1 port=$2 gpus=$3 cmd_file cmd=()
+  shift 3
   export CUDA_VISIBLE_DEVICES=$gpus
-  log "rollout server ($ROLLOUT_ENGINE) on $bind:$port, GPUs '${gpus:-none}', model $ROLLOUT_MODEL"
-  case "$ROLLOUT_ENGINE" in
-    sglang) exec python -m sglang.launch_server --model-path "$ROLLOUT_MODEL" --host "$bind" --port "$port" \
-              --tp-size "$ROLLOUT_TP" $ROLLOUT_ARGS ;;
-    vllm) exec python -m vllm.entrypoints.openai.api_server --model "$ROLLOUT_MODEL" --host "$bind" \
-              --port "$port" --tensor-parallel-size "$ROLLOUT_TP" $ROLLOUT_ARGS ;;
-    embedded) exec python -m rest_megatron.cli rollout-server --model "$ROLLOUT_MODEL" --host "$bind" --port "$port" \
-              $ROLLOUT_ARGS ;;
-    *) die "ROLLOUT_ENGINE=$ROLLOUT_ENGINE: use sglang, vllm, embedded or none" ;;
-  esac
+  cmd_file=$(mktemp)
+  python -m rest_megatron.cli serve-command "$@" --engine "$ROLLOUT_ENGINE" --model "$ROLLOUT_MODEL" \
+    --tp "$ROLLOUT_TP" --host "$bind" --port "$port" --null >"$cmd_file" \
+    || { rm -f "$cmd_file"; die "no rollout server command for ROLLOUT_ENGINE=$ROLLOUT_ENGINE (see above)"; }
+  mapfile -d '' -t cmd <"$cmd_file"
+  rm -f "$cmd_file"
+  log "rollout server ($ROLLOUT_ENGINE) on $bind:$port, GPUs '${gpus:-none}': ${cmd[*]} $ROLLOUT_ARGS"
+  exec "${cmd[@]}" $ROLLOUT_ARGS
 }
 
 # Per trainer node: wait for this node's sandbox and every rollout server, then one torchrun.
@@ -173,7 +198,8 @@ node_trainer() {
   [ "$me" = "$HEAD" ] && is_host=1
   # Interfaces for NCCL and gloo: the one that reaches the head node, unless set by the user.
   local iface
-  iface=$(iface_to "$HEAD")
+  # shellcheck disable=SC2046  # the other trainer nodes, one word each
+  iface=$(iface_to "$HEAD" $(echo "$NODES" | cut -d' ' -f2-"$TRAIN_NODES"))
   export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-${iface:-^lo,docker0}}
   [ -n "${GLOO_SOCKET_IFNAME:-$iface}" ] && export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-$iface}
   # Colocated rollout servers hold the GPUs after the trainer's first NPROC_PER_NODE.
@@ -219,7 +245,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   shift
   case "$role" in
     trainer) node_trainer "$@" ;;
-    services) node_services ;;
+    services) node_services "$@" ;;
     *) die "unknown role $role" ;;
   esac
 fi

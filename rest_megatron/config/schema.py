@@ -120,12 +120,28 @@ class RolloutConfig:
     request_timeout_s: float = 600.0
     """Timeout of one generation request to an inference server."""
 
+    share_trainer_gpus: bool = False
+    """Servers the trainer starts itself (no `server_urls`) go on the trainer's own GPUs instead of the
+    ones after them (`rollout/launch.py` `gpu_placement`): for a single-GPU machine. Leave the trainer
+    room with `sglang: {mem_fraction_static: ...}`. Off, servers that do not fit beside the trainer are
+    refused."""
+
+    deterministic: bool = False
+    """Exact replay of sampling: the SGLang servers we launch (trainer or `slurm/train.sbatch`) get
+    `--enable-deterministic-inference`, under which SGLang honours each request's `sampling_seed` and
+    batch-invariant kernels make a resumed run redo the very samples of the uninterrupted one. Off,
+    SGLang ignores the seed and a resume samples anew. The embedded engine is deterministic either
+    way; vLLM is refused (it has no such server mode here). Servers in `server_urls` that you start
+    yourself need the flag too: `rest-megatron serve-command RECIPE` prints their command line."""
+
     sglang: dict[str, Any] = field(default_factory=dict)
     """SGLang server arguments, passed verbatim as flags (`mem_fraction_static: 0.7` becomes
     `--mem-fraction-static 0.7`)."""
 
     vllm: dict[str, Any] = field(default_factory=dict)
-    """vLLM server arguments, passed verbatim as flags."""
+    """vLLM server arguments, passed verbatim as flags. `--tensor-parallel-size` (from `server_tp`)
+    and `--logprobs-mode` (from temperature / top-p / top-k: the mode whose log-probs equal the
+    trainer's, see `rollout/launch.py` `vllm_logprobs_mode`) are set by the launcher."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rest_megatron.config.errors import ConfigError
-from rest_megatron.config.schema import TINY_DATASETS, TINY_MODELS, Config
+from rest_megatron.config.schema import TINY_DATASETS, TINY_MODELS, Config, RolloutConfig
 
 # (dotted key, smallest allowed value) for plain lower bounds.
 _AT_LEAST_ONE = (
@@ -138,6 +138,30 @@ def _check_registered(config: Config) -> list[str]:
     return errors
 
 
+def _check_server_flags(rollout: RolloutConfig) -> list[str]:
+    """What the servers' command lines would refuse (launcher-owned flags), and the sampling settings
+    under which the server's log-probs cannot equal the trainer's (`rollout/launch.py` docstring)."""
+    from rest_megatron.rollout.launch import server_command
+
+    errors = []
+    if rollout.deterministic and rollout.engine == "vllm":
+        errors.append(
+            "rollout.deterministic=true is implemented for sglang (--enable-deterministic-inference) and the "
+            "embedded engine (always deterministic), not vllm; set rollout.deterministic=false or use "
+            "rollout.engine=sglang"
+        )
+    if rollout.share_trainer_gpus and (rollout.server_urls or rollout.engine == "embedded"):
+        errors.append(
+            "rollout.share_trainer_gpus places the GPU servers the trainer starts itself; with "
+            "rollout.server_urls set or rollout.engine=embedded it would do nothing: set it to false"
+        )
+    try:
+        server_command(rollout, "MODEL", port=0)
+    except ValueError as err:
+        errors.append(str(err))
+    return errors
+
+
 def _check_combinations(config: Config) -> list[str]:
     errors = []
     p, r, launch = config.parallel, config.rollout, config.launch
@@ -167,6 +191,7 @@ def _check_combinations(config: Config) -> list[str]:
         )
     if r.engine == "embedded" and r.server_tp != 1:
         errors.append("rollout.server_tp must be 1 with rollout.engine=embedded (one process per server)")
+    errors += _check_server_flags(r)
     if r.max_new_tokens > config.data.max_response_tokens:
         errors.append(
             f"rollout.max_new_tokens ({r.max_new_tokens}) exceeds data.max_response_tokens "

@@ -12,7 +12,6 @@ import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 
@@ -72,7 +71,9 @@ def inference_server(*, model: Path, server: str | None, engine: str, log_dir: s
     if engine == "embedded":
         servers = start_embedded_servers(model, 1, log_dir=logs, extra={"seed": seed}, timeout_s=timeout_s)
     elif engine == "sglang":
-        rollout = SimpleNamespace(num_servers=1, server_tp=tp, sglang={})
+        from rest_megatron.config.schema import RolloutConfig
+
+        rollout = RolloutConfig(engine="sglang", server_tp=tp)
         servers = start_sglang_servers(model, rollout, log_dir=logs, timeout_s=timeout_s)
     else:
         raise ValueError(f"--engine {engine} is not started by rest-megatron; start it yourself (e.g. `vllm serve "

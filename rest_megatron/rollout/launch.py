@@ -1,4 +1,5 @@
-"""Start, health-check and stop local inference servers (SGLang or the embedded engine).
+"""Build the command lines of inference servers (SGLang, vLLM, the embedded engine) from a recipe; start,
+health-check and stop them.
 
     cmd = sglang_command(model_path, port=30000, tp=2, mem_fraction_static=0.7,
                          tool_call_parser="qwen25", extra={"context_length": 8192})
@@ -10,6 +11,31 @@ re-declare upstream flags): `mem_fraction_static: 0.7` -> `--mem-fraction-static
 `enable_metrics: true` -> `--enable-metrics`, `false`/null -> omitted, a list -> the flag then each
 item (argparse nargs), a dict -> one JSON argument. Servers run in their own process group so
 stopping one stops its children (SGLang's TP workers) too.
+
+`server_command(rollout, model, port=..., host=...)` is the one place a recipe becomes a server's
+command line: the trainer's launcher and `slurm/train.sbatch` (through `rest-megatron serve-command`)
+both use it, so the servers always match the recipe.
+
+Sampling log-probs at temperature T != 1. The trainer scores log softmax(z / T) of the unfiltered
+logits (`trainer/actor.py`); each engine's `/generate` log-probs, read from their sources:
+- SGLang 0.5 (`python/sglang/srt/layers/sampler.py`, `Sampler.forward`): the sampling path divides
+  the logits by the temperature, softmaxes, and reports log(probs), i.e. log softmax(z / T) before
+  top-k / top-p / min-p filtering: the trainer's numbers. The environment variable
+  `SGLANG_RETURN_ORIGINAL_LOGPROB` switches it to log softmax(z) (the raw distribution); the launcher
+  removes it from the server's environment (`env -u`). (`--rl-on-policy-target` only changes the
+  precision of the same quantity.)
+- vLLM >= 0.10 (`vllm/v1/sample/sampler.py`, `vllm/v1/sample/ops/topk_topp_sampler.py`
+  `TopKTopPSampler.forward_native`): the default `--logprobs-mode raw_logprobs` reports log softmax(z)
+  whatever T; `processed_logprobs` reports log softmax of the logits after temperature *and* after
+  top-k / top-p masking. So with no top-k / top-p, `processed_logprobs` agrees at any T; with them,
+  only `raw_logprobs` at T = 1 does; T != 1 with top-k / top-p cannot agree and is refused at config
+  load (`vllm_logprobs_mode`).
+- the embedded engine (`rollout/engine/sampling.py`): SGLang's semantics, log softmax(z / T) before
+  truncation (tested in `tests/rollout/engine/test_sampling.py`).
+
+Replayed sampling: SGLang uses a request's `sampling_seed` only under
+`--enable-deterministic-inference` (`server_args.py`; the sampler's `multinomial_with_seed`), which
+`rollout.deterministic` turns on.
 """
 
 from __future__ import annotations
@@ -23,6 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +59,13 @@ from tools_sandbox.executor import die_with_parent
 
 # Flags the launcher owns: set them through the keyword arguments, not the passthrough mapping.
 _OWNED = {"model_path": "the model path", "host": "host", "port": "port", "tp_size": "rollout.server_tp",
-          "tp": "rollout.server_tp"}
+          "tp": "rollout.server_tp", "enable_deterministic_inference": "rollout.deterministic"}
+_VLLM_OWNED = {"model": "the model path", "host": "host", "port": "port",
+               "tensor_parallel_size": "rollout.server_tp", "tp": "rollout.server_tp",
+               "logprobs_mode": "rollout.temperature/top_p/top_k (the launcher picks the mode that matches the trainer)"}
+
+SGLANG_RAW_LOGPROB_ENV = "SGLANG_RETURN_ORIGINAL_LOGPROB"
+"""Makes SGLang report untempered log-probs; never set for the servers we launch."""
 
 
 class ServerStartError(RuntimeError):
@@ -46,13 +79,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def passthrough_flags(options: Mapping[str, Any], *, owned: Mapping[str, str] = _OWNED) -> list[str]:
+def passthrough_flags(options: Mapping[str, Any], *, owned: Mapping[str, str] = _OWNED,
+                      section: str = "rollout.sglang") -> list[str]:
     """`{"mem_fraction_static": 0.7, "enable_metrics": True}` -> `["--mem-fraction-static", "0.7", "--enable-metrics"]`."""
     flags: list[str] = []
     for key, value in options.items():
         name = str(key).replace("-", "_")
         if name in owned:
-            raise ValueError(f"rollout.sglang.{key} is set by the launcher; use {owned[name]} instead")
+            raise ValueError(f"{section}.{key} is set by the launcher; use {owned[name]} instead")
         flag = "--" + name.replace("_", "-")
         if value is None or value is False:
             continue
@@ -76,6 +110,7 @@ def sglang_command(
     mem_fraction_static: float | None = None,
     tool_call_parser: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    deterministic: bool = False,
     python: str = sys.executable,
 ) -> list[str]:
     """The argv that launches one SGLang server.
@@ -85,6 +120,7 @@ def sglang_command(
         tool_call_parser: SGLang's parser for its OpenAI API (e.g. "qwen25"); our rollout parses tool
             calls from token IDs itself, so this only matters for serving.
         extra: `rollout.sglang` passthrough flags.
+        deterministic: `--enable-deterministic-inference` (`rollout.deterministic`).
     """
     if tp < 1:
         raise ValueError(f"rollout.server_tp must be >= 1, got {tp}")
@@ -95,7 +131,58 @@ def sglang_command(
         if value is not None:
             extra[name] = value
     return [python, "-m", "sglang.launch_server", "--model-path", str(model_path), "--host", host,
-            "--port", str(port), "--tp-size", str(tp), *passthrough_flags(extra)]
+            "--port", str(port), "--tp-size", str(tp), *passthrough_flags(extra),
+            *(["--enable-deterministic-inference"] if deterministic else [])]
+
+
+def vllm_logprobs_mode(temperature: float, top_p: float, top_k: int) -> str:
+    """The vLLM `--logprobs-mode` whose sampling log-probs equal the trainer's log softmax(z / T).
+
+    `processed_logprobs` is tempered but also top-k / top-p masked, `raw_logprobs` is untempered (see
+    the module docstring), so: no filter -> processed (any T); a filter at T = 1 -> raw.
+
+    Raises:
+        ValueError: T != 1 with top-k or top-p, where no mode agrees; the message names the fixes.
+    """
+    filtered = top_p < 1.0 or top_k >= 1
+    if not filtered:
+        return "processed_logprobs"
+    if temperature == 1.0:
+        return "raw_logprobs"
+    raise ValueError(
+        f"rollout.engine=vllm cannot report the trainer's log-probs at rollout.temperature={temperature} with "
+        f"rollout.top_p={top_p} / rollout.top_k={top_k}: its processed log-probs are renormalized over the "
+        "top-k/top-p set, its raw ones are untempered; set rollout.temperature=1, or rollout.top_p=1 and "
+        "rollout.top_k=-1, or use rollout.engine=sglang"
+    )
+
+
+def vllm_server_args(rollout: Any) -> list[str]:
+    """vLLM server flags after `--model/--host/--port` for a RolloutConfig: TP size, the log-probs mode
+    that matches the trainer (`vllm_logprobs_mode`), then `rollout.vllm` verbatim."""
+    mode = vllm_logprobs_mode(rollout.temperature, rollout.top_p, rollout.top_k)
+    return ["--tensor-parallel-size", str(rollout.server_tp), "--logprobs-mode", mode,
+            *passthrough_flags(rollout.vllm, owned=_VLLM_OWNED, section="rollout.vllm")]
+
+
+def server_command(rollout: Any, model_path: str | Path, *, port: int, host: str = "127.0.0.1",
+                   python: str = sys.executable) -> list[str]:
+    """The argv of one inference server as the recipe's `rollout` section states it (RolloutConfig).
+
+    The only builder of server command lines from a config: the trainer's launcher and
+    `rest-megatron serve-command` (what `slurm/train.sbatch` runs) both call it.
+    """
+    if rollout.engine == "sglang":
+        # `env -u`: SGLang must report tempered log-probs whatever the caller's environment holds.
+        return ["env", "-u", SGLANG_RAW_LOGPROB_ENV,
+                *sglang_command(model_path, port=port, host=host, tp=rollout.server_tp, extra=rollout.sglang,
+                                deterministic=rollout.deterministic, python=python)]
+    if rollout.engine == "vllm":
+        return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path), "--host", host,
+                "--port", str(port), *vllm_server_args(rollout)]
+    if rollout.engine == "embedded":
+        return embedded_command(model_path, port=port, host=host, python=python)
+    raise ValueError(f"rollout.engine={rollout.engine!r}: use sglang, vllm or embedded")
 
 
 def embedded_command(model_path: str | Path, *, port: int = 0, host: str = "127.0.0.1",
@@ -249,25 +336,112 @@ def start_embedded_servers(model_path: str | Path, num_servers: int, *, log_dir:
     return _start_all(make, num_servers, timeout_s)
 
 
+def gpu_placement(visible: str | None, *, device_count: int, trainer_gpus: int, num_servers: int,
+                  server_tp: int, share: bool = False) -> tuple[list[str], list[str]]:
+    """Split one node's GPUs: the trainer's ranks take the first `trainer_gpus`, server i the next
+    `server_tp` each (with `share`, the servers start from the first GPU, beside the trainer).
+
+    Args:
+        visible: `CUDA_VISIBLE_DEVICES` as the launching process sees it (ids or UUIDs, in order; None
+            when unset: GPUs 0 .. device_count - 1). torchrun's local rank r uses its r-th entry.
+        device_count: GPUs on the node, read only when `visible` is None.
+        trainer_gpus: GPUs the trainer's ranks on this node hold (its local world size; 0 on CPU).
+        share: `rollout.share_trainer_gpus`.
+
+    Returns:
+        (the trainer's ids, one `CUDA_VISIBLE_DEVICES` value per server).
+
+    Raises:
+        ValueError: they do not fit; the message counts what is needed and names the fixes.
+    """
+    ids = [i.strip() for i in visible.split(",") if i.strip()] if visible is not None else [
+        str(i) for i in range(device_count)]
+    first = 0 if share else trainer_gpus
+    need = max(trainer_gpus, first + num_servers * server_tp)
+    if need > len(ids):
+        seen = f"CUDA_VISIBLE_DEVICES={visible}" if visible is not None else f"{device_count} GPU(s), CUDA_VISIBLE_DEVICES unset"
+        shared = " (shared)" if share else ""
+        raise ValueError(
+            f"{trainer_gpus} trainer GPU(s){shared} + rollout.num_servers={num_servers} × rollout.server_tp={server_tp} "
+            f"= {need} GPUs, but this node has {len(ids)} ({seen}); lower launch.nproc_per_node, "
+            "rollout.num_servers or rollout.server_tp, expose more GPUs, set rollout.share_trainer_gpus=true "
+            "(servers beside the trainer on the same GPUs), or start the servers elsewhere and give rollout.server_urls"
+        )
+    servers = [",".join(ids[first + i * server_tp: first + (i + 1) * server_tp]) for i in range(num_servers)]
+    return ids[:trainer_gpus], servers
+
+
+def local_trainer_gpus(device: str) -> int:
+    """GPUs the trainer's ranks hold on this node: torchrun's local world size on CUDA, else 0."""
+    from rest_megatron.distributed import resolve_device
+
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if resolve_device(device).type == "cuda" else 0
+
+
 def start_sglang_servers(model_path: str | Path, rollout: Any, *, log_dir: str | Path, timeout_s: float = 900.0,
-                         env: Mapping[str, str] | None = None) -> list[ServerProcess]:
+                         env: Mapping[str, str] | None = None, trainer_gpus: int = 0) -> list[ServerProcess]:
     """Start `rollout.num_servers` SGLang servers (RolloutConfig) on free ports; wait for health.
 
-    With several servers on one node each gets its own GPUs through `CUDA_VISIBLE_DEVICES`
-    (server i: GPUs i·tp ... i·tp + tp - 1), unless `env` already pins them.
+    The servers get this node's GPUs after the trainer's first `trainer_gpus` (`gpu_placement`), server
+    i `rollout.server_tp` of them, so they never land on a GPU a trainer rank holds.
+
+    Raises:
+        ValueError: the GPUs do not fit (before anything starts).
     """
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
+    base_env = dict(os.environ if env is None else env)
+    visible = base_env.get("CUDA_VISIBLE_DEVICES")
+    count = 0
+    if visible is None:
+        import torch
+
+        count = torch.cuda.device_count()
+    _, placement = gpu_placement(visible, device_count=count, trainer_gpus=trainer_gpus,
+                                 num_servers=rollout.num_servers, server_tp=rollout.server_tp,
+                                 share=rollout.share_trainer_gpus)
+    sglang = replace(rollout, engine="sglang")
 
     def make(index: int) -> ServerProcess:
         port = free_port()
-        cmd = sglang_command(model_path, port=port, tp=rollout.server_tp, extra=rollout.sglang)
-        server_env = dict(os.environ if env is None else env)
-        if rollout.num_servers > 1 and "CUDA_VISIBLE_DEVICES" not in (env or {}):
-            first = index * rollout.server_tp
-            server_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(first, first + rollout.server_tp))
+        cmd = server_command(sglang, model_path, port=port)
         return ServerProcess(cmd, base_url=f"http://127.0.0.1:{port}", log_path=log_dir / f"sglang-{index}.log",
-                             env=server_env)
+                             env={**base_env, "CUDA_VISIBLE_DEVICES": placement[index]})
 
     return _start_all(make, rollout.num_servers, timeout_s)
 
+
+def serve_command_main(argv: Sequence[str]) -> int:
+    """`rest-megatron serve-command [RECIPE [key=value ...]] --host H --port P [...]`: print one
+    server's argv (`server_command`), shell-quoted, or NUL-separated with `--null` for scripts."""
+    import argparse
+    import shlex
+
+    from rest_megatron.config import ConfigError, RolloutConfig, load_config
+
+    parser = argparse.ArgumentParser(prog="rest-megatron serve-command", description=serve_command_main.__doc__)
+    parser.add_argument("recipe", nargs="?", help="recipe YAML (without: the rollout defaults)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--engine", help="instead of rollout.engine (sglang, vllm, embedded)")
+    parser.add_argument("--model", help="instead of model.path")
+    parser.add_argument("--tp", type=int, help="instead of rollout.server_tp")
+    parser.add_argument("--python", default="python", help="interpreter in the printed command [python]")
+    parser.add_argument("--null", action="store_true", help="NUL after each argument instead of one quoted line")
+    args = parser.parse_intermixed_args(argv)
+    changes = {k: v for k, v in (("engine", args.engine), ("server_tp", args.tp)) if v is not None}
+    try:
+        if args.recipe:
+            config = load_config(args.recipe, args.overrides)
+            rollout, model = config.rollout, args.model or config.model.path
+        else:
+            rollout, model = RolloutConfig(), args.model
+        if model is None:
+            raise ConfigError("give --model (there is no recipe to read model.path from)")
+        cmd = server_command(replace(rollout, **changes), model, port=args.port, host=args.host, python=args.python)
+    except (ConfigError, ValueError) as err:
+        print(f"rest-megatron serve-command: {err}", file=sys.stderr)
+        return 2
+    sys.stdout.write("".join(f"{a}\0" for a in cmd) if args.null else shlex.join(cmd) + "\n")
+    return 0

@@ -46,7 +46,7 @@ def start_services(rt: Runtime) -> None:
     if not rt.is_driver:
         return
     from rest_megatron.rollout.clients import make_router
-    from rest_megatron.rollout.launch import start_embedded_servers, start_sglang_servers
+    from rest_megatron.rollout.launch import local_trainer_gpus, start_embedded_servers, start_sglang_servers
     from tools_sandbox.client import local_sandbox_server
 
     cfg = rt.config
@@ -63,7 +63,8 @@ def start_services(rt: Runtime) -> None:
         if cfg.rollout.engine == "embedded":
             servers = start_embedded_servers(rt.hf_dir, cfg.rollout.num_servers, log_dir=logs)
         else:
-            servers = start_sglang_servers(rt.hf_dir, cfg.rollout, log_dir=logs)
+            servers = start_sglang_servers(rt.hf_dir, cfg.rollout, log_dir=logs,
+                                           trainer_gpus=local_trainer_gpus(cfg.launch.device))
         for server in servers:
             rt.services.callback(server.stop)
         urls = [server.base_url for server in servers]
