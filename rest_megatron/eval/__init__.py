@@ -5,7 +5,9 @@
     bfcl_data.py  BFCL entries and answer keys from the installed bfcl-eval package; BFCL docs -> JSON schema
     bfcl_run.py   generation: single-turn prompts, multi-turn conversations with executed calls
     bfcl_env.py   BFCL's environment classes run in-process (the model's and the ground truth's)
-    bfcl_score.py verdicts as pure functions (answer-key matching lives in algo/function_match.py)
+    bfcl_checker.py BFCL's own checker, decoders and aggregation functions, imported without its model handlers
+    bfcl_score.py verdicts per entry (BFCL's checker; algo/function_match.py scores training rewards)
+    bfcl_aggregate.py BFCL's overall and group scores, as its leaderboard computes and prints them
     report.py     progress lines, the accuracy table, the JSON report
 """
 

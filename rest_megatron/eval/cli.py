@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="Hugging Face folder (or tiny model name): served unless --server, and the "
                                         "tokenizer and chat template in any case")
     source.add_argument("--server", help="base URL of a running server (default: start one for --model)")
-    source.add_argument("--engine", choices=ENGINES, default="embedded",
-                        help="server kind: started for --model (embedded, sglang) or behind --server (default embedded)")
+    source.add_argument("--engine", choices=ENGINES,
+                        help="server kind: started for --model (embedded, sglang; default embedded); with --server "
+                             "it is detected from the server, and a different --engine is an error")
     source.add_argument("--tp", type=int, default=1, help="tensor parallelism of a started SGLang server")
     source.add_argument("--server-timeout-s", type=float, default=600.0, help="how long a started server may take")
     source.add_argument("--log-dir", help="where a started server logs (default: a temporary folder)")
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--concurrency", type=int, default=8, help="entries in flight at once")
     p.add_argument("--max-steps", type=int, default=20, help="model rounds per multi-turn user turn (BFCL: 20)")
+    p.add_argument("--mode", choices=("auto", "fc", "prompting"), default="auto",
+                   help="fc: tools through the chat template (BFCL's Qwen FC handler); prompting: BFCL's system "
+                        "prompt; auto: fc where the template renders tools, else prompting (default)")
     return parser
 
 
@@ -67,15 +71,24 @@ def main(argv: list[str]) -> int:
 
 def run_bfcl(args: argparse.Namespace) -> int:
     """Load the entries, serve, generate and score, then print the table and write the report."""
+    from rest_megatron.eval.bfcl_aggregate import bfcl_scores, format_leaderboard
     from rest_megatron.eval.report import build_report, format_table, write_report
-    from rest_megatron.eval.serving import tokenizer_folder
+    from rest_megatron.eval.serving import check_engine, resolve_mode, tokenizer_folder
     from rest_megatron.rollout.launch import ServerStartError
-    from rest_megatron.rollout.types import InferenceError, SamplingParams
+    from rest_megatron.rollout.types import InferenceError, SamplingParams, ServerUnavailable
 
     categories = parse_categories(args.categories)
     entries = {category: load_category(category, args.limit) for category in categories}
     sampling = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    if args.server:
+        try:
+            args.engine = check_engine(args.server, args.engine)
+        except ServerUnavailable as exc:
+            print(f"rest-megatron eval bfcl: {exc}", file=sys.stderr)
+            return EXIT_SERVER
+    args.engine = args.engine or "embedded"
     model = tokenizer_folder(args.model, args.server)
+    args.mode = resolve_mode(args.mode, model)
     started = time.time()
     try:
         results, url = asyncio.run(_generate_all(args, model, entries, sampling))
@@ -86,12 +99,15 @@ def run_bfcl(args: argparse.Namespace) -> int:
         print(f"rest-megatron eval bfcl: {exc}", file=sys.stderr)
         return EXIT_SERVER
     meta = {"model": str(model), "server": args.server or url, "engine": args.engine, "categories": categories,
-            "limit": args.limit, "sampling": vars(sampling), "max_steps": args.max_steps,
+            "limit": args.limit, "sampling": vars(sampling), "max_steps": args.max_steps, "mode": args.mode,
             "bfcl_eval_version": package_version(), "multi_turn_environment": "in-process",
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "duration_s": round(time.time() - started, 3)}
     report = build_report("bfcl", results, meta)
+    report["bfcl_scores"] = bfcl_scores(report["categories"])
     print(format_table(report))
+    print(f"\nBFCL leaderboard scores (bfcl-eval {meta['bfcl_eval_version']}; categories not run count 0, as in BFCL):")
+    print(format_leaderboard(report["bfcl_scores"]))
     if args.out:
         print(f"report written to {write_report(report, args.out)}", file=sys.stderr)
     return 0
@@ -105,7 +121,7 @@ async def _generate_all(args: argparse.Namespace, model: Any, entries: dict, sam
     from rest_megatron.rollout.clients import make_client
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(model)
-    settings = RunSettings(sampling=sampling, concurrency=args.concurrency, max_steps=args.max_steps)
+    settings = RunSettings(sampling=sampling, concurrency=args.concurrency, max_steps=args.max_steps, mode=args.mode)
     with inference_server(model=model, server=args.server, engine=args.engine, log_dir=args.log_dir,
                           timeout_s=args.server_timeout_s, tp=args.tp, seed=args.seed) as url:
         client = make_client(args.engine, url)

@@ -23,10 +23,12 @@ from rest_megatron import cli
 from rest_megatron.assets import tiny_model_dir
 from rest_megatron.eval.bfcl_data import load_category
 from rest_megatron.eval.bfcl_env import parse_call_string
-from rest_megatron.eval.bfcl_run import BfclRunner, RunSettings
+from rest_megatron.eval.bfcl_run import BfclRunner, RunSettings, prompting_messages
+from rest_megatron.eval.serving import check_engine, detect_engine
+from rest_megatron.rollout.chat import template_renders_tools
 from rest_megatron.rollout.clients import make_client
 from rest_megatron.rollout.launch import ServerProcess, start_embedded_servers
-from rest_megatron.rollout.types import SamplingParams
+from rest_megatron.rollout.types import SamplingParams, ServerUnavailable
 from tests.eval.conftest import needs_bfcl
 
 pytestmark = needs_bfcl
@@ -63,9 +65,15 @@ def test_eval_bfcl_starts_the_engine_and_writes_a_report(tiny_dir: Path, tmp_pat
             assert isinstance(entry["output"], str) and entry["output"]
             assert (entry["reason"] is None) == entry["correct"]
     assert report["overall"]["total"] == 6
+    scores = report["bfcl_scores"]  # BFCL's aggregation: only non-live simple and irrelevance ran
+    simple, irrelevance = (report["categories"][c]["accuracy"] for c in ("simple", "irrelevance"))
+    assert scores["overall"]["accuracy"] == pytest.approx(0.1 * (simple / 3) / 4 + 0.1 * irrelevance / 2, abs=1e-12)
+    assert scores["live"]["display_accuracy"] == 0 and scores["simple_ast"]["display_accuracy"] == "N/A"
+    assert report["meta"]["bfcl_eval_version"] == "2026.3.23" and report["meta"]["mode"] == "fc"
     assert report["meta"]["model"] == str(tiny_dir) and report["meta"]["sampling"]["max_new_tokens"] == 64
     captured = capsys.readouterr()
     assert "simple" in captured.out and "irrelevance" in captured.out and "all entries" in captured.out
+    assert "Overall Acc" in captured.out and "Agentic Acc" in captured.out and "N/A" in captured.out
     assert "bfcl simple: 3/3 done" in captured.err  # progress
     # The engine the command started is gone: its log says it served, and the port it used is closed.
     assert "embedded engine serving" in (tmp_path / "logs" / "embedded-0.log").read_text()
@@ -82,6 +90,31 @@ def test_eval_bfcl_uses_a_running_server_and_its_reported_model(server: ServerPr
     report = json.loads(out.read_text())
     assert report["meta"]["server"] == server.base_url and report["categories"]["live_relevance"]["total"] == 2
     assert server.alive  # a server the command did not start is left running
+
+
+def test_server_engine_is_detected_and_a_mismatch_names_the_flag(server: ServerProcess, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert detect_engine(server.base_url) == "sglang" and check_engine(server.base_url, "embedded") == "embedded"
+    argv = ["eval", "bfcl", "--server", server.base_url, "--categories", "simple", "--limit", "1",
+            "--out", str(tmp_path / "r.json")]
+    assert cli.main([*argv, "--engine", "vllm"]) == 2  # was: every request 404, scored 0% with exit 0
+    assert "pass --engine sglang" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+    with pytest.raises(ServerUnavailable, match="no server answers"):
+        detect_engine("http://127.0.0.1:9")
+    assert cli.main(["eval", "bfcl", "--server", "http://127.0.0.1:9", "--model", "tiny-qwen3",
+                     "--categories", "simple", "--limit", "1"]) == 1
+
+
+def test_template_without_tools_is_detected(tiny_dir: Path) -> None:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_dir)
+    assert template_renders_tools(tokenizer)
+    # SmolLM2-style: the template accepts `tools` and never prints them
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    assert not template_renders_tools(tokenizer)
+    messages = prompting_messages([{"role": "user", "content": "hi"}], [{"name": "f", "parameters": {}}])
+    assert messages[0]["role"] == "system" and '"name": "f"' in messages[0]["content"]
+    assert "[func_name1(params_name1=params_value1" in messages[0]["content"]  # BFCL's Python call-list format
 
 
 def test_multi_turn_entry_runs_turn_by_turn(server: ServerProcess, tiny_dir: Path) -> None:
