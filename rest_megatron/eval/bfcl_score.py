@@ -35,6 +35,10 @@ class EntryResult:
     """Why it failed (None when correct)."""
     output: Any
     """The model's text; for multi-turn, per turn the list of step texts."""
+    score: float | None = None
+    """A graded benchmark's score of the entry (ToolRL: the reward); None for pass/fail ones."""
+    parts: dict[str, float] | None = None
+    """The score's components (ToolRL: format, correctness)."""
 
 
 def _clip(text: str) -> str:

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 
@@ -76,27 +77,24 @@ def check_engine(server: str, engine: str | None) -> str:
     return engine
 
 
-def resolve_mode(mode: str, model: Path) -> str:
+def resolve_mode(mode: str, tokenizer: Any, model: str) -> str:
     """"fc" or "prompting" for `--mode`; "auto" picks fc where the chat template renders `tools`.
 
     Raises:
         ValueError: `--mode fc` with a template that drops the tools (the model would see no function).
     """
-    import transformers
-
     from rest_megatron.rollout.chat import template_renders_tools
 
-    renders = template_renders_tools(transformers.AutoTokenizer.from_pretrained(model))
+    renders = template_renders_tools(tokenizer)
     if mode == "fc" and not renders:
         raise ValueError(f"the chat template of {model} drops the `tools` argument, so in --mode fc the model "
                          "would see no function; use --mode prompting (BFCL's system prompt) or --mode auto")
-    if mode == "auto":
-        chosen = "fc" if renders else "prompting"
-        if not renders:
-            print(f"note: the chat template of {model} does not render tools; using BFCL's prompting mode",
-                  file=sys.stderr)
-        return chosen
-    return mode
+    if mode != "auto":
+        return mode
+    if not renders:
+        print(f"note: the chat template of {model} does not render tools; using BFCL's prompting mode",
+              file=sys.stderr)
+    return "fc" if renders else "prompting"
 
 
 def tokenizer_folder(model: str | None, server: str | None) -> Path:
