@@ -1,27 +1,22 @@
-"""BFCL test entries and answer keys, read from the installed `bfcl-eval` package's data files.
+"""BFCL test entries and answer keys, loaded by the installed `bfcl-eval` package's own loaders.
 
-`bfcl-eval` is installed without its dependency tree (the `bfcl` extra), so nothing here imports it:
-the package is located with `importlib.util.find_spec` and only its JSON-lines files are read
-(`data/BFCL_v*_<category>.json`, `data/possible_answer/...`, `data/multi_turn_func_doc/...`).
+`bfcl-eval` is installed without its dependency tree (the `bfcl` extra); `load_category` goes through
+`bfcl_checker.bfcl()`, which imports only the parts of it that need nothing else. The entries are what
+BFCL's runner builds: the function docs of multi-turn classes filled in, held-out functions moved to the
+turn that adds them, and the language hints BFCL's handlers show the model (for Java and JavaScript the
+parameters become strings). The checker reads the docs without those hints (`checker_functions`).
 
-Our category names are BFCL's, except `simple`, which is BFCL's `simple_python`. Java and JavaScript
-(`simple_java`, `simple_javascript`) are not offered: their answers need BFCL's Java/JS literal
-converters. Function docs use BFCL's Python-flavoured types; `json_schema` turns them into the JSON
-schema a chat template shows the model (dict -> object, float -> number, tuple -> array, any -> string),
-while scoring keeps BFCL's own types (float and integer stay distinct).
+Our category names are BFCL's, except `simple`, which is BFCL's `simple_python`.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from tools_sandbox.tools.bfcl import CLASSES as BFCL_CLASSES
 
 CATEGORY_FILES: dict[str, str] = {
     "simple": "simple_python",
@@ -54,10 +49,6 @@ RELEVANCE = frozenset({"live_relevance"})
 MULTI_TURN = frozenset({"multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context"})
 """Conversations run against BFCL's environment classes; scored by state and execution results."""
 SINGLE_TURN = tuple(c for c in CATEGORY_FILES if c not in MULTI_TURN)
-
-_JSON_TYPES = {"dict": "object", "float": "number", "double": "number", "tuple": "array", "any": "string",
-               "int": "integer", "long": "integer", "str": "string", "bool": "boolean", "list": "array"}
-
 
 class BfclUnavailable(RuntimeError):
     """bfcl-eval (or a data file of it) is not installed; the message says how to install it."""
@@ -130,21 +121,6 @@ def _newest(directory: Path, stem: str) -> Path:
     return max(found)[1]
 
 
-def _read_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def multi_turn_functions(classes: list[str]) -> list[dict[str, Any]]:
-    """The function docs of BFCL environment classes, in class order (what BFCL offers a multi-turn entry)."""
-    docs_dir = package_dir() / "data" / "multi_turn_func_doc"
-    docs: list[dict[str, Any]] = []
-    for name in classes:
-        if name not in BFCL_CLASSES:
-            raise ValueError(f"BFCL class {name!r} is not one of {', '.join(BFCL_CLASSES)}")
-        docs += _read_lines(docs_dir / BFCL_CLASSES[name][1])
-    return docs
-
-
 def load_category(category: str, limit: int | None = None) -> list[BfclEntry]:
     """The first `limit` entries (all if None) of a category, in file order, loaded by bfcl-eval's own
     `load_dataset_entry` (function docs of multi-turn classes, held-out functions, language hints) and
@@ -173,30 +149,3 @@ def load_category(category: str, limit: int | None = None) -> list[BfclEntry]:
         entries.append(BfclEntry(record["id"], category, record["question"], record["function"],
                                  answers.get(record["id"]), extra, raw[record["id"]]["function"]))
     return entries
-
-
-def json_schema(node: Any) -> Any:
-    """A BFCL parameter schema with JSON-schema type names (recursing into properties and items only)."""
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key == "type" and isinstance(value, str):
-            out[key] = _JSON_TYPES.get(value, value)
-        elif key == "properties" and isinstance(value, dict):
-            out[key] = {name: json_schema(spec) for name, spec in value.items()}
-        elif key in ("items", "additionalProperties"):
-            out[key] = json_schema(value)
-        elif key in ("anyOf", "oneOf") and isinstance(value, list):
-            out[key] = [json_schema(v) for v in value]
-        else:
-            out[key] = value
-    return out
-
-
-def tool_schemas(functions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Function docs as chat-template tools: `{"type": "function", "function": {name, description, parameters}}`."""
-    return [{"type": "function", "function": {
-        "name": doc["name"], "description": doc.get("description", ""),
-        "parameters": json_schema(doc.get("parameters") or {"type": "dict", "properties": {}})}}
-        for doc in functions]
