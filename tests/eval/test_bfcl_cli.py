@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.server
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,45 @@ def test_server_engine_is_detected_and_a_mismatch_names_the_flag(server: ServerP
         detect_engine("http://127.0.0.1:9")
     assert cli.main(["eval", "bfcl", "--server", "http://127.0.0.1:9", "--model", "tiny-qwen3",
                      "--categories", "simple", "--limit", "1"]) == 1
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """An SGLang-protocol server that refuses every generation with HTTP 400 (as vLLM-style 404s were)."""
+
+    model_path = ""
+
+    def _send(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self._send(200, {"model_path": self.model_path} if self.path == "/get_model_info" else {})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._send(400, {"error": "refused for the test"})
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_refused_request_ends_the_run_unscored(tiny_dir: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    _Refusing.model_path = str(tiny_dir)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "r.json"
+        code = cli.main(["eval", "bfcl", "--server", f"http://127.0.0.1:{httpd.server_port}", "--categories",
+                         "simple", "--limit", "2", "--out", str(out)])
+    finally:
+        httpd.shutdown()
+    assert code == 1 and not out.exists()  # was: each entry failed with its HTTP error, scored as a wrong answer
+    assert "nothing was scored" in capsys.readouterr().err
 
 
 def test_template_without_tools_is_detected(tiny_dir: Path) -> None:
