@@ -115,7 +115,7 @@ def decode_function_calling(text: str) -> list[dict[str, Any]]:
         raise ValueError(f"a tool call lacks a name or an arguments object: {exc}") from exc
 
 
-def decode_prompting(text: str, language: str = "python") -> list[dict[str, Any]]:
+def decode_prompting(text: str) -> list[dict[str, Any]]:
     """BFCL's prompting-mode decoder (`default_decode_ast_prompting`) for Python-syntax call lists."""
     return bfcl().default_decode_ast_prompting(text, bfcl().ReturnFormat.PYTHON)
 

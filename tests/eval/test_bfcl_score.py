@@ -215,3 +215,14 @@ def test_failure_reasons_are_bfcls(categories: dict[str, list[Any]]) -> None:
     for expected, calls in cases.items():
         assert expected in single_turn_mismatch(entry, as_text(calls))
     assert "Failed to decode" in single_turn_mismatch(entry, '<tool_call>\n["not", "a call"]\n</tool_call>')
+
+
+def test_prompting_mode_replies_are_decoded_as_bfcl_decodes_them(categories: dict[str, list[Any]]) -> None:
+    entry = categories["simple"][0]
+    assert single_turn_mismatch(entry, "[calculate_triangle_area(base=10, height=5)]", "prompting") is None
+    assert single_turn_mismatch(entry, "calculate_triangle_area(base=10, height=5)", "prompting") is None
+    assert "value_error" in single_turn_mismatch(entry, "[calculate_triangle_area(base=11, height=5)]", "prompting")
+    assert "Failed to decode" in single_turn_mismatch(entry, "I would compute the area.", "prompting")
+    irrelevant = categories["irrelevance"][0]
+    assert single_turn_mismatch(irrelevant, "I cannot help with that.", "prompting") is None
+    assert single_turn_mismatch(irrelevant, f"[{irrelevant.functions[0]['name']}()]", "prompting") is not None
