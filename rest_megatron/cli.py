@@ -65,7 +65,7 @@ COMMANDS: dict[str, Command] = {
         "print the inference-server command line of a recipe (what slurm/train.sbatch runs)",
     ),
     "sandbox-server": Command("tools_sandbox.server:main", "argv", "run the tool-execution sandbox service"),
-    "eval": Command("rest_megatron.eval:main", "argv", "evaluate a model on a tool-use benchmark (BFCL)"),
+    "eval": Command("rest_megatron.eval:main", "argv", "evaluate a model on a tool-use benchmark (BFCL, API-Bank, a ToolRL split)"),
     "data": Command("rest_megatron.data.cli:main", "argv", "inspect and prepare data sets"),
     "doctor": Command("rest_megatron.doctor:main", "argv", "report what this machine can run"),
 }

@@ -137,8 +137,12 @@ def calls_match(
 # - types follow the schema (BFCL type names or JSON-schema ones): an int is accepted where a float is
 #   declared, bool is never a number, and a value whose type equals that of an allowed value is accepted
 #   whatever the schema says (the answer key wins; BFCL's "variable" case);
+# - list elements have exactly the schema's item type (an int is not a float inside a list), or the type of
+#   the allowed list's first element; an allowed value that is not a list (the "" that makes the argument
+#   omittable) lifts that check, as BFCL's nested type check does;
 # - strings compare leniently: case-insensitive, ignoring spaces and the characters , . / - _ * ^, and with
-#   single quotes read as double quotes; lists compare element by element in order;
+#   single quotes read as double quotes; lists compare element by element in order; an empty list is
+#   accepted where "" is allowed (BFCL compares it with the "" entry read as an empty list);
 # - dict-typed arguments (and lists of them) are answer keys themselves: {key: [allowed values]}, and the
 #   values below that level compare literally (dicts key by key, lists in order).
 # Deviations: strings compare leniently at every depth (BFCL: only at the first level), and parallel calls
@@ -184,6 +188,17 @@ def _keyed_mismatch(value: Mapping[str, Any], key: Mapping[str, Any]) -> str | N
     return f"missing key {missing[0]!r}" if missing else None
 
 
+def _items_typed(value: Sequence[Any], allowed: Sequence[Any], item_type: type) -> bool:
+    """BFCL's one-level nested type check of a list argument (see the rules above)."""
+    for candidate in allowed:
+        if not isinstance(candidate, list):
+            return True
+        answer_type = next((type(c) for c in candidate if c != ""), None)
+        if all(type(v) is item_type or type(v) is answer_type for v in value):
+            return True
+    return False
+
+
 def allowed_value_mismatch(value: Any, allowed: Sequence[Any], spec: Mapping[str, Any] | None = None) -> str | None:
     """Why `value` is none of the `allowed` values of an argument with schema `spec`, or None if it is one."""
     spec = spec if isinstance(spec, Mapping) else {}
@@ -193,6 +208,13 @@ def allowed_value_mismatch(value: Any, allowed: Sequence[Any], spec: Mapping[str
     answer_types = {type(c) for c in allowed if not (isinstance(c, str) and c == "")}
     if declared not in (None, object) and type(value) is not declared and type(value) not in answer_types:
         return f"is {value!r} of type {type(value).__name__}, expected {spec.get('type')}"
+    items = spec.get("items") if isinstance(spec.get("items"), Mapping) else {}
+    item_type = _ANSWER_TYPES.get(str(items.get("type")))
+    if (declared is list and type(value) is list and item_type not in (None, object, dict)
+            and not _items_typed(value, allowed, item_type)):
+        return f"is {value!r}, whose elements are not all of type {items.get('type')}"
+    if isinstance(value, (list, tuple)) and not value and "" in allowed:
+        return None
     if any(_answer_equal(value, c, spec) for c in allowed):
         return None
     return f"is {value!r}, allowed: {list(allowed)!r}"

@@ -1,30 +1,27 @@
-"""BFCL test entries and answer keys, read from the installed `bfcl-eval` package's data files.
+"""BFCL test entries and answer keys, loaded by the installed `bfcl-eval` package's own loaders.
 
-`bfcl-eval` is installed without its dependency tree (the `bfcl` extra), so nothing here imports it:
-the package is located with `importlib.util.find_spec` and only its JSON-lines files are read
-(`data/BFCL_v*_<category>.json`, `data/possible_answer/...`, `data/multi_turn_func_doc/...`).
+`bfcl-eval` is installed without its dependency tree (the `bfcl` extra); `load_category` goes through
+`bfcl_checker.bfcl()`, which imports only the parts of it that need nothing else. The entries are what
+BFCL's runner builds: the function docs of multi-turn classes filled in, held-out functions moved to the
+turn that adds them, and the language hints BFCL's handlers show the model (for Java and JavaScript the
+parameters become strings). The checker reads the docs without those hints (`checker_functions`).
 
-Our category names are BFCL's, except `simple`, which is BFCL's `simple_python`. Java and JavaScript
-(`simple_java`, `simple_javascript`) are not offered: their answers need BFCL's Java/JS literal
-converters. Function docs use BFCL's Python-flavoured types; `json_schema` turns them into the JSON
-schema a chat template shows the model (dict -> object, float -> number, tuple -> array, any -> string),
-while scoring keeps BFCL's own types (float and integer stay distinct).
+Our category names are BFCL's, except `simple`, which is BFCL's `simple_python`.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools_sandbox.tools.bfcl import CLASSES as BFCL_CLASSES
-
 CATEGORY_FILES: dict[str, str] = {
     "simple": "simple_python",
+    "simple_java": "simple_java",
+    "simple_javascript": "simple_javascript",
     "multiple": "multiple",
     "parallel": "parallel",
     "parallel_multiple": "parallel_multiple",
@@ -36,20 +33,22 @@ CATEGORY_FILES: dict[str, str] = {
     "live_irrelevance": "live_irrelevance",
     "live_relevance": "live_relevance",
     "multi_turn_base": "multi_turn_base",
+    "multi_turn_miss_func": "multi_turn_miss_func",
+    "multi_turn_miss_param": "multi_turn_miss_param",
+    "multi_turn_long_context": "multi_turn_long_context",
 }
-"""Our category name -> BFCL's file stem, in report order."""
+"""Our category name -> BFCL's, in report order: every scoring category of bfcl-eval 2026.3.23 whose data
+ships in the package and whose checker runs offline. Left out: `web_search_*` (the model's searches go
+to the live web through SerpAPI), `memory_*` (its backends need prerequisite conversations run first and,
+for `memory_vector`, an embedding model download), and `format_sensitivity` (not scored)."""
 
 IRRELEVANCE = frozenset({"irrelevance", "live_irrelevance"})
 """No function fits: correct means no call."""
 RELEVANCE = frozenset({"live_relevance"})
 """Some function fits, with no answer key: correct means at least one call."""
-MULTI_TURN = frozenset({"multi_turn_base"})
+MULTI_TURN = frozenset({"multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context"})
 """Conversations run against BFCL's environment classes; scored by state and execution results."""
 SINGLE_TURN = tuple(c for c in CATEGORY_FILES if c not in MULTI_TURN)
-
-_JSON_TYPES = {"dict": "object", "float": "number", "double": "number", "tuple": "array", "any": "string",
-               "int": "integer", "long": "integer", "str": "string", "bool": "boolean", "list": "array"}
-
 
 class BfclUnavailable(RuntimeError):
     """bfcl-eval (or a data file of it) is not installed; the message says how to install it."""
@@ -64,12 +63,16 @@ class BfclEntry:
     turns: list[list[dict[str, Any]]]
     """User turns, each a list of chat messages (single-turn categories have one)."""
     functions: list[dict[str, Any]]
-    """BFCL function docs offered to the model (BFCL types; see `tool_schemas` for the prompt form)."""
+    """The function docs BFCL's handlers send the model: BFCL types, with BFCL's language hints (Java and
+    JavaScript parameters become strings); multi-turn: without the docs held out until a later turn."""
     answer: list[Any] | None
     """Single-turn: `[{name: {argument: [allowed values]}}]`; multi-turn: per turn, call strings like
     "cd(folder='docs')"; None where the category has no answer key (irrelevance, relevance)."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Multi-turn only: `initial_config` and `involved_classes`."""
+    """Multi-turn only: `initial_config`, `involved_classes` and `missed_function` (turn index as a string
+    -> the docs BFCL adds at that turn, with its "I have updated some more functions" user message)."""
+    checker_functions: list[dict[str, Any]] = field(default_factory=list)
+    """The docs as BFCL's checker reads them: no hints, Java/JavaScript types kept."""
 
 
 def package_dir() -> Path:
@@ -92,7 +95,9 @@ def package_version() -> str | None:
 def parse_categories(text: str) -> list[str]:
     """"simple,irrelevance" -> ["simple", "irrelevance"]; "all", "single_turn" and "live" expand."""
     groups = {"all": list(CATEGORY_FILES), "single_turn": list(SINGLE_TURN),
-              "live": [c for c in CATEGORY_FILES if c.startswith("live_")]}
+              "multi_turn": [c for c in CATEGORY_FILES if c in MULTI_TURN],
+              "live": [c for c in CATEGORY_FILES if c.startswith("live_")],
+              "non_live": [c for c in SINGLE_TURN if not c.startswith("live_")]}
     out: list[str] = []
     for name in (part.strip() for part in text.split(",")):
         if not name:
@@ -116,65 +121,31 @@ def _newest(directory: Path, stem: str) -> Path:
     return max(found)[1]
 
 
-def _read_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def multi_turn_functions(classes: list[str]) -> list[dict[str, Any]]:
-    """The function docs of BFCL environment classes, in class order (what BFCL offers a multi-turn entry)."""
-    docs_dir = package_dir() / "data" / "multi_turn_func_doc"
-    docs: list[dict[str, Any]] = []
-    for name in classes:
-        if name not in BFCL_CLASSES:
-            raise ValueError(f"BFCL class {name!r} is not one of {', '.join(BFCL_CLASSES)}")
-        docs += _read_lines(docs_dir / BFCL_CLASSES[name][1])
-    return docs
-
-
 def load_category(category: str, limit: int | None = None) -> list[BfclEntry]:
-    """The first `limit` entries (all if None) of a category, in file order, with their answer keys."""
+    """The first `limit` entries (all if None) of a category, in file order, loaded by bfcl-eval's own
+    `load_dataset_entry` (function docs of multi-turn classes, held-out functions, language hints) and
+    `load_ground_truth_entry`."""
+    from rest_megatron.eval.bfcl_checker import bfcl
+
     if category not in CATEGORY_FILES:
         parse_categories(category)  # raises with the list of names
-    data = package_dir() / "data"
+    bfcl()  # registers the model-config stand-in before bfcl_eval.utils is imported
+    from bfcl_eval import utils as bfcl_utils
+
     stem = CATEGORY_FILES[category]
-    records = _read_lines(_newest(data, stem))[:limit]
+    _newest(package_dir() / "data", stem)  # a missing file: BfclUnavailable naming the fix
+    records = bfcl_utils.load_dataset_entry(stem, include_prereq=False)[:limit]
+    raw = {r["id"]: r for r in bfcl_utils.load_dataset_entry(stem, include_prereq=False,
+                                                              include_language_specific_hint=False)}
     answers: dict[str, Any] = {}
     if category not in IRRELEVANCE | RELEVANCE:
-        answers = {a["id"]: a["ground_truth"] for a in _read_lines(_newest(data / "possible_answer", stem))}
+        answers = {a["id"]: a["ground_truth"] for a in bfcl_utils.load_ground_truth_entry(stem)}
     entries = []
     for record in records:
         if answers and record["id"] not in answers:
             raise BfclUnavailable(f"BFCL entry {record['id']} has no possible answer; the bfcl-eval data is "
                                   "inconsistent (reinstall bfcl-eval)")
-        extra = {k: record[k] for k in ("initial_config", "involved_classes") if k in record}
-        functions = record.get("function") or multi_turn_functions(record.get("involved_classes", []))
-        entries.append(BfclEntry(record["id"], category, record["question"], functions, answers.get(record["id"]),
-                                 extra))
+        extra = {k: record[k] for k in ("initial_config", "involved_classes", "missed_function") if k in record}
+        entries.append(BfclEntry(record["id"], category, record["question"], record["function"],
+                                 answers.get(record["id"]), extra, raw[record["id"]]["function"]))
     return entries
-
-
-def json_schema(node: Any) -> Any:
-    """A BFCL parameter schema with JSON-schema type names (recursing into properties and items only)."""
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key == "type" and isinstance(value, str):
-            out[key] = _JSON_TYPES.get(value, value)
-        elif key == "properties" and isinstance(value, dict):
-            out[key] = {name: json_schema(spec) for name, spec in value.items()}
-        elif key in ("items", "additionalProperties"):
-            out[key] = json_schema(value)
-        elif key in ("anyOf", "oneOf") and isinstance(value, list):
-            out[key] = [json_schema(v) for v in value]
-        else:
-            out[key] = value
-    return out
-
-
-def tool_schemas(functions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Function docs as chat-template tools: `{"type": "function", "function": {name, description, parameters}}`."""
-    return [{"type": "function", "function": {
-        "name": doc["name"], "description": doc.get("description", ""),
-        "parameters": json_schema(doc.get("parameters") or {"type": "dict", "properties": {}})}}
-        for doc in functions]

@@ -28,8 +28,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from rest_megatron.algo.tool_calls import ToolCall
+from rest_megatron.eval.bfcl_checker import bfcl
 from rest_megatron.eval.bfcl_data import BfclEntry, BfclUnavailable
-from rest_megatron.eval.bfcl_score import response_mismatch, state_mismatch
 from tools_sandbox.tools.bfcl import CLASSES, MODULE_PREFIX
 
 STATELESS = frozenset({"MathAPI"})
@@ -75,7 +75,8 @@ def load_instances(entry: BfclEntry) -> dict[str, Any]:
                                   f"(`pip install {exc.name or 'mpmath'}`)") from exc
         instance = getattr(module, name)()
         if name not in STATELESS:
-            instance._load_scenario(copy.deepcopy(config.get(name, {})), long_context=False)
+            # BFCL's runner loads long-context scenarios (extra files, longer listings) for that category
+            instance._load_scenario(copy.deepcopy(config.get(name, {})), long_context="long_context" in entry.category)
         instances[name] = instance
     return instances
 
@@ -173,5 +174,9 @@ class MultiTurnEpisode:
             return None
         if not made:
             return f"turn {turn}: no tool call, expected {len(calls)} ({', '.join(c['name'] for c in calls)})"
-        reason = state_mismatch(self.model, self.truth) or response_mismatch(self.model_results, truth_results)
-        return f"turn {turn}: {reason}" if reason else None
+        checker = bfcl()
+        for result in (checker.state_checker(self.model, self.truth),
+                       checker.response_checker(self.model_results, truth_results, turn)):
+            if not result["valid"]:
+                return f"turn {turn}: {result['error_type']}: {result['error_message']}"
+        return None

@@ -8,8 +8,8 @@ The JSON report:
      "overall": {"total", "correct", "accuracy", "category_mean"}}
 
 `overall.accuracy` counts entries (large categories weigh more); `overall.category_mean` is the
-unweighted mean of the category accuracies. Neither is BFCL's leaderboard score, which weights
-groups of categories its own way.
+unweighted mean of the category accuracies. Neither is BFCL's leaderboard score: `eval bfcl` adds that
+as `bfcl_scores` (`bfcl_aggregate.py`).
 """
 
 from __future__ import annotations

@@ -9,9 +9,11 @@ that folder exists on this machine.
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -35,6 +37,63 @@ def _reported_folder(server: str) -> str | None:
             if response.status_code == 200 and (found := pick(response.json())):
                 return str(found)
     return None
+
+
+def detect_engine(server: str) -> str:
+    """The protocol a running server speaks: "sglang" (SGLang and our embedded engine answer
+    `/get_model_info`) or "vllm" (`/v1/models` only).
+
+    Raises:
+        ServerUnavailable: nothing answers at `server`, or it answers neither probe.
+    """
+    from rest_megatron.rollout.types import ServerUnavailable
+
+    base = server.rstrip("/")
+    try:
+        if httpx.get(base + "/get_model_info", timeout=10.0, trust_env=False).status_code == 200:
+            return "sglang"
+        if httpx.get(base + "/v1/models", timeout=10.0, trust_env=False).status_code == 200:
+            return "vllm"
+    except httpx.HTTPError as exc:
+        raise ServerUnavailable(f"no server answers at {server} ({exc}); start it or fix --server") from exc
+    raise ServerUnavailable(f"the server at {server} answers neither /get_model_info (SGLang, embedded) nor "
+                            "/v1/models (vLLM); is it an inference server?")
+
+
+def check_engine(server: str, engine: str | None) -> str:
+    """The engine to use with a running server: detected, or the given one when it speaks that protocol.
+
+    Raises:
+        ValueError: `engine` speaks another protocol than the server; the message names the right flag.
+        ServerUnavailable: see `detect_engine`.
+    """
+    found = detect_engine(server)
+    if engine is None:
+        return found
+    if (engine == "vllm") != (found == "vllm"):
+        raise ValueError(f"--engine {engine} does not match the server at {server}, which speaks the {found} "
+                         f"protocol; pass --engine {found} (or leave --engine out to detect it)")
+    return engine
+
+
+def resolve_mode(mode: str, tokenizer: Any, model: str) -> str:
+    """"fc" or "prompting" for `--mode`; "auto" picks fc where the chat template renders `tools`.
+
+    Raises:
+        ValueError: `--mode fc` with a template that drops the tools (the model would see no function).
+    """
+    from rest_megatron.rollout.chat import template_renders_tools
+
+    renders = template_renders_tools(tokenizer)
+    if mode == "fc" and not renders:
+        raise ValueError(f"the chat template of {model} drops the `tools` argument, so in --mode fc the model "
+                         "would see no function; use --mode prompting (BFCL's system prompt) or --mode auto")
+    if mode != "auto":
+        return mode
+    if not renders:
+        print(f"note: the chat template of {model} does not render tools; using BFCL's prompting mode",
+              file=sys.stderr)
+    return "fc" if renders else "prompting"
 
 
 def tokenizer_folder(model: str | None, server: str | None) -> Path:

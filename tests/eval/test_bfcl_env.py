@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from rest_megatron.algo.tool_calls import parse_tool_calls
+from rest_megatron.eval.bfcl_checker import multi_turn_decode
 from rest_megatron.eval.bfcl_data import load_category
 from rest_megatron.eval.bfcl_env import MultiTurnEpisode, keyword_call, parse_call_string, run_call
 from tests.eval.conftest import needs_bfcl
@@ -28,6 +28,9 @@ def entries() -> list[Any]:
     return load_category("multi_turn_base")
 
 
+MULTI_TURN_CATEGORIES = ["multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context"]
+
+
 def as_text(calls: list[dict[str, Any]]) -> str:
     return "\n".join(f"<tool_call>\n{json.dumps(call)}\n</tool_call>" for call in calls)
 
@@ -39,16 +42,18 @@ def play(entry: Any, edit: Any = None) -> str | None:
         calls = episode.truth_calls(turn)
         if edit is not None:
             calls = edit(turn, calls)
-        parsed = parse_tool_calls(as_text(calls))
-        assert not parsed.errors
-        if parsed.calls:
-            episode.execute(parsed.calls)
+        decoded = multi_turn_decode(as_text(calls), "fc")
+        assert len(decoded) == len(calls)
+        if decoded:
+            episode.execute(decoded)
         if (reason := episode.end_turn(turn)) is not None:
             return reason
     return None
 
 
-def test_ground_truth_passes_every_entry(entries: list[Any]) -> None:
+@pytest.mark.parametrize("category", MULTI_TURN_CATEGORIES)
+def test_ground_truth_passes_every_entry(category: str) -> None:
+    entries = load_category(category)
     assert len(entries) >= 200
     failures = {entry.id: reason for entry in entries if (reason := play(entry)) is not None}
     assert not failures
@@ -67,8 +72,10 @@ def test_wrong_arguments_and_silent_turns_fail(entries: list[Any]) -> None:
         return [dict(c, arguments={"dir_name": "tmp"}) if c["name"] == "mkdir" else c for c in calls]
 
     reason = play(entry, rename)
-    assert reason is not None and reason.startswith("turn 0: GorillaFileSystem state differs")
+    assert reason is not None and reason.startswith("turn 0: multi_turn:instance_state_mismatch: Model instance for GorillaFileSystem")
     assert play(entry, lambda turn, calls: [] if turn == 1 else calls).startswith("turn 1: no tool call")
+    assert "multi_turn:execution_response_mismatch" in play(
+        entries[1], lambda turn, calls: [c for c in calls if c["name"] not in ("ls", "cat", "grep", "tail")] or calls)
     # The same calls in separate steps, with results read in between, are as good as one step.
     episode = MultiTurnEpisode(entry)
     for call in episode.truth_calls(0):

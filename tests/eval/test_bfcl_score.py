@@ -1,8 +1,10 @@
-"""BFCL's own answers, written as model output, score 100% through our parser and matcher; wrong ones score 0.
+"""BFCL's own answers, written as model output, score 100% under BFCL's checker; wrong ones score 0.
 
-The answers are rendered the way a model emits calls (`<tool_call>{"name", "arguments"}</tool_call>`)
-and go through `parse_tool_calls` and `single_turn_mismatch`, the path a real generation takes. Two
-renderings per entry: the first allowed value of every argument, and every omittable argument left out.
+The answers are rendered the way a Qwen-style model emits calls (`<tool_call>{"name", "arguments"}
+</tool_call>`) and go through `single_turn_mismatch`, the path a real generation takes (BFCL's decoding,
+format check and `ast_checker`). Two renderings per entry: the first allowed value of every argument,
+and every omittable argument left out. Java and JavaScript answers are sent as the strings BFCL's
+function-calling prompt asks for (the docs say "in string representation").
 
 A handful of BFCL answer keys contradict their own function docs (a required argument with no allowed
 value, an answer argument the doc does not have); no output can pass those under BFCL's rules, so they
@@ -24,16 +26,59 @@ from tests.eval.conftest import needs_bfcl
 pytestmark = needs_bfcl
 ANSWER_KEY_CATEGORIES = [c for c in CATEGORY_FILES if c not in IRRELEVANCE | RELEVANCE | MULTI_TURN]
 MAX_DEFECTS = 8  # 6 entries in bfcl-eval 2026.3.23, all in live_simple and live_multiple
+JAVA_UNRENDERED = {
+    "simple_java_36": "an Object[] mixing strings and numbers: BFCL's converter keeps the quotes of string elements",
+    "simple_java_65": "a String[] of key/value pairs with booleans: same",
+    "simple_java_81": "a String argument BFCL's converter unquotes ('GC pause' -> 'C paus') when no quotes are sent",
+}
+"""Java answers our test renderer cannot write as a literal that BFCL's Java converter parses back to the
+key (the model would meet the same converter; these are not our checker's verdicts, which are BFCL's)."""
 
 
 def _params(entry: Any, name: str) -> dict[str, Any]:
-    return next(f["parameters"] for f in entry.functions if f["name"] == name)
+    return next(f["parameters"] for f in entry.checker_functions if f["name"] == name)
+
+
+def _java(value: Any, top: bool = False) -> str:
+    """A Java source literal (what BFCL's Java converter parses back)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if top else json.dumps(value)
+    if isinstance(value, list):
+        return f"new ArrayList<>(Arrays.asList({', '.join(_java(v) for v in value)}))"
+    if isinstance(value, dict):
+        puts = " ".join(f"put({json.dumps(k)}, {_java(v)});" for k, v in value.items())
+        return f"new HashMap<>() {{{{ {puts} }}}}"
+    return str(value)
+
+
+def _java_element(value: Any, java_type: str | None) -> str:
+    # BFCL converts each element with the doc's item type: a String element is taken verbatim (no quotes)
+    if java_type == "String" and isinstance(value, str):
+        return value
+    if java_type == "long" and isinstance(value, int):
+        return f"{value}L"
+    return _java(value)
+
+
+def _literal(value: Any, category: str, spec: dict[str, Any]) -> Any:
+    """Java/JavaScript answers as the string a model would send (BFCL converts them back to values)."""
+    if not category.endswith(("_java", "_javascript")) or isinstance(value, str):
+        return value
+    if category.endswith("_java"):
+        java_type, item_type = spec.get("type"), (spec.get("items") or {}).get("type")
+        if java_type in ("Array", "ArrayList") and isinstance(value, list):
+            elements = ", ".join(_java_element(v, item_type) for v in value)
+            return f"new Object[]{{{elements}}}" if java_type == "Array" else f"new ArrayList<>(Arrays.asList({elements}))"
+        return _java_element(value, java_type) if java_type == "long" else _java(value, top=True)
+    return json.dumps(value)
 
 
 def _value(candidate: Any, spec: dict[str, Any] | None, omit: bool) -> Any:
     """A concrete value from an allowed one: dict-typed answers are answer keys themselves."""
     spec = spec or {}
-    if isinstance(candidate, dict) and spec.get("type") == "dict":
+    if isinstance(candidate, dict) and spec.get("type") in ("dict", "HashMap"):
         return {k: next(v for v in allowed if v != "") for k, allowed in candidate.items()
                 if any(v != "" for v in allowed) and not (omit and "" in allowed)}
     if isinstance(candidate, list) and spec.get("type") == "array":
@@ -54,7 +99,8 @@ def reference_calls(entry: Any, omit: bool) -> list[dict[str, Any]]:
             if (omit and "" in allowed and argument not in required) or argument not in params["properties"]:
                 continue
             if values:
-                arguments[argument] = _value(values[0], params["properties"][argument], omit)
+                spec = params["properties"][argument]
+                arguments[argument] = _literal(_value(values[0], spec, omit), entry.category, spec)
             elif argument in required:  # BFCL's way of saying "pass an empty string"
                 arguments[argument] = ""
         calls.append({"name": name, "arguments": arguments})
@@ -86,7 +132,7 @@ def categories() -> dict[str, list[Any]]:
 
 @pytest.mark.parametrize("category", ANSWER_KEY_CATEGORIES)
 def test_ground_truth_scores_100_percent(categories: dict[str, list[Any]], category: str) -> None:
-    entries = [e for e in categories[category] if not answer_key_defects(e)]
+    entries = [e for e in categories[category] if not answer_key_defects(e) and e.id not in JAVA_UNRENDERED]
     assert len(entries) >= len(categories[category]) - MAX_DEFECTS and entries
     failures = [(entry.id, omit, reason) for entry in entries for omit in (False, True)
                 if (reason := single_turn_mismatch(entry, as_text(reference_calls(entry, omit)))) is not None]
@@ -124,7 +170,8 @@ def _mutations(entry: Any, calls: list[dict[str, Any]]) -> dict[str, list[dict[s
                                                                     if k != required[0]}), *calls[1:]]
     for argument, value in first["arguments"].items():
         if isinstance(value, str) and value:
-            wrong: Any = "zz" + value
+            # BFCL's Java/JS converters search for a literal inside the text, so a prefix is not wrong there
+            wrong: Any = "zz_not_the_answer" if entry.category.endswith(("_java", "_javascript")) else "zz" + value
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             wrong = value + 7919
         else:
@@ -140,28 +187,42 @@ def _mutations(entry: Any, calls: list[dict[str, Any]]) -> dict[str, list[dict[s
 def test_wrong_outputs_score_zero(categories: dict[str, list[Any]], category: str) -> None:
     seen: set[str] = set()
     for entry in categories[category]:
-        if answer_key_defects(entry):
+        if answer_key_defects(entry) or entry.id in JAVA_UNRENDERED:
             continue
         for kind, calls in _mutations(entry, reference_calls(entry, omit=False)).items():
             seen.add(kind)
             reason = single_turn_mismatch(entry, as_text(calls))
             assert reason, f"{entry.id}: {kind} passed: {calls}"
         good = as_text(reference_calls(entry, omit=False))
-        assert "malformed" in single_turn_mismatch(entry, good + "\n<tool_call>{broken</tool_call>")
-        assert single_turn_mismatch(entry, "I would call a function here.") == "no tool call"
+        # BFCL's Qwen decoder skips a block that is not JSON and judges the rest
+        assert single_turn_mismatch(entry, good + "\n<tool_call>\n{broken\n</tool_call>") is None
+        assert single_turn_mismatch(entry, "I would call a function here.")
     assert {"wrong function name", "extra call", "wrong value", "missing required argument"} <= seen
 
 
-def test_failure_reasons_name_the_problem(categories: dict[str, list[Any]]) -> None:
+def test_failure_reasons_are_bfcls(categories: dict[str, list[Any]]) -> None:
     entry = categories["simple"][0]  # calculate_triangle_area(base=10, height=5, unit="units" or omitted)
     right = reference_calls(entry, omit=True)
     assert single_turn_mismatch(entry, as_text(right)) is None
     cases = {
-        "called 'triangle_area', expected 'calculate_triangle_area'": [dict(right[0], name="triangle_area")],
-        "argument 'base' is 11": [dict(right[0], arguments={"base": 11, "height": 5})],
-        "required argument 'height' is missing": [dict(right[0], arguments={"base": 10})],
-        "expected 1 call(s), got 2": right * 2,
-        "unexpected argument 'color'": [dict(right[0], arguments={"base": 10, "height": 5, "color": "red"})],
+        "simple_function_checker:wrong_func_name": [dict(right[0], name="triangle_area")],
+        "value_error:others": [dict(right[0], arguments={"base": 11, "height": 5})],
+        "simple_function_checker:missing_required": [dict(right[0], arguments={"base": 10})],
+        "simple_function_checker:wrong_count": right * 2,
+        "simple_function_checker:unexpected_param": [dict(right[0], arguments={"base": 10, "height": 5, "color": "red"})],
+        "type_error:simple": [dict(right[0], arguments={"base": "10", "height": 5})],
     }
     for expected, calls in cases.items():
         assert expected in single_turn_mismatch(entry, as_text(calls))
+    assert "Failed to decode" in single_turn_mismatch(entry, '<tool_call>\n["not", "a call"]\n</tool_call>')
+
+
+def test_prompting_mode_replies_are_decoded_as_bfcl_decodes_them(categories: dict[str, list[Any]]) -> None:
+    entry = categories["simple"][0]
+    assert single_turn_mismatch(entry, "[calculate_triangle_area(base=10, height=5)]", "prompting") is None
+    assert single_turn_mismatch(entry, "calculate_triangle_area(base=10, height=5)", "prompting") is None
+    assert "value_error" in single_turn_mismatch(entry, "[calculate_triangle_area(base=11, height=5)]", "prompting")
+    assert "Failed to decode" in single_turn_mismatch(entry, "I would compute the area.", "prompting")
+    irrelevant = categories["irrelevance"][0]
+    assert single_turn_mismatch(irrelevant, "I cannot help with that.", "prompting") is None
+    assert single_turn_mismatch(irrelevant, f"[{irrelevant.functions[0]['name']}()]", "prompting") is not None
