@@ -1,7 +1,7 @@
 """ResT against GRPO on the tiny task: four weighting arms, several seeds each, in one run.
 
     nice -n 10 python benchmarks/rest_vs_grpo.py --jobs 2                   # 4 arms x 5 seeds
-    python benchmarks/rest_vs_grpo.py --seeds 0 1 --arms rest grpo optimizer.num_steps=8
+    python benchmarks/rest_vs_grpo.py --seeds 0 1 --arms rest grpo data.num_prompts_per_step=4
 
 Arms (everything else is the recipe's, `recipes/tiny-cpu-weak.yaml` by default):
 - `rest`: paper mode, the region curricula as the recipe sets them (compressed to the run's length);
@@ -43,10 +43,10 @@ EVAL_SEED = 20_261_206
 """Seed of the held-out set: the same questions for every arm and training seed."""
 
 
-def arm_overrides(num_steps: int) -> dict[str, list[str]]:
+def arm_overrides() -> dict[str, list[str]]:
     """Recipe overrides of each arm. `static` holds each region weight at its curriculum's run mean,
-    which assumes the recipe's curricula (`tiny-cpu-weak.yaml`: γ_args 0.6→1.2, γ_reasoning 0.6→1.0)."""
-    del num_steps  # the recipe compresses its curricula to its own length
+    which assumes the recipe's curricula (`tiny-cpu-weak.yaml`: γ_args 0.6→1.2, γ_reasoning 0.6→1.0
+    over its 12 steps)."""
     return {
         "rest": ["algorithm.weights=paper"],
         "grpo": ["algorithm.weights=uniform", "algorithm.weights_params={}"],
@@ -122,17 +122,16 @@ def main() -> None:
     eval_file = (args.out / "eval.jsonl").resolve()
     write_eval_set(eval_file, args.eval_prompts)
     common = [f"data.eval_path={eval_file}", *args.overrides]
-    num_steps = int(next((o.split("=")[1] for o in common if o.startswith("optimizer.num_steps=")), 0))
-    unknown = set(args.arms) - set(arm_overrides(num_steps))
+    unknown = set(args.arms) - set(arm_overrides())
     if unknown:
-        parser.error(f"unknown arms {sorted(unknown)}; choose from {sorted(arm_overrides(num_steps))}")
+        parser.error(f"unknown arms {sorted(unknown)}; choose from {sorted(arm_overrides())}")
 
     runs: dict[str, dict[int, dict]] = {arm: {} for arm in args.arms}
     started_all = time.perf_counter()
 
     def one(arm: str, seed: int) -> None:
         started = time.perf_counter()
-        overrides = [*arm_overrides(num_steps)[arm], *common]
+        overrides = [*arm_overrides()[arm], *common]
         records = train(args.recipe, seed, (args.out / f"{arm}-seed{seed}").resolve(), overrides)
         runs[arm][seed] = summarize(records, args.threshold)
         print(f"{arm} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
