@@ -3,8 +3,8 @@
 One worker thread owns the model. Each iteration it
 1. admits queued requests (up to `max_running`) and prefills each one, reusing the KV of the
    longest cached prefix (`PrefixCache`) so multi-turn histories are not recomputed;
-2. runs ONE batched decode step for every running request: per-request KV caches are left-padded
-   to a common length and masked, so requests of any length and age share a forward;
+2. runs one decode step for every running request, each its own forward on its own KV cache, so a
+   request's tokens do not depend on the other requests in flight (batch invariance);
 3. samples each row with its own settings and generator, and finishes requests that hit a stop
    token, a stop string, `max_new_tokens` or the context length.
 New requests join at the next step (no waiting for a batch to drain), and the HTTP event loop never
@@ -190,37 +190,20 @@ class EngineCore:
 
     @torch.inference_mode()
     def _decode(self, batch: list[EngineRequest]) -> torch.Tensor:
-        """One token for every request in `batch` (left-padded KV, masked). Returns logits [B, V]."""
-        lengths = [r.kv_length for r in batch]
-        longest = max(lengths)
-        num_layers = len(batch[0].kv)
-        layers = []
-        for layer in range(num_layers):
-            keys, values = [], []
-            for request, length in zip(batch, lengths):
-                k, v = request.kv[layer]
-                pad = longest - length
-                if pad:
-                    k = torch.cat([k.new_zeros(*k.shape[:2], pad, k.shape[3]), k], dim=2)
-                    v = torch.cat([v.new_zeros(*v.shape[:2], pad, v.shape[3]), v], dim=2)
-                keys.append(k)
-                values.append(v)
-            layers.append((torch.cat(keys), torch.cat(values)))
-        input_ids = torch.tensor([[r.output_ids[-1]] for r in batch])  # [B, 1]
-        kwargs: dict[str, Any] = {}
-        if len(set(lengths)) > 1:
-            mask = torch.ones(len(batch), longest + 1, dtype=torch.long)
-            for row, length in enumerate(lengths):
-                mask[row, : longest - length] = 0
-            kwargs["attention_mask"] = mask
-            kwargs["position_ids"] = torch.tensor([[length] for length in lengths])
-        logits, new = self._forward(input_ids, layers, **kwargs)
-        for row, (request, length) in enumerate(zip(batch, lengths)):
-            keep = slice(longest - length, None)
-            request.kv = [(k[row : row + 1, :, keep].clone(), v[row : row + 1, :, keep].clone()) for k, v in new]
+        """One token for every request in `batch`, one forward per request. Returns logits [B, V].
+
+        Per request, not batched: a batched forward's matmul and attention shapes (rows, padded KV
+        length) depend on what else is running, and CPU kernels round differently by shape, so the
+        same request with the same seed could sample different tokens depending on the batch or the
+        arrival order. Each request's forward here has shapes that depend on that request alone.
+        """
+        rows = []
+        for request in batch:
+            logits, request.kv = self._forward(torch.tensor([[request.output_ids[-1]]]), request.kv)
+            rows.append(logits[0, -1].float())
         self.num_decode_steps += 1
         self.num_decode_rows += len(batch)
-        return logits[:, -1].float()
+        return torch.stack(rows)
 
     # ---- per-token bookkeeping ------------------------------------------------------------
     def _accept(self, request: EngineRequest, logits: torch.Tensor) -> None:

@@ -44,7 +44,7 @@ async def _generate_all(url: str, prompts: list[list[int]], params: list[Samplin
 def test_greedy_output_equals_transformers_generate(engine, caller_model, caller_tokenizer) -> None:
     prompts = _prompts(caller_tokenizer, 6)
     before = httpx.get(f"{engine.base_url}/get_server_info", trust_env=False).json()
-    # Concurrent requests of different lengths share padded decode steps.
+    # Concurrent requests of different lengths are served in the same decode steps (one forward each).
     gens = run(_generate_all(engine.base_url, prompts, [SamplingParams(temperature=0, max_new_tokens=48)] * 6))
     after = httpx.get(f"{engine.base_url}/get_server_info", trust_env=False).json()
     rows = after["num_decode_rows"] - before["num_decode_rows"]
