@@ -107,6 +107,7 @@ def ppo_clip_loss(
         dual_clip_frac_sum  Σ 1[Â < 0 and ρ > dual_clip]      (dual clip active)
         ppo_kl_sum          Σ (log π_old − log π_θ), the k1 estimate of KL(π_old ‖ π_θ)
         ratio_sum           Σ ρ
+        ratio_sq_sum        Σ ρ²  (with ratio_sum and num_tokens: the spread of ρ over the update)
         ratio_max           max ρ (all-reduce with MAX; −inf when there are no valid tokens)
         ratio_min           min ρ (all-reduce with MIN; +inf when there are no valid tokens)
         ref_kl_sum          Σ KL_{kl_type}(π_θ ‖ π_ref)   (only when ref_logprobs is given)
@@ -163,6 +164,7 @@ def ppo_clip_loss(
             ),
             "ppo_kl_sum": torch.where(valid, -log_ratio.detach(), zeros).sum(),
             "ratio_sum": torch.where(valid, ratio_d, zeros).sum(),
+            "ratio_sq_sum": torch.where(valid, ratio_d.square(), zeros).sum(),
             "ratio_max": torch.where(valid, ratio_d, torch.full_like(ratio_d, float("-inf"))).amax(),
             "ratio_min": torch.where(valid, ratio_d, torch.full_like(ratio_d, float("inf"))).amin(),
         }

@@ -21,7 +21,7 @@ _AT_LEAST_ONE = (
     "model.padded_vocab_multiple", "parallel.tp", "parallel.pp", "parallel.micro_batch_size",
     "rollout.num_servers", "rollout.server_tp", "rollout.num_samples_per_prompt", "rollout.max_new_tokens",
     "rollout.max_turns", "data.num_prompts_per_step", "data.max_prompt_tokens", "data.max_response_tokens",
-    "optimizer.num_steps", "logging.log_interval", "sandbox.memory_mb", "sandbox.max_processes",
+    "optimizer.num_steps", "optimizer.ppo_epochs", "logging.log_interval", "sandbox.memory_mb", "sandbox.max_processes",
     "sandbox.max_file_mb", "sandbox.max_output_bytes", "sandbox.max_concurrency", "launch.nnodes",
     "launch.nproc_per_node",
 )  # fmt: skip

@@ -15,8 +15,9 @@ A micro-batch is a dict of [B, S] tensors aligned to the predicted token: `token
 
 Loss scaling: Megatron's schedule divides each micro-batch loss by the number of micro-batches and
 DDP averages gradients over the DP group. The aggregations of `algo/aggregation.py` return each
-micro-batch's *contribution* to a step loss that is a SUM over micro-batches and DP ranks with one
-global denominator, so the loss handed to Megatron is multiplied by both factors to cancel them.
+micro-batch's *contribution* to an update's loss that is a SUM over micro-batches and DP ranks with one
+denominator per optimizer update (see `train_step`), so the loss handed to Megatron is multiplied by
+both factors to cancel them.
 """
 
 from __future__ import annotations
@@ -148,7 +149,14 @@ class PolicyActor:
 
     # ------------------------------------------------------------------------------------------ train
     def train_step(self, microbatches: list[MicroBatch], objective: PolicyObjective) -> dict[str, float]:
-        """One optimizer step of the policy loss over `microbatches`; returns step metrics on every rank."""
+        """One optimizer update of the policy loss over `microbatches` (this rank's part of one mini-batch);
+        returns the update's metrics on every rank.
+
+        The loss denominator is the update's own: Σ m·w (aggregation's `denominator`) over all of this
+        update's micro-batches on every DP rank, all-reduced before the schedule runs. A step of several
+        mini-batches calls this once per mini-batch, each with its denominator, so an update's gradient
+        does not depend on how its trajectories are cut into micro-batches or spread over DP ranks.
+        """
         from megatron.core import parallel_state
 
         started = time.perf_counter()
@@ -160,7 +168,7 @@ class PolicyActor:
             valid_mask(mb["loss_mask"], mb["old_logprobs"], mb["advantages"], mb.get("ref_logprobs"))
             for mb in microbatches
         ]
-        # One denominator for the whole step: every micro-batch here, every DP rank.
+        # One denominator for the whole update: every micro-batch here, every DP rank.
         denominator = sum(aggregation.denominator(loss_mask=m, weights=mb["weights"]) for m, mb in zip(masks, microbatches))
         denominator = torch.as_tensor(denominator, dtype=torch.float64).clone()
         dist.all_reduce(denominator, group=parallel_state.get_data_parallel_group())
@@ -193,6 +201,8 @@ class PolicyActor:
         update_ok, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(increment=1)
         metrics = self._reduce_metrics(outputs)
+        if "ratio_sq" in metrics:  # spread of ρ over the update's tokens: 0 at the first update of a step
+            metrics["ratio_std"] = max(metrics.pop("ratio_sq") - metrics["ratio"] ** 2, 0.0) ** 0.5
         num_tokens = sum(float(mb["loss_mask"].sum()) for mb in microbatches)
         metrics.update(
             grad_norm=float(grad_norm or 0.0),

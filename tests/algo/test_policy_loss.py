@@ -38,10 +38,11 @@ def test_ppo_clip_by_hand_values_gradients_and_metrics():
     torch.testing.assert_close(logp.grad[0], torch.tensor(HAND_GRAD, dtype=torch.float64))
     # Metrics over the 7 valid tokens: one lower clip (2), one upper clip (1), one dual clip (4);
     # Σρ = 1.1+1.5+0.5+2+4+0.5+1 = 10.6, max 4, min 0.5; Σ pg loss = 3.8;
-    # Σ(log π_old − log π_θ) = −ln(1.1·1.5·0.5·2·4·0.5·1) = −ln 3.3 = −1.193922.
+    # Σ(log π_old − log π_θ) = −ln(1.1·1.5·0.5·2·4·0.5·1) = −ln 3.3 = −1.193922;
+    # Σρ² = 1.21+2.25+0.25+4+16+0.25+1 = 24.96.
     expected = {
         "num_tokens": 7.0, "clip_frac_low_sum": 1.0, "clip_frac_high_sum": 1.0, "dual_clip_frac_sum": 1.0,
-        "ratio_sum": 10.6, "ratio_max": 4.0, "ratio_min": 0.5, "pg_loss_sum": 3.8, "ppo_kl_sum": -1.193922,
+        "ratio_sum": 10.6, "ratio_sq_sum": 24.96, "ratio_max": 4.0, "ratio_min": 0.5, "pg_loss_sum": 3.8, "ppo_kl_sum": -1.193922,
     }
     assert set(metrics) == set(expected)
     for key, value in expected.items():
