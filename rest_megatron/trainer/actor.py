@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -275,22 +276,49 @@ def build_actor(
         spec: a `rest_megatron.model.builder.ModelSpec`.
         settings: a `rest_megatron.trainer.optimizer.OptimizerSettings`.
     """
-    from rest_megatron.model.builder import build_gpt_model, padded_vocab_size, transformer_config
     from rest_megatron.trainer.optimizer import build_optimizer, wrap_ddp
 
-    config = transformer_config(
-        spec, tp=tp, pp=pp, dtype=dtype, sequence_parallel=sequence_parallel, recompute=recompute,
-        **(megatron_overrides or {}),
-    )
-    model = build_gpt_model(
-        spec, config, padded_vocab=padded_vocab_size(spec.vocab_size, tp, padded_vocab_multiple),
-        max_sequence_length=max_sequence_length,
-    )
+    model = _build_model(spec, tp=tp, pp=pp, dtype=dtype, sequence_parallel=sequence_parallel, recompute=recompute,
+                         padded_vocab_multiple=padded_vocab_multiple, max_sequence_length=max_sequence_length,
+                         megatron_overrides=megatron_overrides)
     model = wrap_ddp(model, use_distributed_optimizer=settings.use_distributed_optimizer)
     optimizer, scheduler = build_optimizer([model], settings)
     packed_format = "thd" if uses_transformer_engine(model) else "mask"
     return PolicyActor(model, optimizer, scheduler, vocab_size=spec.vocab_size, chunk_size=chunk_size,
                        packed_format=packed_format, temperature=temperature)
+
+
+def build_reference(spec: Any, hf_dir: str | Path, **layout: Any) -> PolicyActor:
+    """The frozen reference policy of KL regularization: the same network, layout and temperature as the
+    actor (`layout`: build_actor's keyword arguments but the optimizer settings), weights from the HF folder
+    `hf_dir`, and no DDP, gradients or optimizer. Use only its `token_stats` (vocab-parallel, no logits);
+    it runs in the actor's process groups."""
+    from rest_megatron.convert.from_hf import load_hf_into_model
+    from rest_megatron.convert.hf_files import HFWeights
+
+    chunk_size, temperature = layout.pop("chunk_size", 1024), layout.pop("temperature", 1.0)
+    model = _build_model(spec, **layout)
+    load_hf_into_model(model, spec, HFWeights.open(Path(hf_dir), spec=spec))
+    model.requires_grad_(False)
+    return PolicyActor(model, None, None, vocab_size=spec.vocab_size, chunk_size=chunk_size,
+                       packed_format="thd" if uses_transformer_engine(model) else "mask", temperature=temperature)
+
+
+def _build_model(
+    spec: Any, *, tp: int = 1, pp: int = 1, dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
+    recompute: bool = False, padded_vocab_multiple: int = 128, max_sequence_length: int | None = None,
+    megatron_overrides: dict[str, Any] | None = None,
+) -> torch.nn.Module:
+    from rest_megatron.model.builder import build_gpt_model, padded_vocab_size, transformer_config
+
+    config = transformer_config(
+        spec, tp=tp, pp=pp, dtype=dtype, sequence_parallel=sequence_parallel, recompute=recompute,
+        **(megatron_overrides or {}),
+    )
+    return build_gpt_model(
+        spec, config, padded_vocab=padded_vocab_size(spec.vocab_size, tp, padded_vocab_multiple),
+        max_sequence_length=max_sequence_length,
+    )
 
 
 def uses_transformer_engine(model: torch.nn.Module) -> bool:

@@ -60,6 +60,8 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
     region_metrics = stages.attach_weights(
         everything, stats, weights=cfg.algorithm.weights, params=cfg.algorithm.weights_params, step=step
     )
+    if rt.reference is not None:  # KL to the frozen starting policy
+        stages.attach_reference(everything, rt.reference.token_stats(everything))
     timings["time/old_policy"] = time.perf_counter() - started
     started = time.perf_counter()
     update = stages.ppo_updates(rt.actor, updates, rt.objective, epochs=cfg.optimizer.ppo_epochs)

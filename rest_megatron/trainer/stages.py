@@ -1,7 +1,8 @@
 """The steps of one ResT training step, each a small function the loop calls by name.
 
     driver: score ──► advantages ──► to_samples ──► plan_updates ──► (scatter: each rank its share)
-    every rank: (actor.token_stats) ──► attach_weights ──► ppo_updates
+    every rank: (actor.token_stats) ──► attach_weights ──► (reference.token_stats) ──► attach_reference
+                ──► ppo_updates
 
 Only `attach_weights` and `score` know about the algorithm registries; the loop stays pseudocode.
 """
@@ -104,6 +105,12 @@ def attach_weights(
     return metrics
 
 
+def attach_reference(microbatches: list[MicroBatch], reference_stats: list[TokenStats]) -> None:
+    """Add the frozen reference policy's log-probs (`ref_logprobs`, for the KL term of the loss)."""
+    for mb, st in zip(microbatches, reference_stats):
+        mb["ref_logprobs"] = st.logprob
+
+
 def per_trajectory(weights_fn: Any, cu_seqlens: torch.Tensor | None, *, step: int, **tensors_and_params: Any
                    ) -> torch.Tensor:
     """Token weights normalized per trajectory: per row, or per segment of a packed row (`cu_seqlens`)."""
@@ -157,7 +164,7 @@ def ppo_updates(actor: Any, updates: list[list[MicroBatch]], objective: Any, *, 
 
 # Per-update metrics also recorded update by update (`ppo/u<i>/<key>`) and as the last update's value:
 # the first update's ratios are exactly 1, so the mean alone hides how far later updates moved.
-PER_UPDATE_KEYS = ("clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_std", "ratio_max", "ratio_min")
+PER_UPDATE_KEYS = ("clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_std", "ratio_max", "ratio_min", "ref_kl")
 
 
 def combine_update_metrics(per_update: list[dict[str, float]]) -> dict[str, float]:
