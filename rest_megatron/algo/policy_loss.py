@@ -52,20 +52,36 @@ get_policy_loss = _POLICY_LOSSES.get
 policy_loss_names = _POLICY_LOSSES.names
 
 
-def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_type: str) -> torch.Tensor:
-    """Per-token estimate of KL(π_θ ‖ π_ref) from samples of π_θ (Schulman's k1, k2, k3).
+_KL_ESTIMATORS: Registry = Registry("KL estimator (kl_type)")
+register_kl_estimator = _KL_ESTIMATORS.register
+get_kl_estimator = _KL_ESTIMATORS.get
+kl_estimator_names = _KL_ESTIMATORS.names
 
-    k1 = log π_θ − log π_ref; k2 = ½ (log π_θ − log π_ref)²; k3 = e^{−δ} + δ − 1 with δ = log π_θ − log π_ref
-    (unbiased, always >= 0). δ is clamped to ±20 so that k3's exponential cannot overflow.
+
+@register_kl_estimator("k1")
+def kl_k1(delta: torch.Tensor) -> torch.Tensor:
+    """k1 = δ: unbiased, but negative on some samples."""
+    return delta
+
+
+@register_kl_estimator("k2")
+def kl_k2(delta: torch.Tensor) -> torch.Tensor:
+    """k2 = ½ δ²: non-negative, biased; its gradient is that of the reverse KL."""
+    return 0.5 * delta.square()
+
+
+@register_kl_estimator("k3")
+def kl_k3(delta: torch.Tensor) -> torch.Tensor:
+    """k3 = e^{−δ} + δ − 1: unbiased and always >= 0."""
+    return torch.exp(-delta) + delta - 1.0
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_type: str) -> torch.Tensor:
+    """Per-token estimate of KL(π_θ ‖ π_ref) from samples of π_θ (Schulman's k1, k2, k3, registered by name)
+    as a function of δ = log π_θ − log π_ref. δ is clamped to ±20 so that k3's exponential cannot overflow.
     """
-    delta = (logprobs - ref_logprobs).clamp(-20.0, 20.0)
-    if kl_type == "k1":
-        return delta
-    if kl_type == "k2":
-        return 0.5 * delta.square()
-    if kl_type == "k3":
-        return torch.exp(-delta) + delta - 1.0
-    raise ValueError(f"unknown kl_type {kl_type!r}; use 'k1', 'k2' or 'k3'")
+    estimator = get_kl_estimator(kl_type)
+    return estimator((logprobs - ref_logprobs).clamp(-20.0, 20.0))
 
 
 @register_policy_loss("ppo_clip")

@@ -258,3 +258,53 @@ def test_contract_every_policy_loss(name):
 def test_unknown_policy_loss_lists_the_registered_ones():
     with pytest.raises(ValueError, match="registered: ppo_clip"):
         get_policy_loss("reinforce++")
+
+
+@pytest.mark.parametrize("kl_type", ["k1", "k2", "k3"])
+def test_kl_term_shares_the_updates_weighted_denominator(kl_type):
+    """Two micro-batches of one update, float32 as the trainer runs: Σ contributions = Σ m·w·(L_pg + β·k) / Σ m·w
+    over both, against the same sum written out in float64."""
+    from rest_megatron.algo.aggregation import get_aggregation
+
+    g = torch.Generator().manual_seed(11)
+    aggregation, beta = get_aggregation("token-mean-weighted"), 0.3
+    batches = []
+    for rows in (2, 3):
+        old = -torch.rand(rows, 9, generator=g, dtype=torch.float64) * 3
+        batches.append({
+            "old": old, "logp": old + torch.randn(rows, 9, generator=g, dtype=torch.float64) * 0.2,
+            "ref": old + torch.randn(rows, 9, generator=g, dtype=torch.float64) * 0.5,
+            "adv": torch.randn(rows, 1, generator=g, dtype=torch.float64).expand(rows, 9),
+            "mask": (torch.rand(rows, 9, generator=g) < 0.7).float(),
+            "weights": torch.rand(rows, 9, generator=g, dtype=torch.float64) * 2,
+        })
+    denominator = sum(aggregation.denominator(loss_mask=b["mask"] > 0, weights=b["weights"].float()) for b in batches)
+    total = 0.0
+    for b in batches:
+        loss, _ = get_policy_loss("ppo_clip")(
+            logprobs=b["logp"].float(), old_logprobs=b["old"].float(), advantages=b["adv"].float(), loss_mask=b["mask"],
+            ref_logprobs=b["ref"].float(), kl_coef=beta, kl_type=kl_type,
+        )
+        total += float(aggregation(loss, loss_mask=b["mask"] > 0, weights=b["weights"].float(),
+                                   global_denominator=torch.as_tensor(denominator, dtype=torch.float32)))
+    numerator, weight_sum = 0.0, 0.0
+    for b in batches:
+        for index in zip(*torch.nonzero(b["mask"], as_tuple=True)):
+            lp, old, ref, a, w = (float(b[k][index]) for k in ("logp", "old", "ref", "adv", "weights"))
+            rho = math.exp(lp - old)
+            pg = max(-a * rho, -a * min(max(rho, 0.8), 1.2))
+            pg = min(pg, -a * 3.0) if a < 0 else pg
+            delta = lp - ref
+            kl = {"k1": delta, "k2": 0.5 * delta**2, "k3": math.exp(-delta) + delta - 1}[kl_type]
+            numerator += w * (pg + beta * kl)
+            weight_sum += w
+    assert total == pytest.approx(numerator / weight_sum, rel=1e-5, abs=1e-6)
+
+
+def test_the_config_offers_exactly_the_registered_kl_estimators():
+    from typing import get_args, get_type_hints
+
+    from rest_megatron.algo.policy_loss import kl_estimator_names
+    from rest_megatron.config.schema import AlgorithmConfig
+
+    assert set(get_args(get_type_hints(AlgorithmConfig)["kl_estimator"])) == set(kl_estimator_names())
