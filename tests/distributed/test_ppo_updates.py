@@ -64,6 +64,7 @@ def _ppo_step(micro_batch_size: int, seed: int) -> list[dict[str, float]]:
     everything = [mb for update in updates for mb in update]
     stages.attach_weights(everything, actor.token_stats(everything), weights="paper", params={}, step=STEP)
     metrics = stages.ppo_updates(actor, updates, OBJECTIVE, epochs=1)
+    metrics["scheduler_steps"] = float(actor.scheduler.num_steps)  # the LR schedule advanced once per update
     return [{k[len(f"ppo/u{u}/"):]: v for k, v in metrics.items() if k.startswith(f"ppo/u{u}/")}
             for u in range(1, NUM_UPDATES + 1)] + [metrics]
 
@@ -72,7 +73,7 @@ def test_second_update_moves_the_ratio_and_each_update_is_split_invariant(gloo) 
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     *reference, whole = gloo(1).run(_ppo_step, 4, seed)[0]
     first, second = reference
-    assert whole["num_updates"] == NUM_UPDATES
+    assert whole["num_updates"] == whole["scheduler_steps"] == NUM_UPDATES
     assert first["ratio_max"] == pytest.approx(1.0, abs=1e-6) and first["ratio_min"] == pytest.approx(1.0, abs=1e-6)
     assert first["clip_frac_low"] == first["clip_frac_high"] == 0.0
     assert second["ratio_std"] > 1e-3 and second["ratio_max"] - second["ratio_min"] > 2e-2, second

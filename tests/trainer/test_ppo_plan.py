@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,13 @@ def test_update_metrics_combine_as_mean_extremes_and_last() -> None:
     assert (out["ratio_max"], out["ratio_min"], out["lr"]) == (1.7, 0.6, 2e-3)
     assert out["clip_frac_high/last"] == 0.5 and out["ppo/u1/clip_frac_high"] == 0.0 and out["ppo/u2/ratio_std"] == 0.2
     assert "loss/last" not in out
+
+
+def test_the_lr_schedule_horizon_counts_every_update_of_every_epoch() -> None:
+    from rest_megatron.config import load_config
+    from rest_megatron.trainer.runtime import _optimizer_settings
+
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "tiny-cpu.yaml")
+    config = load_config(recipe, ["optimizer.mini_batch_size=16", "optimizer.ppo_epochs=3"])
+    assert config.num_updates_per_step == 32 // 16 * 3
+    assert _optimizer_settings(config).num_steps == config.optimizer.num_steps * 6
