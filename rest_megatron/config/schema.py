@@ -152,7 +152,9 @@ class AlgorithmConfig:
     """Dual-clip constant c (> 1) bounding the loss of negative-advantage tokens; null disables it."""
 
     kl_coef: float = 0.0
-    """Weight of the KL penalty against the reference policy; 0 skips the reference forward pass."""
+    """Weight of the KL penalty against a frozen reference policy holding the weights of `model.path`
+    (`trainer/runtime.py` builds it, `trainer/actor.py` `build_reference`); 0 skips the reference model
+    and its forward pass. Needs sft.num_steps = 0 (the reference is the model RL starts from)."""
 
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """KL estimator (Schulman's k1, k2 or the non-negative k3; `algo/policy_loss.py` `kl_estimate`)."""

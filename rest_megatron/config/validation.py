@@ -165,6 +165,12 @@ def _check_combinations(config: Config) -> list[str]:
             f"rollout.num_samples_per_prompt must be >= 2 for advantage '{config.algorithm.advantage}' "
             "(a group of one sample has zero advantage); set it to e.g. 8"
         )
+    if config.algorithm.kl_coef > 0 and config.sft.num_steps > 0:
+        errors.append(
+            "algorithm.kl_coef > 0 anchors the policy to the weights of model.path, which sft.num_steps > 0 "
+            "would leave behind before RL starts; run the SFT warm start on its own and point model.path at "
+            "its Hugging Face export (with sft.num_steps=0), or set algorithm.kl_coef=0"
+        )
     if r.engine == "embedded" and r.server_tp != 1:
         errors.append("rollout.server_tp must be 1 with rollout.engine=embedded (one process per server)")
     if r.max_new_tokens > config.data.max_response_tokens:
