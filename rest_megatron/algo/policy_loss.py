@@ -52,20 +52,36 @@ get_policy_loss = _POLICY_LOSSES.get
 policy_loss_names = _POLICY_LOSSES.names
 
 
-def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_type: str) -> torch.Tensor:
-    """Per-token estimate of KL(π_θ ‖ π_ref) from samples of π_θ (Schulman's k1, k2, k3).
+_KL_ESTIMATORS: Registry = Registry("KL estimator (kl_type)")
+register_kl_estimator = _KL_ESTIMATORS.register
+get_kl_estimator = _KL_ESTIMATORS.get
+kl_estimator_names = _KL_ESTIMATORS.names
 
-    k1 = log π_θ − log π_ref; k2 = ½ (log π_θ − log π_ref)²; k3 = e^{−δ} + δ − 1 with δ = log π_θ − log π_ref
-    (unbiased, always >= 0). δ is clamped to ±20 so that k3's exponential cannot overflow.
+
+@register_kl_estimator("k1")
+def kl_k1(delta: torch.Tensor) -> torch.Tensor:
+    """k1 = δ: unbiased, but negative on some samples."""
+    return delta
+
+
+@register_kl_estimator("k2")
+def kl_k2(delta: torch.Tensor) -> torch.Tensor:
+    """k2 = ½ δ²: non-negative, biased; its gradient is that of the reverse KL."""
+    return 0.5 * delta.square()
+
+
+@register_kl_estimator("k3")
+def kl_k3(delta: torch.Tensor) -> torch.Tensor:
+    """k3 = e^{−δ} + δ − 1: unbiased and always >= 0."""
+    return torch.exp(-delta) + delta - 1.0
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_type: str) -> torch.Tensor:
+    """Per-token estimate of KL(π_θ ‖ π_ref) from samples of π_θ (Schulman's k1, k2, k3, registered by name)
+    as a function of δ = log π_θ − log π_ref. δ is clamped to ±20 so that k3's exponential cannot overflow.
     """
-    delta = (logprobs - ref_logprobs).clamp(-20.0, 20.0)
-    if kl_type == "k1":
-        return delta
-    if kl_type == "k2":
-        return 0.5 * delta.square()
-    if kl_type == "k3":
-        return torch.exp(-delta) + delta - 1.0
-    raise ValueError(f"unknown kl_type {kl_type!r}; use 'k1', 'k2' or 'k3'")
+    estimator = get_kl_estimator(kl_type)
+    return estimator((logprobs - ref_logprobs).clamp(-20.0, 20.0))
 
 
 @register_policy_loss("ppo_clip")
@@ -107,6 +123,7 @@ def ppo_clip_loss(
         dual_clip_frac_sum  Σ 1[Â < 0 and ρ > dual_clip]      (dual clip active)
         ppo_kl_sum          Σ (log π_old − log π_θ), the k1 estimate of KL(π_old ‖ π_θ)
         ratio_sum           Σ ρ
+        ratio_sq_sum        Σ ρ²  (with ratio_sum and num_tokens: the spread of ρ over the update)
         ratio_max           max ρ (all-reduce with MAX; −inf when there are no valid tokens)
         ratio_min           min ρ (all-reduce with MIN; +inf when there are no valid tokens)
         ref_kl_sum          Σ KL_{kl_type}(π_θ ‖ π_ref)   (only when ref_logprobs is given)
@@ -163,6 +180,7 @@ def ppo_clip_loss(
             ),
             "ppo_kl_sum": torch.where(valid, -log_ratio.detach(), zeros).sum(),
             "ratio_sum": torch.where(valid, ratio_d, zeros).sum(),
+            "ratio_sq_sum": torch.where(valid, ratio_d.square(), zeros).sum(),
             "ratio_max": torch.where(valid, ratio_d, torch.full_like(ratio_d, float("-inf"))).amax(),
             "ratio_min": torch.where(valid, ratio_d, torch.full_like(ratio_d, float("inf"))).amin(),
         }

@@ -168,10 +168,12 @@ class AlgorithmConfig:
     """Dual-clip constant c (> 1) bounding the loss of negative-advantage tokens; null disables it."""
 
     kl_coef: float = 0.0
-    """Weight of the KL penalty against the reference policy; 0 skips the reference forward pass."""
+    """Weight of the KL penalty against a frozen reference policy holding the weights of `model.path`
+    (`trainer/runtime.py` builds it, `trainer/actor.py` `build_reference`); 0 skips the reference model
+    and its forward pass. Needs sft.num_steps = 0 (the reference is the model RL starts from)."""
 
-    kl_estimator: Literal["k1", "k3"] = "k3"
-    """KL estimator (Schulman's k1 or the non-negative k3)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator (Schulman's k1, k2 or the non-negative k3; `algo/policy_loss.py` `kl_estimate`)."""
 
     entropy_coef: float = 0.0
     """Weight of the entropy bonus."""
@@ -264,8 +266,13 @@ class OptimizerConfig:
     """Global gradient-norm clip; 0 disables it."""
 
     mini_batch_size: int | None = None
-    """Trajectories per optimizer update; the rollout batch is split into batch / this updates.
-    null: one update per step (fully on-policy)."""
+    """Trajectories per optimizer update: the trainer (`trainer/stages.py` `plan_updates`) shuffles the
+    step's trajectories with a seed from (data.seed, step) and splits them into batch / this updates;
+    each update has its own loss denominator. null: one update per step (fully on-policy)."""
+
+    ppo_epochs: int = 1
+    """Passes over the step's mini-batches (the same split each pass), each pass making batch /
+    mini_batch_size updates; old log-probs are computed once, before the first update."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -445,6 +452,7 @@ class Config:
 
     @property
     def num_updates_per_step(self) -> int:
-        """Optimizer updates per training step (rollout batch / mini-batch)."""
+        """Optimizer updates per training step: (rollout batch / mini-batch) × ppo_epochs. The LR schedule's
+        horizon counts these (`trainer/runtime.py`)."""
         mini = self.optimizer.mini_batch_size or self.rollout_batch_size
-        return self.rollout_batch_size // mini
+        return self.rollout_batch_size // mini * self.optimizer.ppo_epochs

@@ -21,7 +21,7 @@ _AT_LEAST_ONE = (
     "model.padded_vocab_multiple", "parallel.tp", "parallel.pp", "parallel.micro_batch_size",
     "rollout.num_servers", "rollout.server_tp", "rollout.num_samples_per_prompt", "rollout.max_new_tokens",
     "rollout.max_turns", "data.num_prompts_per_step", "data.max_prompt_tokens", "data.max_response_tokens",
-    "optimizer.num_steps", "logging.log_interval", "sandbox.memory_mb", "sandbox.max_processes",
+    "optimizer.num_steps", "optimizer.ppo_epochs", "logging.log_interval", "sandbox.memory_mb", "sandbox.max_processes",
     "sandbox.max_file_mb", "sandbox.max_output_bytes", "sandbox.max_concurrency", "launch.nnodes",
     "launch.nproc_per_node",
 )  # fmt: skip
@@ -188,6 +188,12 @@ def _check_combinations(config: Config) -> list[str]:
         errors.append(
             f"rollout.num_samples_per_prompt must be >= 2 for advantage '{config.algorithm.advantage}' "
             "(a group of one sample has zero advantage); set it to e.g. 8"
+        )
+    if config.algorithm.kl_coef > 0 and config.sft.num_steps > 0:
+        errors.append(
+            "algorithm.kl_coef > 0 anchors the policy to the weights of model.path, which sft.num_steps > 0 "
+            "would leave behind before RL starts; run the SFT warm start on its own and point model.path at "
+            "its Hugging Face export (with sft.num_steps=0), or set algorithm.kl_coef=0"
         )
     if r.engine == "embedded" and r.server_tp != 1:
         errors.append("rollout.server_tp must be 1 with rollout.engine=embedded (one process per server)")

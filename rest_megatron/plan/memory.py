@@ -103,6 +103,9 @@ class Workload:
     head_chunk: int = 1024
     """Rows of the fused output head (`build_actor`'s `chunk_size`)."""
     flash_attention: bool = True
+    reference_model: bool = False
+    """A frozen reference policy is held too (`algorithm.kl_coef` > 0): the stage's weights once more, in
+    the compute dtype, with no gradients or optimizer state (`trainer/actor.py` `build_reference`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,10 +120,12 @@ class MemoryEstimate:
     head: int
     full_logits_head: int
     """What the head would take unfused (for comparison; not part of `total`)."""
+    reference: int = 0
+    """The frozen reference policy's weights of this stage (0 without KL)."""
 
     @property
     def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer + self.activations + self.head
+        return self.parameters + self.gradients + self.optimizer + self.activations + self.head + self.reference
 
 
 def padded_vocab_size(vocab_size: int, tp: int, multiple: int) -> int:
@@ -197,6 +202,7 @@ def estimate_stage(
         activations=stage_activation_bytes(arch, layout, work, first=first),
         head=head_bytes(arch, layout, work, fused=True) if last else 0,
         full_logits_head=head_bytes(arch, layout, work, fused=False) if last else 0,
+        reference=params * DTYPE_BYTES[dtype] if work.reference_model else 0,
     )
 
 

@@ -161,6 +161,7 @@ def make_plan(
         padded_vocab_multiple=config.model.padded_vocab_multiple,
         head_chunk=head_chunk,
         flash_attention=flash_attention,
+        reference_model=config.algorithm.kl_coef > 0,
     )
     found = candidates(arch, trainer_gpus, mini_batch, work)
     if not found:

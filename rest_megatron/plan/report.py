@@ -8,7 +8,7 @@ from rest_megatron.plan.memory import GIB, estimate, head_bytes
 from rest_megatron.plan.planner import Plan
 from rest_megatron.plan.search import Candidate
 
-_COLUMNS = ("layout", "SP", "DO", "RC", "params", "grads", "optim", "activ", "head", "total", "")
+_COLUMNS = ("layout", "SP", "DO", "RC", "params", "grads", "optim", "activ", "head", "ref", "total", "")
 
 
 def _gib(n: int) -> str:
@@ -37,6 +37,7 @@ def _row(c: Candidate, limit: int, notes: list[str]) -> list[str]:
         _gib(m.optimizer),
         _gib(m.activations),
         _gib(m.head),
+        _gib(m.reference),
         _gib(m.total),
         "  ".join([verdict, *notes]),
     ]
@@ -88,7 +89,8 @@ def format_plan(plan: Plan, *, recipe_path: str, model_source: str, model_name: 
         f"trainer  {_gpus(plan.trainer_gpus)}; limit {_gib(plan.limit)} GiB per GPU "
         f"({plan.gpu_bytes / GIB:g} GiB less {headroom:.0%} headroom)",
         "",
-        "GiB per GPU on the fullest pipeline stage. SP sequence parallel, DO distributed optimizer, RC full recompute",
+        "GiB per GPU on the fullest pipeline stage. SP sequence parallel, DO distributed optimizer, RC full recompute,",
+        "ref the frozen reference policy (algorithm.kl_coef > 0)",
     ]
     rows, recipe_shown = [list(_COLUMNS)], False
     for c in plan.rows:

@@ -15,8 +15,9 @@ A micro-batch is a dict of [B, S] tensors aligned to the predicted token: `token
 
 Loss scaling: Megatron's schedule divides each micro-batch loss by the number of micro-batches and
 DDP averages gradients over the DP group. The aggregations of `algo/aggregation.py` return each
-micro-batch's *contribution* to a step loss that is a SUM over micro-batches and DP ranks with one
-global denominator, so the loss handed to Megatron is multiplied by both factors to cancel them.
+micro-batch's *contribution* to an update's loss that is a SUM over micro-batches and DP ranks with one
+denominator per optimizer update (see `train_step`), so the loss handed to Megatron is multiplied by
+both factors to cancel them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -148,7 +150,14 @@ class PolicyActor:
 
     # ------------------------------------------------------------------------------------------ train
     def train_step(self, microbatches: list[MicroBatch], objective: PolicyObjective) -> dict[str, float]:
-        """One optimizer step of the policy loss over `microbatches`; returns step metrics on every rank."""
+        """One optimizer update of the policy loss over `microbatches` (this rank's part of one mini-batch);
+        returns the update's metrics on every rank.
+
+        The loss denominator is the update's own: Σ m·w (aggregation's `denominator`) over all of this
+        update's micro-batches on every DP rank, all-reduced before the schedule runs. A step of several
+        mini-batches calls this once per mini-batch, each with its denominator, so an update's gradient
+        does not depend on how its trajectories are cut into micro-batches or spread over DP ranks.
+        """
         from megatron.core import parallel_state
 
         started = time.perf_counter()
@@ -160,7 +169,7 @@ class PolicyActor:
             valid_mask(mb["loss_mask"], mb["old_logprobs"], mb["advantages"], mb.get("ref_logprobs"))
             for mb in microbatches
         ]
-        # One denominator for the whole step: every micro-batch here, every DP rank.
+        # One denominator for the whole update: every micro-batch here, every DP rank.
         denominator = sum(aggregation.denominator(loss_mask=m, weights=mb["weights"]) for m, mb in zip(masks, microbatches))
         denominator = torch.as_tensor(denominator, dtype=torch.float64).clone()
         dist.all_reduce(denominator, group=parallel_state.get_data_parallel_group())
@@ -193,6 +202,8 @@ class PolicyActor:
         update_ok, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(increment=1)
         metrics = self._reduce_metrics(outputs)
+        if "ratio_sq" in metrics:  # spread of ρ over the update's tokens: 0 at the first update of a step
+            metrics["ratio_std"] = max(metrics.pop("ratio_sq") - metrics["ratio"] ** 2, 0.0) ** 0.5
         num_tokens = sum(float(mb["loss_mask"].sum()) for mb in microbatches)
         metrics.update(
             grad_norm=float(grad_norm or 0.0),
@@ -265,22 +276,49 @@ def build_actor(
         spec: a `rest_megatron.model.builder.ModelSpec`.
         settings: a `rest_megatron.trainer.optimizer.OptimizerSettings`.
     """
-    from rest_megatron.model.builder import build_gpt_model, padded_vocab_size, transformer_config
     from rest_megatron.trainer.optimizer import build_optimizer, wrap_ddp
 
-    config = transformer_config(
-        spec, tp=tp, pp=pp, dtype=dtype, sequence_parallel=sequence_parallel, recompute=recompute,
-        **(megatron_overrides or {}),
-    )
-    model = build_gpt_model(
-        spec, config, padded_vocab=padded_vocab_size(spec.vocab_size, tp, padded_vocab_multiple),
-        max_sequence_length=max_sequence_length,
-    )
+    model = _build_model(spec, tp=tp, pp=pp, dtype=dtype, sequence_parallel=sequence_parallel, recompute=recompute,
+                         padded_vocab_multiple=padded_vocab_multiple, max_sequence_length=max_sequence_length,
+                         megatron_overrides=megatron_overrides)
     model = wrap_ddp(model, use_distributed_optimizer=settings.use_distributed_optimizer)
     optimizer, scheduler = build_optimizer([model], settings)
     packed_format = "thd" if uses_transformer_engine(model) else "mask"
     return PolicyActor(model, optimizer, scheduler, vocab_size=spec.vocab_size, chunk_size=chunk_size,
                        packed_format=packed_format, temperature=temperature)
+
+
+def build_reference(spec: Any, hf_dir: str | Path, **layout: Any) -> PolicyActor:
+    """The frozen reference policy of KL regularization: the same network, layout and temperature as the
+    actor (`layout`: build_actor's keyword arguments but the optimizer settings), weights from the HF folder
+    `hf_dir`, and no DDP, gradients or optimizer. Use only its `token_stats` (vocab-parallel, no logits);
+    it runs in the actor's process groups."""
+    from rest_megatron.convert.from_hf import load_hf_into_model
+    from rest_megatron.convert.hf_files import HFWeights
+
+    chunk_size, temperature = layout.pop("chunk_size", 1024), layout.pop("temperature", 1.0)
+    model = _build_model(spec, **layout)
+    load_hf_into_model(model, spec, HFWeights.open(Path(hf_dir), spec=spec))
+    model.requires_grad_(False)
+    return PolicyActor(model, None, None, vocab_size=spec.vocab_size, chunk_size=chunk_size,
+                       packed_format="thd" if uses_transformer_engine(model) else "mask", temperature=temperature)
+
+
+def _build_model(
+    spec: Any, *, tp: int = 1, pp: int = 1, dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
+    recompute: bool = False, padded_vocab_multiple: int = 128, max_sequence_length: int | None = None,
+    megatron_overrides: dict[str, Any] | None = None,
+) -> torch.nn.Module:
+    from rest_megatron.model.builder import build_gpt_model, padded_vocab_size, transformer_config
+
+    config = transformer_config(
+        spec, tp=tp, pp=pp, dtype=dtype, sequence_parallel=sequence_parallel, recompute=recompute,
+        **(megatron_overrides or {}),
+    )
+    return build_gpt_model(
+        spec, config, padded_vocab=padded_vocab_size(spec.vocab_size, tp, padded_vocab_multiple),
+        max_sequence_length=max_sequence_length,
+    )
 
 
 def uses_transformer_engine(model: torch.nn.Module) -> bool:

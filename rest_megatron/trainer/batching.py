@@ -70,6 +70,49 @@ def _row(sample: TrainingSample, length: int, pad_id: int) -> dict[str, torch.Te
     }
 
 
+@dataclass(frozen=True)
+class Share:
+    """What one DP rank trains on in one optimizer update: its trajectories, in the update's order, and
+    the shape of its rows. The driver assigns shares (`split_over_dp`) and sends each rank only its own."""
+
+    samples: list[TrainingSample]
+    num_rows: int
+    """Rows after padding with empty ones (padded rows, or packed rows): equal on every DP rank."""
+    length: int
+    """Labels per padded row (the step's `padded_length`); a packed row holds micro_batch_size × this."""
+
+
+def split_over_dp(
+    samples: Sequence[TrainingSample], *, dp_size: int, micro_batch_size: int, length: int, packed: bool = False
+) -> list[Share]:
+    """One update's trajectories split contiguously over DP ranks (the update keeps its global order,
+    so the gradient does not depend on the DP size); entry r is DP rank r's share."""
+    if not samples:
+        raise ValueError("a training step needs at least one trajectory; check the rollout and dynamic sampling")
+    if packed:
+        bins = _bins(samples, micro_batch_size * length)
+        per_rank = math.ceil(len(bins) / dp_size)
+        return [Share([s for b in bins[r * per_rank : (r + 1) * per_rank] for s in b], per_rank, length)
+                for r in range(dp_size)]
+    per_rank = math.ceil(len(samples) / dp_size / micro_batch_size) * micro_batch_size
+    return [Share(list(samples[r * per_rank : (r + 1) * per_rank]), per_rank, length) for r in range(dp_size)]
+
+
+def share_microbatches(share: Share, *, micro_batch_size: int, pad_id: int, packed: bool = False) -> list[MicroBatch]:
+    """A share's micro-batches: padded rows stacked micro_batch_size at a time, or one packed row each."""
+    if packed:
+        capacity = micro_batch_size * share.length
+        bins = _bins(share.samples, capacity)  # the driver's bins again: first-fit restarts at a bin boundary
+        bins += [[]] * (share.num_rows - len(bins))
+        return [_packed_row(b, capacity, pad_id) for b in bins]
+    rows = [_row(s, share.length, pad_id) for s in share.samples]
+    rows += [_padding_row(share.length, pad_id)] * (share.num_rows - len(rows))  # loss_mask 0: trains nothing
+    return [
+        {key: torch.stack([row[key] for row in rows[i : i + micro_batch_size]]) for key in rows[0]}
+        for i in range(0, share.num_rows, micro_batch_size)
+    ]
+
+
 def make_microbatches(
     samples: Sequence[TrainingSample],
     *,
@@ -82,16 +125,9 @@ def make_microbatches(
     """This DP rank's micro-batches of the step. Rows are padded up so every rank gets the same count."""
     if not samples:
         raise ValueError("a training step needs at least one trajectory; check the rollout and dynamic sampling")
-    length = padded_length(samples, length_multiple)
-    per_rank = math.ceil(len(samples) / dp_size / micro_batch_size) * micro_batch_size
-    rows = [_row(s, length, pad_id) for s in samples]
-    empty = {k: torch.zeros_like(v) for k, v in rows[0].items()}  # loss_mask 0: contributes nothing
-    rows += [empty] * (per_rank * dp_size - len(rows))
-    local = rows[dp_rank * per_rank : (dp_rank + 1) * per_rank]
-    return [
-        {key: torch.stack([row[key] for row in local[i : i + micro_batch_size]]) for key in local[0]}
-        for i in range(0, per_rank, micro_batch_size)
-    ]
+    shares = split_over_dp(samples, dp_size=dp_size, micro_batch_size=micro_batch_size,
+                           length=padded_length(samples, length_multiple))
+    return share_microbatches(shares[dp_rank], micro_batch_size=micro_batch_size, pad_id=pad_id)
 
 
 def pack_microbatches(
@@ -111,7 +147,13 @@ def pack_microbatches(
     """
     if not samples:
         raise ValueError("a training step needs at least one trajectory; check the rollout and dynamic sampling")
-    capacity = micro_batch_size * padded_length(samples, length_multiple)
+    shares = split_over_dp(samples, dp_size=dp_size, micro_batch_size=micro_batch_size,
+                           length=padded_length(samples, length_multiple), packed=True)
+    return share_microbatches(shares[dp_rank], micro_batch_size=micro_batch_size, pad_id=pad_id, packed=True)
+
+
+def _bins(samples: Sequence[TrainingSample], capacity: int) -> list[list[TrainingSample]]:
+    """First-fit in order: a new row starts when the next trajectory would overflow the current one."""
     bins: list[list[TrainingSample]] = [[]]
     used = 0
     for sample in samples:
@@ -121,9 +163,7 @@ def pack_microbatches(
             used = 0
         bins[-1].append(sample)
         used += n
-    per_rank = math.ceil(len(bins) / dp_size)
-    bins += [[]] * (per_rank * dp_size - len(bins))
-    return [_packed_row(b, capacity, pad_id) for b in bins[dp_rank * per_rank : (dp_rank + 1) * per_rank]]
+    return bins if bins[0] else []
 
 
 def _packed_row(samples: Sequence[TrainingSample], capacity: int, pad_id: int) -> MicroBatch:

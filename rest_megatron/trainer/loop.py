@@ -1,8 +1,8 @@
 """The ResT training loop. Each line is one phase; the work lives in the modules it calls.
 
-    prompts ─► rollout (driver: engines + sandbox) ─► rewards ─► advantages
-                                                                    │ broadcast to every rank
-    micro-batches ─► old-policy stats (actor) ─► ResT weights ─► PPO update (actor)
+    prompts ─► rollout (driver: engines + sandbox) ─► rewards ─► advantages ─► mini-batches
+                                                                    │ scatter: each rank its DP share
+    micro-batches ─► old-policy stats (actor) ─► ResT weights ─► PPO updates (actor, one per mini-batch)
                                                                     │
     weight sync (HF export → engines) ─► eval ─► log ─► checkpoint ◄┘
 
@@ -25,12 +25,12 @@ import torch.distributed as dist
 from rest_megatron.config import Config, load_config, save_config
 from rest_megatron.rollout.trajectory import save_jsonl
 from rest_megatron.trainer import stages
-from rest_megatron.trainer.batching import make_microbatches, pack_microbatches
 from rest_megatron.trainer.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from rest_megatron.trainer.rollout_stage import (
     evaluate,
     generate,
     sampling_seed,
+    scatter_to_dp,
     start_services,
     sync_weights,
 )
@@ -41,14 +41,42 @@ PREEMPTED_EXIT_CODE = 143
 
 
 def rl_step(rt: Runtime, step: int) -> dict[str, float]:
-    """One training step: rollout → rewards → advantages → old-policy stats → weights → update."""
-    cfg, timings = rt.config, {}
+    """One training step: rollout → rewards → advantages → mini-batches → old-policy stats → weights → updates."""
+    cfg, timings, metrics, shares = rt.config, {}, {}, None
     started = time.perf_counter()
     prompts = rt.train_prompts.batch(step)
-    trajectories = generate(rt, prompts, cfg.rollout.num_samples_per_prompt,  # on every rank, same list
+    trajectories = generate(rt, prompts, cfg.rollout.num_samples_per_prompt,  # on the driver only
                             seed=sampling_seed(cfg.data.seed, step))
     timings["time/rollout"] = time.perf_counter() - started
-    if cfg.logging.save_rollouts and rt.is_driver:  # replayable record of exactly what was trained on
+    if rt.is_driver:
+        metrics, shares = driver_plan(rt, step, prompts, trajectories)
+    share, _ = scatter_to_dp(shares)  # each rank: its DP share of every update, or None to skip the step
+    if share is None:
+        return {**metrics, "skipped": 1.0, **timings}
+    started = time.perf_counter()
+    updates = [stages.microbatches(s, cfg.parallel, pad_id=rt.tokenizer.pad_token_id) for s in share]
+    everything = [mb for update in updates for mb in update]
+    stats = rt.actor.token_stats(everything)  # the old policy: before the first update
+    region_metrics = stages.attach_weights(
+        everything, stats, weights=cfg.algorithm.weights, params=cfg.algorithm.weights_params, step=step
+    )
+    if rt.reference is not None:  # KL to the frozen starting policy
+        stages.attach_reference(everything, rt.reference.token_stats(everything))
+    timings["time/old_policy"] = time.perf_counter() - started
+    started = time.perf_counter()
+    update = stages.ppo_updates(rt.actor, updates, rt.objective, epochs=cfg.optimizer.ppo_epochs)
+    timings["time/update"] = time.perf_counter() - started
+    started = time.perf_counter()
+    sync_weights(rt, step + 1)
+    timings["time/weight_sync"] = time.perf_counter() - started
+    return {**metrics, **region_metrics, **update, **timings}
+
+
+def driver_plan(rt: Runtime, step: int, prompts: list, trajectories: list) -> tuple[dict[str, float], list | None]:
+    """Driver: score and normalize the step's trajectories and assign them to updates and DP ranks.
+    Returns the reward metrics and, per DP rank, its shares (a list of None when the step is skipped)."""
+    cfg = rt.config
+    if cfg.logging.save_rollouts:  # replayable record of exactly what was trained on
         (rt.run_dir / "rollouts").mkdir(exist_ok=True)
         save_jsonl(trajectories, rt.run_dir / "rollouts" / f"step_{step + 1:08d}.jsonl")
     rewards, reward_parts = stages.score(
@@ -59,35 +87,21 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
         estimator=cfg.algorithm.advantage, dynamic_sampling=cfg.algorithm.dynamic_sampling,
     )
     samples = stages.to_samples(trajectories, advantages, keep)
+    metrics = {
+        "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+        **{f"reward/{k}": v for k, v in reward_parts.items()}, "kept_fraction": float(keep.float().mean()),
+    }
+    dp = cfg.data_parallel_size(dist.get_world_size())
     # Every group uniform: nothing to learn, and an Adam step on a zero gradient would still move the
     # weights along its momentum (measured: ~lr per parameter per step, a tiny policy drifted to noise).
     if not samples or not bool((advantages[keep] != 0).any()):
-        return {"reward/mean": float(rewards.mean()), "skipped": 1.0, **timings}
-    from megatron.core import parallel_state
-
-    batching = pack_microbatches if cfg.parallel.pack_sequences else make_microbatches
-    microbatches = batching(
-        samples, dp_rank=parallel_state.get_data_parallel_rank(), dp_size=parallel_state.get_data_parallel_world_size(),
-        micro_batch_size=cfg.parallel.micro_batch_size, pad_id=rt.tokenizer.pad_token_id,
-        length_multiple=8 * cfg.parallel.tp,
+        return metrics, [None] * dp
+    shares = stages.plan_updates(
+        samples, num_updates=cfg.num_updates_per_step // cfg.optimizer.ppo_epochs,
+        seed=stages.update_seed(cfg.data.seed, step), dp_size=dp, micro_batch_size=cfg.parallel.micro_batch_size,
+        length_multiple=8 * cfg.parallel.tp, packed=cfg.parallel.pack_sequences,
     )
-    started = time.perf_counter()
-    stats = rt.actor.token_stats(microbatches)
-    region_metrics = stages.attach_weights(
-        microbatches, stats, weights=cfg.algorithm.weights, params=cfg.algorithm.weights_params, step=step
-    )
-    timings["time/old_policy"] = time.perf_counter() - started
-    started = time.perf_counter()
-    update = rt.actor.train_step(microbatches, rt.objective)
-    timings["time/update"] = time.perf_counter() - started
-    started = time.perf_counter()
-    sync_weights(rt, step + 1)
-    timings["time/weight_sync"] = time.perf_counter() - started
-    return {
-        "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-        **{f"reward/{k}": v for k, v in reward_parts.items()}, "kept_fraction": float(keep.float().mean()),
-        **region_metrics, **update, **timings,
-    }
+    return metrics, shares
 
 
 def run(config: Config) -> int:

@@ -2,7 +2,8 @@
 
 The driver (global rank 0) owns the inference servers (or connects to `rollout.server_urls`), the
 sandbox service (or `sandbox.url`), and one asyncio event loop that runs the agent loop. Generated
-trajectories are broadcast to every rank, so all ranks train on the same step. Weight sync is
+trajectories stay on the driver; `scatter_to_dp` sends each rank only its data-parallel share of what
+it trains on (the driver assigns shares, `stages.plan_updates`). Weight sync is
 collective: every rank takes part in gathering the HF-named tensors (`convert.live`), the driver
 writes them as a Hugging Face folder and tells every server to load it.
 """
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.distributed as dist
 
 from rest_megatron.config import SandboxConfig
@@ -99,25 +102,41 @@ def sampling_seed(data_seed: int, step: int) -> int:
     return (data_seed * 1_000_003 + step) % 2**31 * 2**20
 
 
-def _broadcast(value: Any) -> Any:
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def scatter_to_dp(per_dp_rank: list[Any] | None) -> tuple[Any, int]:
+    """Collective. The driver passes one entry per data-parallel rank; every rank gets the entry of its
+    own DP rank (its tensor and pipeline peers get the same one) and nothing else. Returns the entry and
+    the bytes this rank received (0 on the driver, which keeps its own)."""
+    from megatron.core import parallel_state
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    dp_ranks = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(dp_ranks, torch.tensor([parallel_state.get_data_parallel_rank()], device=device))
+    if dist.get_rank() == 0:
+        blobs = {r: pickle.dumps(entry) for r, entry in enumerate(per_dp_rank)}
+        for rank in range(1, dist.get_world_size()):
+            blob = blobs[int(dp_ranks[rank])]
+            dist.send(torch.tensor([len(blob)], dtype=torch.long, device=device), dst=rank)
+            dist.send(torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(device), dst=rank)
+        return per_dp_rank[int(dp_ranks[0])], 0
+    size = torch.zeros(1, dtype=torch.long, device=device)
+    dist.recv(size, src=0)
+    blob = torch.empty(int(size), dtype=torch.uint8, device=device)
+    dist.recv(blob, src=0)
+    return pickle.loads(blob.cpu().numpy().tobytes()), size.numel() * size.element_size() + int(size)
 
 
 def generate(rt: Runtime, prompts: list[Prompt], num_samples: int, *, tag: str = "train", agent: AgentLoop | None = None,
-             seed: int | None = None) -> list[Any]:
-    """`num_samples` trajectories per prompt (grouped by prompt), identical on every rank."""
-    trajectories = None
-    if rt.is_driver:
-        agent = agent or rt.rollout.agent
-        requests = _rollout_prompts(prompts, num_samples, tag, seed)
-        trajectories = rt.rollout.loop.run_until_complete(agent.run_batch(requests))
-    return _broadcast(trajectories)
+             seed: int | None = None) -> list[Any] | None:
+    """Driver: `num_samples` trajectories per prompt (grouped by prompt). Other ranks: None."""
+    if not rt.is_driver:
+        return None
+    agent = agent or rt.rollout.agent
+    requests = _rollout_prompts(prompts, num_samples, tag, seed)
+    return rt.rollout.loop.run_until_complete(agent.run_batch(requests))
 
 
 def evaluate(rt: Runtime) -> float:
-    """Mean reward of one greedy trajectory per held-out prompt."""
+    """Driver: mean reward of one greedy trajectory per held-out prompt (NaN on other ranks, which log nothing)."""
     prompts = rt.eval_prompts.batch(0)
     greedy = None
     if rt.is_driver:
@@ -125,6 +144,8 @@ def evaluate(rt: Runtime) -> float:
         greedy = AgentLoop(rt.rollout.agent.client, rt.tokenizer, rt.rollout.agent.executor,
                            AgentSettings(**{**settings.__dict__, "sampling": settings.sampling.replace(temperature=0.0)}))
     trajectories = generate(rt, prompts, 1, tag="eval", agent=greedy)
+    if trajectories is None:  # only the driver scores (and logs) the evaluation
+        return float("nan")
     rewards, _ = stages.score(trajectories, prompts, reward=rt.config.reward.name, step=0, params=rt.config.reward.params)
     return float(rewards.mean())
 

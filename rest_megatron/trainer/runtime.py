@@ -19,7 +19,7 @@ from rest_megatron.config import Config, config_to_dict, save_config
 from rest_megatron.data.prompts import PromptStream, load_prompts
 from rest_megatron.distributed import ParallelLayout, init_distributed, init_model_parallel
 from rest_megatron.model.builder import load_hf_config, model_spec_from_hf
-from rest_megatron.trainer.actor import PolicyActor, PolicyObjective, build_actor
+from rest_megatron.trainer.actor import PolicyActor, PolicyObjective, build_actor, build_reference
 from rest_megatron.trainer.optimizer import OptimizerSettings
 from rest_megatron.trainer.run_log import RunLogger
 
@@ -45,6 +45,8 @@ class Runtime:
     services: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     rollout: Any = None
     """The driver's `rollout_stage.RolloutServices` (None on other ranks)."""
+    reference: PolicyActor | None = None
+    """The frozen reference policy (weights of `hf_dir`) when `algorithm.kl_coef` > 0, else None."""
     stop_requested: bool = False
     """Set by SIGTERM (Slurm preemption): save a checkpoint after the current step and exit."""
 
@@ -78,13 +80,15 @@ def start_runtime(config: Config) -> Runtime:
     init_model_parallel(layout, seed=config.data.seed, timeout_s=config.launch.collective_timeout_s)
     hf_dir = resolve_model_dir(config.model.path)
     spec = model_spec_from_hf(load_hf_config(hf_dir))
-    actor = build_actor(
-        spec, _optimizer_settings(config), tp=layout.tp, pp=layout.pp, dtype=DTYPES[config.model.dtype],
-        sequence_parallel=config.parallel.sequence_parallel, recompute=config.model.recompute_activations,
-        padded_vocab_multiple=config.model.padded_vocab_multiple, megatron_overrides=config.model.megatron,
-        temperature=config.rollout.temperature,
+    model_layout = dict(
+        tp=layout.tp, pp=layout.pp, dtype=DTYPES[config.model.dtype], sequence_parallel=config.parallel.sequence_parallel,
+        recompute=config.model.recompute_activations, padded_vocab_multiple=config.model.padded_vocab_multiple,
+        megatron_overrides=config.model.megatron, temperature=config.rollout.temperature,
     )
+    actor = build_actor(spec, _optimizer_settings(config), **model_layout)
     load_hf_into_model(actor.network, spec, HFWeights.open(hf_dir, spec=spec))
+    # KL anchors the policy to the run's starting HF folder (before any SFT warm start), as verl's ref.
+    reference = build_reference(spec, hf_dir, **model_layout) if config.algorithm.kl_coef > 0 else None
     algo = config.algorithm
     objective = PolicyObjective(
         policy_loss=algo.policy_loss,
@@ -106,6 +110,7 @@ def start_runtime(config: Config) -> Runtime:
     runtime = Runtime(
         config=config, spec=spec, hf_dir=hf_dir, tokenizer=AutoTokenizer.from_pretrained(hf_dir), actor=actor,
         objective=objective, run_dir=run_dir, train_prompts=train, eval_prompts=evaluation, is_driver=is_driver,
+        reference=reference,
     )
     if is_driver:
         save_config(config, run_dir)

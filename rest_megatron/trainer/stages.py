@@ -1,6 +1,8 @@
 """The steps of one ResT training step, each a small function the loop calls by name.
 
-    score ──► advantages ──► to_samples ──► (actor.token_stats) ──► attach_weights ──► train
+    driver: score ──► advantages ──► to_samples ──► plan_updates ──► (scatter: each rank its share)
+    every rank: (actor.token_stats) ──► attach_weights ──► (reference.token_stats) ──► attach_reference
+                ──► ppo_updates
 
 Only `attach_weights` and `score` know about the algorithm registries; the loop stays pseudocode.
 """
@@ -18,7 +20,16 @@ from rest_megatron.algo.rewards import get_reward
 from rest_megatron.algo.weights import get_token_weights
 from rest_megatron.data.prompts import Prompt
 from rest_megatron.ops.vocab_parallel import TokenStats
-from rest_megatron.trainer.batching import MicroBatch, TrainingSample, pack_rows, unpack_rows
+from rest_megatron.trainer.batching import (
+    MicroBatch,
+    Share,
+    TrainingSample,
+    pack_rows,
+    padded_length,
+    share_microbatches,
+    split_over_dp,
+    unpack_rows,
+)
 from rest_megatron.trainer.run_log import region_means
 
 
@@ -94,6 +105,12 @@ def attach_weights(
     return metrics
 
 
+def attach_reference(microbatches: list[MicroBatch], reference_stats: list[TokenStats]) -> None:
+    """Add the frozen reference policy's log-probs (`ref_logprobs`, for the KL term of the loss)."""
+    for mb, st in zip(microbatches, reference_stats):
+        mb["ref_logprobs"] = st.logprob
+
+
 def per_trajectory(weights_fn: Any, cu_seqlens: torch.Tensor | None, *, step: int, **tensors_and_params: Any
                    ) -> torch.Tensor:
     """Token weights normalized per trajectory: per row, or per segment of a packed row (`cu_seqlens`)."""
@@ -101,3 +118,64 @@ def per_trajectory(weights_fn: Any, cu_seqlens: torch.Tensor | None, *, step: in
         return weights_fn(step=step, **tensors_and_params)
     unpacked = {k: unpack_rows(v, cu_seqlens) if isinstance(v, torch.Tensor) else v for k, v in tensors_and_params.items()}
     return pack_rows(weights_fn(step=step, **unpacked), cu_seqlens)
+
+
+def update_seed(data_seed: int, step: int) -> int:
+    """The mini-batch shuffle seed of a training step: a function of (data.seed, step) only, so a resumed
+    run splits a step exactly as the uninterrupted run did."""
+    return (data_seed * 1_000_003 + step * 7919 + 17) % 2**63
+
+
+def plan_updates(
+    samples: Sequence[TrainingSample], *, num_updates: int, seed: int, dp_size: int, micro_batch_size: int,
+    length_multiple: int, packed: bool,
+) -> list[list[Share]]:
+    """Driver: the step's trajectories shuffled (`seed`) and cut into `num_updates` mini-batches, each split
+    over DP ranks. Returns, per DP rank, its share of every update, in update order.
+
+    Mini-batches differ in size by at most one trajectory. With fewer trajectories than updates (dynamic
+    sampling dropped groups) the step makes one update per trajectory. All rows of the step have one
+    padded length, so every rank and pipeline stage sees one activation shape.
+    """
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = [samples[i] for i in order]
+    length = padded_length(samples, length_multiple)
+    chunks = [c.tolist() for c in torch.arange(len(shuffled)).tensor_split(min(num_updates, len(shuffled)))]
+    per_update = [
+        split_over_dp([shuffled[i] for i in chunk], dp_size=dp_size, micro_batch_size=micro_batch_size,
+                      length=length, packed=packed)
+        for chunk in chunks
+    ]
+    return [[update[rank] for update in per_update] for rank in range(dp_size)]
+
+
+def microbatches(share: Share, parallel: Any, *, pad_id: int) -> list[MicroBatch]:
+    """This rank's micro-batches of one update, built from its share only (`parallel`: the config's
+    parallel section: micro_batch_size, pack_sequences)."""
+    return share_microbatches(share, micro_batch_size=parallel.micro_batch_size, pad_id=pad_id,
+                              packed=parallel.pack_sequences)
+
+
+def ppo_updates(actor: Any, updates: list[list[MicroBatch]], objective: Any, *, epochs: int) -> dict[str, float]:
+    """`epochs` passes over the mini-batches, one optimizer update each (`actor.train_step`: its own
+    loss denominator); the step's metrics from `combine_update_metrics`."""
+    return combine_update_metrics([actor.train_step(mbs, objective) for _ in range(epochs) for mbs in updates])
+
+
+# Per-update metrics also recorded update by update (`ppo/u<i>/<key>`) and as the last update's value:
+# the first update's ratios are exactly 1, so the mean alone hides how far later updates moved.
+PER_UPDATE_KEYS = ("clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_std", "ratio_max", "ratio_min", "ref_kl")
+
+
+def combine_update_metrics(per_update: list[dict[str, float]]) -> dict[str, float]:
+    """One step's metrics from its updates: the mean over updates, except extremes (ratio_max/min: max/min)
+    and `lr` (the last); `num_updates`; `<key>/last` and `ppo/u<i>/<key>` for the keys of PER_UPDATE_KEYS."""
+    extremes = {"ratio_max": max, "ratio_min": min, "lr": lambda values: values[-1]}
+    out = {"num_updates": float(len(per_update))}
+    for key in per_update[0]:
+        values = [m[key] for m in per_update]
+        out[key] = extremes.get(key, lambda v: sum(v) / len(v))(values)
+        if key in PER_UPDATE_KEYS:
+            out[f"{key}/last"] = values[-1]
+            out.update({f"ppo/u{i + 1}/{key}": v for i, v in enumerate(values)})
+    return out

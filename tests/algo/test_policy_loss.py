@@ -38,10 +38,11 @@ def test_ppo_clip_by_hand_values_gradients_and_metrics():
     torch.testing.assert_close(logp.grad[0], torch.tensor(HAND_GRAD, dtype=torch.float64))
     # Metrics over the 7 valid tokens: one lower clip (2), one upper clip (1), one dual clip (4);
     # Σρ = 1.1+1.5+0.5+2+4+0.5+1 = 10.6, max 4, min 0.5; Σ pg loss = 3.8;
-    # Σ(log π_old − log π_θ) = −ln(1.1·1.5·0.5·2·4·0.5·1) = −ln 3.3 = −1.193922.
+    # Σ(log π_old − log π_θ) = −ln(1.1·1.5·0.5·2·4·0.5·1) = −ln 3.3 = −1.193922;
+    # Σρ² = 1.21+2.25+0.25+4+16+0.25+1 = 24.96.
     expected = {
         "num_tokens": 7.0, "clip_frac_low_sum": 1.0, "clip_frac_high_sum": 1.0, "dual_clip_frac_sum": 1.0,
-        "ratio_sum": 10.6, "ratio_max": 4.0, "ratio_min": 0.5, "pg_loss_sum": 3.8, "ppo_kl_sum": -1.193922,
+        "ratio_sum": 10.6, "ratio_sq_sum": 24.96, "ratio_max": 4.0, "ratio_min": 0.5, "pg_loss_sum": 3.8, "ppo_kl_sum": -1.193922,
     }
     assert set(metrics) == set(expected)
     for key, value in expected.items():
@@ -257,3 +258,53 @@ def test_contract_every_policy_loss(name):
 def test_unknown_policy_loss_lists_the_registered_ones():
     with pytest.raises(ValueError, match="registered: ppo_clip"):
         get_policy_loss("reinforce++")
+
+
+@pytest.mark.parametrize("kl_type", ["k1", "k2", "k3"])
+def test_kl_term_shares_the_updates_weighted_denominator(kl_type):
+    """Two micro-batches of one update, float32 as the trainer runs: Σ contributions = Σ m·w·(L_pg + β·k) / Σ m·w
+    over both, against the same sum written out in float64."""
+    from rest_megatron.algo.aggregation import get_aggregation
+
+    g = torch.Generator().manual_seed(11)
+    aggregation, beta = get_aggregation("token-mean-weighted"), 0.3
+    batches = []
+    for rows in (2, 3):
+        old = -torch.rand(rows, 9, generator=g, dtype=torch.float64) * 3
+        batches.append({
+            "old": old, "logp": old + torch.randn(rows, 9, generator=g, dtype=torch.float64) * 0.2,
+            "ref": old + torch.randn(rows, 9, generator=g, dtype=torch.float64) * 0.5,
+            "adv": torch.randn(rows, 1, generator=g, dtype=torch.float64).expand(rows, 9),
+            "mask": (torch.rand(rows, 9, generator=g) < 0.7).float(),
+            "weights": torch.rand(rows, 9, generator=g, dtype=torch.float64) * 2,
+        })
+    denominator = sum(aggregation.denominator(loss_mask=b["mask"] > 0, weights=b["weights"].float()) for b in batches)
+    total = 0.0
+    for b in batches:
+        loss, _ = get_policy_loss("ppo_clip")(
+            logprobs=b["logp"].float(), old_logprobs=b["old"].float(), advantages=b["adv"].float(), loss_mask=b["mask"],
+            ref_logprobs=b["ref"].float(), kl_coef=beta, kl_type=kl_type,
+        )
+        total += float(aggregation(loss, loss_mask=b["mask"] > 0, weights=b["weights"].float(),
+                                   global_denominator=torch.as_tensor(denominator, dtype=torch.float32)))
+    numerator, weight_sum = 0.0, 0.0
+    for b in batches:
+        for index in zip(*torch.nonzero(b["mask"], as_tuple=True)):
+            lp, old, ref, a, w = (float(b[k][index]) for k in ("logp", "old", "ref", "adv", "weights"))
+            rho = math.exp(lp - old)
+            pg = max(-a * rho, -a * min(max(rho, 0.8), 1.2))
+            pg = min(pg, -a * 3.0) if a < 0 else pg
+            delta = lp - ref
+            kl = {"k1": delta, "k2": 0.5 * delta**2, "k3": math.exp(-delta) + delta - 1}[kl_type]
+            numerator += w * (pg + beta * kl)
+            weight_sum += w
+    assert total == pytest.approx(numerator / weight_sum, rel=1e-5, abs=1e-6)
+
+
+def test_the_config_offers_exactly_the_registered_kl_estimators():
+    from typing import get_args, get_type_hints
+
+    from rest_megatron.algo.policy_loss import kl_estimator_names
+    from rest_megatron.config.schema import AlgorithmConfig
+
+    assert set(get_args(get_type_hints(AlgorithmConfig)["kl_estimator"])) == set(kl_estimator_names())

@@ -142,6 +142,8 @@ def test_all_problems_are_reported_together(write_recipe: WriteRecipe) -> None:
         (["checkpoint.resume=/no/ckpt"], "checkpoint.resume '/no/ckpt' not found"),
         (["rollout.temperature=0"], "rollout.temperature must be > 0, got 0.0"),
         (["optimizer.mini_batch_size=3"], "optimizer.mini_batch_size (3) must divide the rollout batch"),
+        (["optimizer.ppo_epochs=0"], "optimizer.ppo_epochs must be >= 1, got 0"),
+        (["algorithm.kl_coef=0.1", "sft.num_steps=5"], "algorithm.kl_coef > 0 anchors the policy to the weights"),
         (
             ["parallel.micro_batch_size=3"],
             "the rollout batch data.num_prompts_per_step × rollout.num_samples_per_prompt = 16 must be a multiple "

@@ -52,6 +52,32 @@ def test_parameters_gradients_and_adam_by_hand() -> None:
     assert (fp32.parameters, fp32.gradients, fp32.optimizer) == (4 * params, 4 * params, 8 * params)
 
 
+def test_a_reference_policy_adds_its_weights_only() -> None:
+    layout = Layout(tp=1, pp=1, dp=4)
+    params = 2 * LAYER + 32 * 8 + 32 * 8 + 8
+    without = estimate(TINY, layout, WORK)
+    with_ref = estimate(TINY, layout, Workload(**{**WORK.__dict__, "reference_model": True}))
+    assert (without.reference, with_ref.reference) == (0, 2 * params)  # bf16 weights, no grads or Adam state
+    assert with_ref.total - without.total == 2 * params
+
+
+def test_kl_puts_the_reference_model_in_the_report(capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = str(RECIPES / "qwen3-1.7b-rest.yaml")
+    assert main(["plan", recipe, "--gpus", "8", "--gpu-mem", "80"]) == 0
+    plain = capsys.readouterr().out
+    assert main(["plan", recipe, "algorithm.kl_coef=0.01", "--gpus", "8", "--gpu-mem", "80"]) == 0
+    with_kl = capsys.readouterr().out
+
+    def cells(out: str) -> dict[str, str]:
+        header = next(line for line in out.splitlines() if line.startswith("layout"))
+        row = next(line for line in out.splitlines() if line.startswith("tp1 pp1 dp4"))
+        return dict(zip(header.split()[1:], row.split()[3:]))
+
+    plain_row, kl_row = cells(plain), cells(with_kl)
+    assert float(plain_row["ref"]) == 0.0 and float(kl_row["ref"]) == pytest.approx(float(kl_row["params"]), abs=0.05)
+    assert float(kl_row["total"]) == pytest.approx(float(plain_row["total"]) + float(kl_row["ref"]), abs=0.15)
+
+
 def test_tensor_and_pipeline_sharding_by_hand() -> None:
     # tp 2: the matrices split, the norms do not, the vocab shard is 32 / 2 rows.
     tp2 = stage_parameters(TINY, Layout(tp=2, pp=1, dp=1), WORK, first=True, last=True)
