@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-processes", type=int, default=limits.max_processes, help="processes per call")
     p.add_argument("--file-size-mb", type=int, default=limits.file_size_mb, help="largest file a call may write")
     p.add_argument("--open-files", type=int, default=limits.open_files, help="open files per process")
+    p.add_argument("--scratch-mb", type=int, default=limits.scratch_mb,
+                   help="scratch space per call and per session in all, MiB (enforced as root)")
     p.add_argument("--output-bytes", type=int, default=limits.output_bytes, help="stdout/stderr bytes kept")
     p.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / (1 << 20),
                    help="largest request body, MiB (default %(default)s)")
@@ -80,7 +82,8 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
             raise ValueError(f"--secret-env {args.secret_env}: that environment variable is empty or unset; "
                              f"export {args.secret_env}=<a long random string> first")
     limits = Limits(cpu_s=args.cpu_s, wall_s=args.wall_s, memory_mb=args.memory_mb, max_processes=args.max_processes,
-                    file_size_mb=args.file_size_mb, open_files=args.open_files, output_bytes=args.output_bytes)
+                    file_size_mb=args.file_size_mb, open_files=args.open_files, output_bytes=args.output_bytes,
+                    scratch_mb=args.scratch_mb)
     return ServiceConfig(
         limits=limits, backend=args.backend, max_concurrency=args.max_concurrency, queue_size=args.queue_size,
         max_sessions=args.max_sessions, session_idle_s=args.session_idle_s,
