@@ -7,6 +7,10 @@ or when a call ignores its timeout (then the worker is killed and the session is
 
 Pre-started workers (`warm_workers`) make session creation and stateless tool calls cheap: the
 interpreter, site-packages and the BFCL modules are already loaded when a request arrives.
+
+Memory held by idle sessions is capped host-wide (`idle_memory_bytes`): after each call the
+session's footprint is measured (private memory of its process tree plus its scratch), and while
+idle sessions hold more than the cap together, the least recently used one is ended.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import time
 from collections import deque
@@ -114,6 +119,8 @@ class Session:
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    held_bytes: int = 0
+    """Memory and scratch the session held after its last call."""
 
     @property
     def tools(self) -> list[str]:
@@ -126,10 +133,11 @@ class SessionManager:
 
     def __init__(self, executor: Executor, registry: ToolRegistry, limits: Limits, *, max_sessions: int = 256,
                  idle_s: float = 300.0, lifetime_s: float = 3600.0, session_cpu_s: int = 600,
-                 warm_workers: int = 2, preload: tuple[str, ...] = ()) -> None:
+                 warm_workers: int = 2, preload: tuple[str, ...] = (), idle_memory_bytes: int = 4 << 30) -> None:
         self.executor, self.registry, self.limits = executor, registry, limits
         self.max_sessions, self.idle_s, self.lifetime_s = max_sessions, idle_s, lifetime_s
         self.session_cpu_s, self.warm_workers, self.preload = session_cpu_s, warm_workers, list(preload)
+        self.idle_memory_bytes = idle_memory_bytes
         self.sessions: dict[str, Session] = {}
         self._pool: asyncio.Queue[WorkerProcess] = asyncio.Queue()
         self._tasks: set[asyncio.Task] = set()
@@ -237,6 +245,7 @@ class SessionManager:
         worker = await self._take_worker(sandboxed, config or {}) if sandboxed else None
         session = Session(id=secrets.token_hex(16), envs=envs, worker=worker)
         self.sessions[session.id] = session
+        await self._account(session)
         return session
 
     def get(self, session_id: str) -> Session:
@@ -258,7 +267,22 @@ class SessionManager:
                 raise SessionNotFound(f"session {session_id!r} ended while this call waited; create a new one")
             outcome = await self._call_in(session, tool, arguments, wall_s)
             session.last_used = time.monotonic()
+        await self._account(session)
         return outcome
+
+    def idle_memory(self) -> int:
+        """Bytes held by sessions with no call in progress, as last measured."""
+        return sum(s.held_bytes for s in self.sessions.values() if not s.lock.locked())
+
+    async def _account(self, session: Session) -> None:
+        """Measure `session`, then end least recently used idle sessions while over the cap."""
+        if session.worker is not None and session.id in self.sessions:
+            session.held_bytes = await asyncio.to_thread(footprint, session.worker.proc.pid, session.worker.scratch)
+        while self.idle_memory() > self.idle_memory_bytes:
+            oldest = min((s for s in self.sessions.values() if not s.lock.locked()), key=lambda s: s.last_used)
+            log.info("ending session %s: idle sessions hold %d MiB, over the --idle-sessions-mb cap", oldest.id,
+                     self.idle_memory() >> 20)
+            await self.close(oldest.id)
 
     async def _call_in(self, session: Session, tool: str, arguments: dict, wall_s: float | None) -> ToolOutcome:
         if self.registry.env_of(tool).in_service:
@@ -335,3 +359,27 @@ class SessionManager:
                     log.info("reaping session %s (%s)", session.id,
                              "lifetime" if expired else "idle" if idle else "worker exited")
                     await self.close(session.id)
+
+
+def footprint(pid: int, scratch: Path) -> int:
+    """Private memory (RssAnon + RssShmem) of `pid` and its descendants, plus the bytes used in `scratch`."""
+    total, stack, seen = 0, [pid], set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            with open(f"/proc/{current}/status", "rb") as f:
+                for line in f:
+                    if line.startswith((b"RssAnon:", b"RssShmem:")):
+                        total += int(line.split()[1]) * 1024
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children", "rb") as f:
+                    stack += [int(p) for p in f.read().split()]
+        except (OSError, ValueError):  # it just exited
+            continue
+    if os.path.ismount(scratch):
+        usage = os.statvfs(scratch)
+        total += (usage.f_blocks - usage.f_bfree) * usage.f_frsize
+    return total
