@@ -164,7 +164,7 @@ class ScratchSpace:
         """Make the empty directory `path` a scratch of at most `size_mb` MiB, owned by `uid`."""
         if self._libc is not None:
             owner = f",uid={uid},gid={uid}" if uid is not None else ""
-            options = f"size={int(size_mb)}m,nr_inodes={max(1024, int(size_mb) * 64)},mode=0700{owner}"
+            options = f"size={int(size_mb)}m,nr_inodes={max(4096, int(size_mb) * 256)},mode=0700{owner}"
             if self._libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", 0, options.encode()) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"mounting the scratch tmpfs on {path} failed: {os.strerror(err)}")
