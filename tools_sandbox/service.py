@@ -28,10 +28,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tools_sandbox.api_models import (
@@ -132,6 +134,14 @@ def _describe_validation(exc: RequestValidationError) -> str:
         else:
             parts.append(f"{where}: {err.get('msg')}")
     return "invalid request: " + "; ".join(parts)
+
+
+async def _parse_in_thread(request: Request, model: type[BaseModel]) -> Any:
+    raw = await request.body()
+    try:
+        return await asyncio.to_thread(model.model_validate_json, raw or b"{}")
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
 
 
 def _decode_files(encoded: dict[str, str | None]) -> dict[str, bytes]:
@@ -235,9 +245,12 @@ def create_app(config: ServiceConfig, backend: Backend | None = None) -> FastAPI
     async def tools(request: Request) -> dict:
         return {"tools": sandbox(request).registry.schemas()}
 
-    @app.post("/run_code", response_model=RunCodeResponse)
-    async def run_code(body: RunCodeRequest, request: Request) -> RunCodeResponse:
+    @app.post("/run_code")
+    async def run_code(request: Request) -> Response:
         s = sandbox(request)
+        # Parsed and answered in a thread: a body of many files (up to --max-body-mb) must not hold
+        # up /health and the other clients on the event loop.
+        body = await _parse_in_thread(request, RunCodeRequest)
         if body.language not in LANGUAGES:
             raise ValueError(f"language {body.language!r} is not supported here; use one of {', '.join(LANGUAGES)}")
         files = await asyncio.to_thread(_decode_files, body.files) if body.files else {}
@@ -257,10 +270,15 @@ def create_app(config: ServiceConfig, backend: Backend | None = None) -> FastAPI
         run_result = CommandRunResult(
             status="Error" if sandbox_error else result.status, execution_time=result.duration_s,
             return_code=result.return_code, stdout=result.stdout, stderr=result.stderr)
-        return RunCodeResponse(
-            status="SandboxError" if sandbox_error else "Success" if success else "Failed",
-            message=result.stderr.strip() if sandbox_error else "", run_result=run_result,
-            files={k: base64.b64encode(v).decode() for k, v in (result.files or {}).items()})
+
+        def answer() -> bytes:
+            return RunCodeResponse(
+                status="SandboxError" if sandbox_error else "Success" if success else "Failed",
+                message=result.stderr.strip() if sandbox_error else "", run_result=run_result,
+                files={k: base64.b64encode(v).decode() for k, v in (result.files or {}).items()},
+            ).model_dump_json().encode()
+
+        return Response(await asyncio.to_thread(answer), media_type="application/json")
 
     @app.post("/call", response_model=ToolCallResponse)
     async def call(body: ToolCallRequest, request: Request) -> ToolCallResponse:

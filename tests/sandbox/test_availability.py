@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.sandbox.conftest import IS_ROOT, assert_healthy, pool_uid_processes, run, run_code
+from tests.sandbox.conftest import IS_ROOT, assert_healthy, pool_uid_processes, run, run_code, scratch_mounts
 from tools_sandbox.client import LocalServer, SandboxClient, SandboxError
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.skipif(not IS_ROOT, reason="needs per-call uids and tmpfs scratch")]
@@ -53,12 +53,8 @@ def _fds(server: LocalServer) -> int:
     return len(os.listdir(f"/proc/{server.process.pid}/fd"))
 
 
-def _scratch_mounts() -> int:
-    return sum(1 for line in Path("/proc/self/mounts").read_text().splitlines() if "/call-" in line.split()[1])
-
-
 def _sample(server: LocalServer) -> tuple[int, int, int]:
-    return _fds(server), pool_uid_processes(), _scratch_mounts()
+    return _fds(server), pool_uid_processes(), scratch_mounts()
 
 
 def _settled(server: LocalServer) -> tuple[int, int, int]:
