@@ -178,6 +178,17 @@ class ScratchSpace:
             self._libc.umount2(os.fsencode(path), _MNT_DETACH)
         remove_tree(path)
 
+    def remove_all(self) -> None:
+        """At shutdown: unmount every scratch mount still under the root (one whose directory was
+        moved or lost, say), then delete the root."""
+        if self._libc is not None:
+            prefix = os.fsencode(os.path.realpath(self.root)) + b"/"
+            with open("/proc/self/mounts", "rb") as f:
+                points = [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
+            for point in sorted(points, key=len, reverse=True):
+                self._libc.umount2(point.replace(b"\\040", b" "), _MNT_DETACH)
+        remove_tree(self.root)
+
 
 def remove_tree(path: Path) -> None:
     """Delete `path` with an explicit stack (no recursion limit) and fd-relative calls that never follow

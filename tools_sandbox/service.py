@@ -52,7 +52,6 @@ from tools_sandbox.executor import Executor
 from tools_sandbox.limits import Limits
 from tools_sandbox.metrics import Admission, Metrics, Overloaded
 from tools_sandbox.middleware import BodyGuard, SecretGate
-from tools_sandbox.scratch import remove_tree
 from tools_sandbox.sessions import SessionLimit, SessionManager, SessionNotFound, ToolOutcome
 from tools_sandbox.tools import bfcl, user
 from tools_sandbox.tools.registry import EnvSpec, builtin_registry
@@ -182,7 +181,7 @@ def create_app(config: ServiceConfig, backend: Backend | None = None) -> FastAPI
         finally:
             await state.manager.stop()
             await state.executor.stop()
-            await asyncio.to_thread(remove_tree, state.executor.scratch_root)
+            await asyncio.to_thread(state.executor.scratch.remove_all)
 
     app = FastAPI(title="rest-megatron tools_sandbox", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
