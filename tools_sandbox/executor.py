@@ -13,9 +13,7 @@ import functools
 import json
 import logging
 import os
-import shutil
 import signal
-import stat
 import sys
 import tempfile
 import time
@@ -26,12 +24,13 @@ from typing import Any
 from tools_sandbox.backends import Backend, Launch
 from tools_sandbox.backends.uids import UidPool, sweep_uid
 from tools_sandbox.limits import Limits, truncation_marker
+from tools_sandbox.scratch import FileLimits, ScratchSpace, check_files, write_files
+from tools_sandbox.scratch import fetch_files as fetch_files_from
 
 log = logging.getLogger(__name__)
 SETUP_FAILED = 125  # the launcher's exit status when the sandbox could not be set up
 _READ_CHUNK = 1 << 16
 _DRAIN_AFTER_EXIT_S = 2.0
-FETCH_TOTAL_BYTES = 64 << 20  # all fetched files of one call together
 
 
 @dataclass
@@ -89,15 +88,6 @@ def kill_tree(proc: asyncio.subprocess.Process) -> None:
         pass
 
 
-def safe_relative_path(name: str) -> Path:
-    """Validate a request's file name: relative, inside the scratch directory, no `..`."""
-    path = Path(name)
-    if not name or path.is_absolute() or ".." in path.parts or "\0" in name:
-        raise ValueError(f"file name {name!r} must be a relative path inside the scratch directory, "
-                         "without '..'; e.g. 'data/input.txt'.")
-    return path
-
-
 @dataclass
 class Sandbox:
     """A started sandbox process with its uid and scratch directory."""
@@ -115,7 +105,7 @@ class Executor:
     """
 
     def __init__(self, backend: Backend, *, scratch_root: Path | None = None, uid_pool: UidPool | None = None,
-                 limits: Limits | None = None, prestart: int = 2) -> None:
+                 limits: Limits | None = None, prestart: int = 2, file_limits: FileLimits | None = None) -> None:
         self.backend = backend
         self.uid_pool = uid_pool
         self.limits = limits or Limits()
@@ -125,6 +115,9 @@ class Executor:
             Path(scratch_root).mkdir(parents=True, exist_ok=True)
         self.scratch_root = Path(tempfile.mkdtemp(prefix="rest-sandbox-", dir=scratch_root))
         os.chmod(self.scratch_root, 0o711)  # pool uids may traverse, not list
+        self.scratch = ScratchSpace(self.scratch_root)
+        self.file_limits = file_limits or FileLimits()
+        self.start_error: str | None = None  # why the last sandbox start failed; None once one succeeds
         # Without a pid namespace, leftovers of a uid are found only by a `kill -1` as that uid.
         self.sweep_uids = backend.weak
         # Pre-started sandboxes, or the exception a failed pre-start raised (handed to a waiting call).
@@ -144,9 +137,7 @@ class Executor:
         while not self._ready.empty():
             sandbox = self._ready.get_nowait()
             if isinstance(sandbox, Sandbox):
-                kill_tree(sandbox.proc)
-                await sandbox.proc.wait()
-                await self.release(sandbox.uid, sandbox.scratch)
+                await self.teardown(sandbox.proc, sandbox.uid, sandbox.scratch)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
@@ -157,10 +148,13 @@ class Executor:
 
     # -- scratch directories and uids --------------------------------------------------------------
     def new_scratch(self, uid: int | None) -> Path:
-        """A fresh private scratch directory, owned by `uid` when there is one."""
+        """A fresh private scratch directory of at most `limits.scratch_mb`, owned by `uid` when there is one."""
         path = Path(tempfile.mkdtemp(prefix="call-", dir=self.scratch_root))
-        if uid is not None and self.uid_pool is not None:
-            self.uid_pool.prepare_dir(path, uid)
+        try:
+            self.scratch.prepare(path, uid if self.uid_pool is not None else None, self.limits.scratch_mb)
+        except OSError:
+            os.rmdir(path)
+            raise
         return path
 
     def acquire_uid(self) -> int | None:
@@ -172,8 +166,19 @@ class Executor:
         if uid is not None and self.uid_pool is not None:
             await self.uid_pool.release(uid, sweep=self.sweep_uids and not swept)
         if scratch is not None:
-            # rmtree uses fd-relative calls and never follows symlinks planted by the sandbox.
-            await asyncio.to_thread(shutil.rmtree, scratch, True)
+            await asyncio.to_thread(self.scratch.remove, scratch)
+
+    async def teardown(self, proc: asyncio.subprocess.Process, uid: int | None, scratch: Path) -> None:
+        """The one way a sandbox ends, on success or any error: kill its tree, close its pipes, sweep
+        its uid (before the call answers: nothing of it may outlive it), then free uid and scratch."""
+        kill_tree(proc)
+        if proc.stdin is not None:
+            proc.stdin.close()
+        await proc.wait()
+        if self.sweep_uids and uid is not None:
+            await sweep_uid(uid)
+        # Off the critical path: returning the uid and removing the scratch.
+        self._background(self.release(uid, scratch, swept=True))
 
     # -- starting processes ------------------------------------------------------------------------
     async def spawn(self, launch: Launch, *, line_limit: int = _READ_CHUNK) -> asyncio.subprocess.Process:
@@ -199,7 +204,11 @@ class Executor:
 
     async def _start_deferred(self) -> Sandbox:
         uid = self.acquire_uid()
-        scratch = self.new_scratch(uid)
+        try:
+            scratch = self.new_scratch(uid)
+        except BaseException:
+            await self.release(uid, None)
+            raise
         try:
             proc = await self.spawn(Launch(scratch=scratch, limits=self.limits, run={"mode": "deferred"}, uid=uid))
         except BaseException:
@@ -217,14 +226,14 @@ class Executor:
             sandbox = await self._start_deferred()
         except Exception as exc:  # noqa: BLE001 - hand the failure to the call waiting for this sandbox
             log.exception("could not pre-start a sandbox")
+            self.start_error = f"{type(exc).__name__}: {exc}"
             self._ready.put_nowait(exc)
             return
         finally:
             self._filling -= 1
+        self.start_error = None
         if self._stopping:
-            kill_tree(sandbox.proc)
-            await sandbox.proc.wait()
-            await self.release(sandbox.uid, sandbox.scratch)
+            await self.teardown(sandbox.proc, sandbox.uid, sandbox.scratch)
         else:
             self._ready.put_nowait(sandbox)
 
@@ -241,7 +250,7 @@ class Executor:
                 raise RuntimeError(f"the sandbox could not be started: {sandbox}") from sandbox
             if sandbox.proc.returncode is None or attempt == 2:
                 return sandbox  # one that died at start-up three times running is reported as a SandboxError
-            self._background(self.release(sandbox.uid, sandbox.scratch))
+            await self.teardown(sandbox.proc, sandbox.uid, sandbox.scratch)
         raise AssertionError("unreachable")
 
     # -- one-shot calls ----------------------------------------------------------------------------
@@ -256,20 +265,17 @@ class Executor:
             stdin: bytes fed to the process's stdin.
             fetch_files: scratch files to return afterwards (regular files only, never via symlinks).
         """
-        paths = [(safe_relative_path(name), content) for name, content in (files or {}).items()]
+        # Every check before any work: a bad request must not cost a sandbox.
+        names = list(files or {})
+        checked = check_files(names, list(fetch_files or []), self.file_limits)
+        contents = list(zip(checked, (files or {}).values()))
         sandbox = await self._take()
         try:
-            for relative, content in paths:
-                target = sandbox.scratch / relative
-                try:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(content)
-                except OSError as exc:  # e.g. "a" given both as a file and as a directory
-                    raise ValueError(f"cannot create file {str(relative)!r} ({exc.strerror}); give each file "
-                                     "a distinct path") from exc
-                if sandbox.uid is not None:
-                    for path in [relative, *relative.parents]:
-                        os.chown(sandbox.scratch / path, sandbox.uid, sandbox.uid)
+            try:
+                await asyncio.to_thread(write_files, sandbox.scratch, contents, sandbox.uid)
+            except OSError as exc:  # e.g. the scratch budget is too small for the files
+                raise ValueError(f"cannot create the request's files ({exc.strerror}); send smaller files "
+                                 "or raise the server's --scratch-mb") from exc
             if sandbox.proc.returncode is not None:
                 _, stderr = await sandbox.proc.communicate()
                 return ExecResult(status="SandboxError", return_code=sandbox.proc.returncode, stdout="",
@@ -279,13 +285,11 @@ class Executor:
             order = json.dumps({**run, "rlimits": {"cpu": rlimits["cpu"], "as": rlimits["as"]}}).encode() + b"\n"
             result = await self._communicate(sandbox.proc, order + (stdin or b""), limits)
             if fetch_files:
-                result.files = self._fetch_all(sandbox.scratch, fetch_files, limits)
+                result.files = await asyncio.to_thread(fetch_files_from, sandbox.scratch, fetch_files,
+                                                       self.file_limits.fetch_bytes, limits.file_size_mb << 20)
             return result
         finally:
-            if self.sweep_uids and sandbox.uid is not None:
-                await sweep_uid(sandbox.uid)  # before answering: nothing of the call may outlive it
-            # Off the critical path: returning the uid and the rmtree.
-            self._background(self.release(sandbox.uid, sandbox.scratch, swept=True))
+            await self.teardown(sandbox.proc, sandbox.uid, sandbox.scratch)
 
     async def _communicate(self, proc: asyncio.subprocess.Process, stdin: bytes, limits: Limits) -> ExecResult:
         start = time.perf_counter()
@@ -308,32 +312,6 @@ class Executor:
             readers.cancel()
         feeder.cancel()
         return _result(proc.returncode, timed_out, out, err, duration)
-
-    @classmethod
-    def _fetch_all(cls, scratch: Path, names: list[str], limits: Limits) -> dict[str, bytes]:
-        """Fetch files until FETCH_TOTAL_BYTES; the rest are left out, as if missing."""
-        files, total = {}, 0
-        for name in names:
-            content = cls._fetch(scratch, name, limits)
-            if content is not None and total + len(content) <= FETCH_TOTAL_BYTES:
-                files[name] = content
-                total += len(content)
-        return files
-
-    @staticmethod
-    def _fetch(scratch: Path, name: str, limits: Limits) -> bytes | None:
-        """Read a regular file inside `scratch`; None if it is missing, a symlink or not regular."""
-        target = scratch / safe_relative_path(name)
-        if not os.path.realpath(target).startswith(os.path.realpath(scratch) + os.sep):
-            return None
-        try:
-            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            return None
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            return f.read(int(limits.file_size_mb) << 20)
 
 
 @functools.lru_cache(maxsize=1)

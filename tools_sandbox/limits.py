@@ -16,6 +16,7 @@ Each cap maps to one kernel mechanism, applied by `confine/launcher.py` inside t
 | `file_size_mb`   | RLIMIT_FSIZE                                |
 | `open_files`     | RLIMIT_NOFILE                               |
 | `output_bytes`   | the service stops keeping output, adds a marker |
+| `scratch_mb`     | a size-capped tmpfs on the scratch directory (root service) |
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class Limits:
     """Open file descriptors per process (RLIMIT_NOFILE)."""
     output_bytes: int = 256 * 1024
     """Bytes of stdout (and, separately, stderr) kept; the rest is dropped and a marker added."""
+    scratch_mb: int = 256
+    """Scratch space of one call or one session in all, in MiB: the size of the tmpfs a root service
+    mounts on its scratch directory (writes past it fail with ENOSPC while the code runs)."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -73,36 +73,74 @@ class Metrics:
 
 
 class Admission:
-    """A semaphore with a bounded waiting room."""
+    """Execution slots shared fairly between clients, with a bounded waiting room.
+
+    When a slot frees, it goes to the waiting client that holds the fewest slots (ties: the one
+    that waited longest), not to the oldest request: one client's many long calls delay another
+    client's call by at most one call, never by the whole queue of the first. A lone client
+    still gets every slot (the trainer is usually the only one).
+    """
 
     def __init__(self, max_concurrency: int, queue_size: int) -> None:
         if max_concurrency < 1 or queue_size < 0:
             raise ValueError(f"max_concurrency={max_concurrency} must be >= 1 and queue_size={queue_size} >= 0.")
         self.max_concurrency, self.queue_size = max_concurrency, queue_size
-        self._semaphore = asyncio.Semaphore(max_concurrency)
         self.running = 0
         self.waiting = 0
+        self._held: dict[str, int] = {}  # slots held per client
+        self._queues: dict[str, deque[asyncio.Future]] = {}  # waiters per client, in arrival order
         self._recent: deque[float] = deque(maxlen=256)  # durations of recent executions
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one execution slot; raises Overloaded when the waiting room is full."""
-        if self._semaphore.locked() and self.waiting >= self.queue_size:
-            raise Overloaded(f"server busy: {self.running} calls running and {self.waiting} waiting (queue size "
-                             f"{self.queue_size}); retry later", self.retry_after_s())
-        self.waiting += 1
-        try:
-            await self._semaphore.acquire()
-        finally:
-            self.waiting -= 1
-        self.running += 1
+    async def slot(self, client: str = "") -> AsyncIterator[None]:
+        """Hold one execution slot for `client`; raises Overloaded when the waiting room is full."""
+        if self.running >= self.max_concurrency or self.waiting:
+            if self.waiting >= self.queue_size:
+                raise Overloaded(f"server busy: {self.running} calls running and {self.waiting} waiting (queue "
+                                 f"size {self.queue_size}); retry later", self.retry_after_s())
+            turn = asyncio.get_running_loop().create_future()
+            self._queues.setdefault(client, deque()).append(turn)
+            self.waiting += 1
+            try:
+                await turn  # the slot is handed over already counted (see _hand_over)
+            except BaseException:
+                if turn.done() and not turn.cancelled():
+                    self._free(client)  # handed a slot while being cancelled: pass it on
+                else:
+                    self._queues[client].remove(turn)
+                    self.waiting -= 1
+                    if not self._queues[client]:
+                        del self._queues[client]
+                raise
+        else:
+            self._take(client)
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.running -= 1
             self._recent.append(time.perf_counter() - start)
-            self._semaphore.release()
+            self._free(client)
+
+    def _take(self, client: str) -> None:
+        self.running += 1
+        self._held[client] = self._held.get(client, 0) + 1
+
+    def _free(self, client: str) -> None:
+        self.running -= 1
+        self._held[client] -= 1
+        if not self._held[client]:
+            del self._held[client]
+        while self._queues and self.running < self.max_concurrency:
+            # dicts keep insertion order: min() picks the longest-waiting client among the least served
+            chosen = min(self._queues, key=lambda c: self._held.get(c, 0))
+            turn = self._queues[chosen].popleft()
+            if not self._queues[chosen]:
+                del self._queues[chosen]
+            else:  # to the back of the round
+                self._queues[chosen] = self._queues.pop(chosen)
+            self.waiting -= 1
+            self._take(chosen)
+            turn.set_result(None)
 
     def retry_after_s(self) -> int:
         """Seconds until the current queue has likely drained (at least 1)."""

@@ -18,6 +18,7 @@ import sys
 
 from tools_sandbox.backends import BACKEND_NAMES, select_backend
 from tools_sandbox.limits import Limits
+from tools_sandbox.netguard import guarded_protocol
 from tools_sandbox.service import ServiceConfig, create_app
 
 log = logging.getLogger("tools_sandbox.server")
@@ -57,9 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-processes", type=int, default=limits.max_processes, help="processes per call")
     p.add_argument("--file-size-mb", type=int, default=limits.file_size_mb, help="largest file a call may write")
     p.add_argument("--open-files", type=int, default=limits.open_files, help="open files per process")
+    p.add_argument("--scratch-mb", type=int, default=limits.scratch_mb,
+                   help="scratch space per call and per session in all, MiB (enforced as root)")
     p.add_argument("--output-bytes", type=int, default=limits.output_bytes, help="stdout/stderr bytes kept")
     p.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / (1 << 20),
                    help="largest request body, MiB (default %(default)s)")
+    p.add_argument("--read-timeout-s", type=float, default=defaults.read_timeout_s,
+                   help="seconds a client has to send a request's headers, and again its body (default %(default)s)")
+    p.add_argument("--max-connections-per-client", type=int, default=defaults.max_connections_per_client,
+                   help="open connections one client address may hold; more are dropped (default %(default)s)")
+    p.add_argument("--idle-sessions-mb", type=int, default=defaults.idle_sessions_mb,
+                   help="memory (RSS + scratch) all idle sessions may hold together; the least recently used "
+                        "are ended beyond it (default %(default)s)")
     p.add_argument("--scratch-root", help="where to make this service's scratch directory (default: the system temp dir); "
                         "with the rlimit backend, pool uids must be able to traverse it")
     p.add_argument("--uid-base", type=int, default=defaults.uid_base,
@@ -80,7 +90,8 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
             raise ValueError(f"--secret-env {args.secret_env}: that environment variable is empty or unset; "
                              f"export {args.secret_env}=<a long random string> first")
     limits = Limits(cpu_s=args.cpu_s, wall_s=args.wall_s, memory_mb=args.memory_mb, max_processes=args.max_processes,
-                    file_size_mb=args.file_size_mb, open_files=args.open_files, output_bytes=args.output_bytes)
+                    file_size_mb=args.file_size_mb, open_files=args.open_files, output_bytes=args.output_bytes,
+                    scratch_mb=args.scratch_mb)
     return ServiceConfig(
         limits=limits, backend=args.backend, max_concurrency=args.max_concurrency, queue_size=args.queue_size,
         max_sessions=args.max_sessions, session_idle_s=args.session_idle_s,
@@ -89,6 +100,8 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         prestart=args.prestart if args.prestart is not None else 2 * args.max_concurrency, max_body_bytes=int(args.max_body_mb * (1 << 20)),
         tool_modules=tuple(args.tools_module), bfcl=not args.no_bfcl, scratch_root=args.scratch_root,
         uid_base=args.uid_base, sandbox_python=args.sandbox_python, seccomp=not args.disable_seccomp,
+        read_timeout_s=args.read_timeout_s, max_connections_per_client=args.max_connections_per_client,
+        idle_sessions_mb=args.idle_sessions_mb,
     )
 
 
@@ -109,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         # Selected here, not at app start-up, so a missing backend is one clear line, not a traceback.
         backend = select_backend(config.backend, seccomp=config.seccomp, python=config.sandbox_python)
+        protocol = guarded_protocol(config.read_timeout_s, config.max_connections_per_client)
     except ValueError as exc:
         print(f"sandbox-server: {exc}", file=sys.stderr)
         return 2
@@ -132,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(tmp, args.port_file)
     log.info("sandbox service listening on http://%s:%d", args.host, port)
     server = uvicorn.Server(uvicorn.Config(create_app(config, backend), log_level=args.log_level, access_log=False,
-                                           timeout_graceful_shutdown=5))
+                                           timeout_graceful_shutdown=5, http=protocol))
     try:
         server.run(sockets=[sock])
     except ValueError as exc:  # configuration problems found at startup (backend, tool modules)

@@ -7,24 +7,26 @@ or when a call ignores its timeout (then the worker is killed and the session is
 
 Pre-started workers (`warm_workers`) make session creation and stateless tool calls cheap: the
 interpreter, site-packages and the BFCL modules are already loaded when a request arrives.
+
+Memory held by idle sessions is capped host-wide (`idle_memory_bytes`): after each call the
+session's footprint is measured (private memory of its process tree plus its scratch), and while
+idle sessions hold more than the cap together, the least recently used one is ended.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tools_sandbox.backends import Launch
-from tools_sandbox.executor import Executor, kill_tree
+from tools_sandbox.executor import Executor
 from tools_sandbox.limits import Limits
 from tools_sandbox.tools.registry import SERVICE_TOOLS, EnvSpec, ToolRegistry
+from tools_sandbox.worker_process import WorkerProcess, footprint
 
 log = logging.getLogger(__name__)
 _GRACE_S = 2.0  # beyond a call's wall limit, for the worker's own timeout to answer first
@@ -58,52 +60,6 @@ def _in_service(tool: str, arguments: dict) -> ToolOutcome:
     return ToolOutcome(ok, output, error, duration_s=time.perf_counter() - start)
 
 
-class WorkerProcess:
-    """A sandboxed `worker.py`, its uid and scratch directory; one JSON line per request."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, uid: int | None, scratch: Path) -> None:
-        self.proc, self.uid, self.scratch = proc, uid, scratch
-        self.stderr_tail: deque[bytes] = deque(maxlen=32)
-        self._stderr_task = asyncio.create_task(self._drain_stderr())
-
-    async def _drain_stderr(self) -> None:
-        while chunk := await self.proc.stderr.read(4096):
-            self.stderr_tail.append(chunk[-1024:])
-
-    def diagnostics(self) -> str:
-        """The end of what the worker wrote to stderr (for errors about a dead worker)."""
-        return b"".join(self.stderr_tail).decode(errors="replace")[-1000:].strip()
-
-    async def request(self, message: dict, timeout_s: float) -> dict:
-        """Send one message and wait for its reply; raises TimeoutError, or RuntimeError if it died."""
-        # The write shares the deadline: a large message blocks on a full pipe if the worker stalls.
-        return await asyncio.wait_for(self._roundtrip(json.dumps(message).encode() + b"\n"), timeout_s)
-
-    async def _roundtrip(self, data: bytes) -> dict:
-        try:
-            self.proc.stdin.write(data)
-            await self.proc.stdin.drain()
-            line = await self.proc.stdout.readline()
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            line = b""
-            self.stderr_tail.append(f"[{type(exc).__name__}]".encode())
-        except ValueError as exc:  # a reply longer than the reader's limit: the worker is misbehaving
-            raise RuntimeError(f"worker reply over the size limit ({exc})") from exc
-        if not line:
-            await asyncio.sleep(0.05)  # let the stderr drain catch the last words
-            raise RuntimeError(f"the session's worker exited ({self.diagnostics() or 'no message'})")
-        try:
-            return json.loads(line)
-        except ValueError as exc:
-            raise RuntimeError(f"the session's worker sent a malformed reply ({exc})") from exc
-
-    async def kill(self) -> None:
-        """Kill the worker's whole process tree."""
-        kill_tree(self.proc)
-        await self.proc.wait()
-        self._stderr_task.cancel()
-
-
 @dataclass
 class Session:
     """A live session: its environments, worker and clocks."""
@@ -114,6 +70,8 @@ class Session:
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    held_bytes: int = 0
+    """Memory and scratch the session held after its last call."""
 
     @property
     def tools(self) -> list[str]:
@@ -126,10 +84,11 @@ class SessionManager:
 
     def __init__(self, executor: Executor, registry: ToolRegistry, limits: Limits, *, max_sessions: int = 256,
                  idle_s: float = 300.0, lifetime_s: float = 3600.0, session_cpu_s: int = 600,
-                 warm_workers: int = 2, preload: tuple[str, ...] = ()) -> None:
+                 warm_workers: int = 2, preload: tuple[str, ...] = (), idle_memory_bytes: int = 4 << 30) -> None:
         self.executor, self.registry, self.limits = executor, registry, limits
         self.max_sessions, self.idle_s, self.lifetime_s = max_sessions, idle_s, lifetime_s
         self.session_cpu_s, self.warm_workers, self.preload = session_cpu_s, warm_workers, list(preload)
+        self.idle_memory_bytes = idle_memory_bytes
         self.sessions: dict[str, Session] = {}
         self._pool: asyncio.Queue[WorkerProcess] = asyncio.Queue()
         self._tasks: set[asyncio.Task] = set()
@@ -237,6 +196,7 @@ class SessionManager:
         worker = await self._take_worker(sandboxed, config or {}) if sandboxed else None
         session = Session(id=secrets.token_hex(16), envs=envs, worker=worker)
         self.sessions[session.id] = session
+        await self._account(session)
         return session
 
     def get(self, session_id: str) -> Session:
@@ -258,7 +218,23 @@ class SessionManager:
                 raise SessionNotFound(f"session {session_id!r} ended while this call waited; create a new one")
             outcome = await self._call_in(session, tool, arguments, wall_s)
             session.last_used = time.monotonic()
+        await self._account(session)
         return outcome
+
+    def idle_memory(self) -> int:
+        """Bytes held by sessions with no call in progress, as last measured."""
+        return sum(s.held_bytes for s in self.sessions.values() if not s.lock.locked())
+
+    async def _account(self, session: Session) -> None:
+        """Measure `session`, then end least recently used idle sessions while over the cap."""
+        if session.worker is not None and session.id in self.sessions:
+            # a few /proc reads: cheaper inline than a hop to a thread
+            session.held_bytes = footprint(session.worker.proc.pid, session.worker.scratch)
+        while self.idle_memory() > self.idle_memory_bytes:
+            oldest = min((s for s in self.sessions.values() if not s.lock.locked()), key=lambda s: s.last_used)
+            log.info("ending session %s: idle sessions hold %d MiB, over the --idle-sessions-mb cap", oldest.id,
+                     self.idle_memory() >> 20)
+            await self.close(oldest.id)
 
     async def _call_in(self, session: Session, tool: str, arguments: dict, wall_s: float | None) -> ToolOutcome:
         if self.registry.env_of(tool).in_service:
@@ -335,3 +311,4 @@ class SessionManager:
                     log.info("reaping session %s (%s)", session.id,
                              "lifetime" if expired else "idle" if idle else "worker exited")
                     await self.close(session.id)
+

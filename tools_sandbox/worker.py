@@ -12,6 +12,11 @@ and 1 become /dev/null so user code cannot read or forge the control channel by 
 During a call, fds 1 and 2 go to a pipe read by a thread up to the output cap. A call that runs
 past its wall or CPU budget gets `CallTimeout` raised in it (SIGALRM / SIGXCPU) and the session
 lives on; code that ignores that is killed by the service, which ends the session.
+
+Every process a call starts dies when the call ends: the worker is a child subreaper, so orphans
+of its children (double forks, `nohup ... &`) are re-parented to it, and after each call it
+SIGKILLs and reaps its children until none is left. Their CPU time then counts in
+RUSAGE_CHILDREN, so the session's CPU budget in all covers every process it ran.
 """
 
 from __future__ import annotations
@@ -38,6 +43,55 @@ _MAX_ERROR_CHARS = 4096
 
 class CallTimeout(BaseException):  # noqa: N818 - BaseException so `except Exception` cannot swallow it
     """Raised inside a tool call that exceeded its wall-clock or CPU budget."""
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    if prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children", "rb") as f:
+                pids += [int(p) for p in f.read().split()]
+        except OSError:  # a thread that just ended
+            pass
+    return pids
+
+
+def end_children() -> None:
+    """SIGKILL and reap every process this worker started, and their orphans (it is a subreaper)."""
+    while pids := _children():
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)  # by then its own orphans are already re-parented to us
+            except ChildProcessError:  # user code reaped it first
+                pass
+    try:  # zombies that user code left unreaped
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _cpu_used() -> float:
+    """CPU seconds of this worker and every process it ran and reaped."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _on_timeout(signum: int, _frame: Any) -> None:
@@ -203,6 +257,9 @@ class Worker:
         for sig in (signal.SIGALRM, signal.SIGXCPU):
             signal.signal(sig, _on_timeout)  # user code may have replaced them in an earlier call
         _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
+        if cpu_hard != resource.RLIM_INFINITY and _cpu_used() >= cpu_hard:
+            return {"ok": False, "output": "", "error": f"the session used its {cpu_hard} CPU seconds in all "
+                    "(its processes included); create a new session"}
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu_soft = int(usage.ru_utime + usage.ru_stime + float(msg.get("cpu_s", 10))) + 1
         if cpu_hard != resource.RLIM_INFINITY:
@@ -219,6 +276,8 @@ class Worker:
                     signal.setitimer(signal.ITIMER_REAL, 0)
             except CallTimeout as exc:
                 ok, error = False, f"timeout: the call hit its {exc}; the session is still usable"
+            finally:
+                end_children()  # before the capture ends: their pipe ends close with them
         sys.stdout, sys.stderr = self.stdout, self.stderr
         printed, truncated = capture.text()
         # Python cells answer with what they printed; function tools with their return value.
@@ -248,6 +307,7 @@ def serve(preload: list[str] | None = None) -> None:
     # Interleave prints and tracebacks in the order they happen, as a terminal would.
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True, write_through=True)
+    _become_subreaper()
     worker = Worker(devnull)
     for line in control_in:
         try:

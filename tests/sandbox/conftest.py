@@ -164,3 +164,8 @@ def host_process_count() -> int:
     """Processes on this machine, from /proc."""
     return sum(1 for entry in os.listdir("/proc") if entry.isdigit())
 
+
+
+def scratch_mounts() -> int:
+    """Scratch tmpfs mounts of sandbox services on this machine (one per live call or session)."""
+    return sum(1 for line in Path("/proc/self/mounts").read_text().splitlines() if "/call-" in line.split()[1])

@@ -62,7 +62,7 @@ def test_run_timeout_can_only_lower_the_limit(server) -> None:  # noqa: ANN001
     (b'{"code": "1", "language": "cobol"}', 400, "language 'cobol' is not supported here; use one of python, bash"),
     (b'{"code": "1", "files": {"a": "%%%"}}', 400, "files['a'] is not valid base64"),
     (b'{"code": "1", "files": {"../x": ""}}', 400, "must be a relative path inside the scratch directory"),
-    (b'{"code": "1", "files": {"a": "", "a/b": ""}}', 400, "cannot create file 'a/b'"),
+    (b'{"code": "1", "files": {"a": "", "a/b": ""}}', 400, "is given as a file and as a directory of 'a/b'"),
 ])
 def test_malformed_run_code_requests_get_a_4xx_that_says_what_is_wrong(server, body, status, message) -> None:  # noqa: ANN001
     response = _post(server, "/run_code", content=body, headers={"content-type": "application/json"})
