@@ -66,12 +66,23 @@ def _optimizer_settings(config: Config) -> OptimizerSettings:
     )
 
 
+def load_hf_weights(actor: PolicyActor, spec: Any, hf_dir: Path) -> None:
+    """Fill the actor's model from a Hugging Face folder and make its optimizer train those weights.
+
+    In bf16/fp16 the Megatron optimizer keeps fp32 main copies of the parameters, taken when it was
+    built, and every step writes them back: without the re-sync the first update would turn the policy
+    into the random initialisation.
+    """
+    from rest_megatron.convert.from_hf import load_hf_into_model
+    from rest_megatron.convert.hf_files import HFWeights
+
+    load_hf_into_model(actor.network, spec, HFWeights.open(hf_dir, spec=spec))
+    actor.optimizer.reload_model_params()
+
+
 def start_runtime(config: Config) -> Runtime:
     """Initialize this rank: process groups, actor (weights from the HF folder), data, run directory."""
     from transformers import AutoTokenizer
-
-    from rest_megatron.convert.from_hf import load_hf_into_model
-    from rest_megatron.convert.hf_files import HFWeights
 
     init_distributed(backend=config.launch.backend, device=config.launch.device, timeout_s=config.launch.collective_timeout_s)
     layout = ParallelLayout(tp=config.parallel.tp, pp=config.parallel.pp)
@@ -84,7 +95,7 @@ def start_runtime(config: Config) -> Runtime:
         padded_vocab_multiple=config.model.padded_vocab_multiple, megatron_overrides=config.model.megatron,
         temperature=config.rollout.temperature,
     )
-    load_hf_into_model(actor.network, spec, HFWeights.open(hf_dir, spec=spec))
+    load_hf_weights(actor, spec, hf_dir)
     algo = config.algorithm
     objective = PolicyObjective(
         policy_loss=algo.policy_loss,

@@ -44,3 +44,5 @@ def sft_warm_start(rt: Runtime) -> None:
         if rt.logger is not None and (step % 10 == 0 or step in (1, cfg.sft.num_steps)):
             rt.logger.console.print(f"sft step {step}/{cfg.sft.num_steps} loss {metrics['loss']:.4f} "
                                     f"grad_norm {metrics['grad_norm']:.3f} {metrics['tokens_per_s']:.0f} tok/s")
+    # The RL optimizer's fp32 main params (bf16/fp16) still hold the pre-SFT weights: re-sync them.
+    rt.actor.optimizer.reload_model_params()
