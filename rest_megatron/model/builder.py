@@ -217,10 +217,14 @@ def build_gpt_model(
     padded_vocab: int | None = None,
     use_te: bool | None = None,
     max_sequence_length: int | None = None,
+    device: torch.device | None = None,
 ):
-    """This rank's pipeline stage of the GPT model (parallel state must be initialized)."""
+    """This rank's pipeline stage of the GPT model (parallel state must be initialized), on `device`
+    (default: `distributed.compute_device()`)."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
+
+    from rest_megatron.distributed import compute_device
 
     tp = config.tensor_model_parallel_size
     model = GPTModel(
@@ -239,6 +243,4 @@ def build_gpt_model(
         # Megatron's own llama3 scaling hard-codes the shape parameters; set the exact frequencies.
         rotary = model.rotary_pos_emb
         rotary.inv_freq = llama3_inv_freq(rotary.inv_freq, **spec.llama3_rope)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    return model
+    return model.to(device or compute_device())

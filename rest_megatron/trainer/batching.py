@@ -70,6 +70,11 @@ def _row(sample: TrainingSample, length: int, pad_id: int) -> dict[str, torch.Te
     }
 
 
+def to_device(batch: MicroBatch, device: torch.device | str) -> MicroBatch:
+    """The micro-batch with every tensor on `device` (the runtime's: where the model and loss run)."""
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
 def make_microbatches(
     samples: Sequence[TrainingSample],
     *,
@@ -78,8 +83,9 @@ def make_microbatches(
     micro_batch_size: int,
     pad_id: int,
     length_multiple: int = 8,
+    device: torch.device | str = "cpu",
 ) -> list[MicroBatch]:
-    """This DP rank's micro-batches of the step. Rows are padded up so every rank gets the same count."""
+    """This DP rank's micro-batches of the step, on `device`. Rows are padded up so every rank gets the same count."""
     if not samples:
         raise ValueError("a training step needs at least one trajectory; check the rollout and dynamic sampling")
     length = padded_length(samples, length_multiple)
@@ -89,7 +95,7 @@ def make_microbatches(
     rows += [empty] * (per_rank * dp_size - len(rows))
     local = rows[dp_rank * per_rank : (dp_rank + 1) * per_rank]
     return [
-        {key: torch.stack([row[key] for row in local[i : i + micro_batch_size]]) for key in local[0]}
+        to_device({key: torch.stack([row[key] for row in local[i : i + micro_batch_size]]) for key in local[0]}, device)
         for i in range(0, per_rank, micro_batch_size)
     ]
 
@@ -102,8 +108,9 @@ def pack_microbatches(
     micro_batch_size: int,
     pad_id: int,
     length_multiple: int = 8,
+    device: torch.device | str = "cpu",
 ) -> list[MicroBatch]:
-    """This DP rank's packed micro-batches: [1, L] rows holding whole trajectories back to back.
+    """This DP rank's packed micro-batches on `device`: [1, L] rows holding whole trajectories back to back.
 
     L = micro_batch_size × the step's padded length, so a packed row never holds fewer trajectories
     than a padded micro-batch would. Trajectories keep their global order and fill rows first-fit in
@@ -123,7 +130,7 @@ def pack_microbatches(
         used += n
     per_rank = math.ceil(len(bins) / dp_size)
     bins += [[]] * (per_rank * dp_size - len(bins))
-    return [_packed_row(b, capacity, pad_id) for b in bins[dp_rank * per_rank : (dp_rank + 1) * per_rank]]
+    return [to_device(_packed_row(b, capacity, pad_id), device) for b in bins[dp_rank * per_rank : (dp_rank + 1) * per_rank]]
 
 
 def _packed_row(samples: Sequence[TrainingSample], capacity: int, pad_id: int) -> MicroBatch:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from rest_megatron.distributed import compute_device
 from rest_megatron.trainer.optimizer import unwrap_ddp
 
 MANIFEST = "manifest.json"
@@ -98,7 +99,7 @@ def _optimizer_has_state(optimizer: Any) -> bool:
     """Whether any rank's optimizer holds state (Adam moments exist only after the first step)."""
     parts = getattr(optimizer, "chained_optimizers", [optimizer])
     local = any(len(getattr(part, "optimizer", part).state) > 0 for part in parts)
-    flag = torch.tensor([float(local)])
+    flag = torch.tensor([float(local)], device=compute_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 

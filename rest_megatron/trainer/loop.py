@@ -69,7 +69,7 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
     microbatches = batching(
         samples, dp_rank=parallel_state.get_data_parallel_rank(), dp_size=parallel_state.get_data_parallel_world_size(),
         micro_batch_size=cfg.parallel.micro_batch_size, pad_id=rt.tokenizer.pad_token_id,
-        length_multiple=8 * cfg.parallel.tp,
+        length_multiple=8 * cfg.parallel.tp, device=rt.device,
     )
     started = time.perf_counter()
     stats = rt.actor.token_stats(microbatches)
@@ -144,7 +144,7 @@ def save(rt: Runtime, step: int) -> None:
 
 def preempted(rt: Runtime) -> bool:
     """Whether any rank received SIGTERM (agreed on by all ranks, so they stop together)."""
-    flag = torch.tensor([float(rt.stop_requested)])
+    flag = torch.tensor([float(rt.stop_requested)], device=rt.device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 

@@ -41,6 +41,8 @@ class Runtime:
     train_prompts: PromptStream
     eval_prompts: PromptStream | None
     is_driver: bool
+    device: torch.device
+    """Where this rank computes: the model, micro-batches, losses and collectives (from `init_distributed`)."""
     logger: RunLogger | None = None
     services: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     rollout: Any = None
@@ -84,7 +86,7 @@ def start_runtime(config: Config) -> Runtime:
     """Initialize this rank: process groups, actor (weights from the HF folder), data, run directory."""
     from transformers import AutoTokenizer
 
-    init_distributed(backend=config.launch.backend, device=config.launch.device, timeout_s=config.launch.collective_timeout_s)
+    device = init_distributed(backend=config.launch.backend, device=config.launch.device, timeout_s=config.launch.collective_timeout_s)
     layout = ParallelLayout(tp=config.parallel.tp, pp=config.parallel.pp)
     init_model_parallel(layout, seed=config.data.seed, timeout_s=config.launch.collective_timeout_s)
     hf_dir = resolve_model_dir(config.model.path)
@@ -93,7 +95,7 @@ def start_runtime(config: Config) -> Runtime:
         spec, _optimizer_settings(config), tp=layout.tp, pp=layout.pp, dtype=DTYPES[config.model.dtype],
         sequence_parallel=config.parallel.sequence_parallel, recompute=config.model.recompute_activations,
         padded_vocab_multiple=config.model.padded_vocab_multiple, megatron_overrides=config.model.megatron,
-        temperature=config.rollout.temperature,
+        temperature=config.rollout.temperature, device=device,
     )
     load_hf_weights(actor, spec, hf_dir)
     algo = config.algorithm
@@ -117,6 +119,7 @@ def start_runtime(config: Config) -> Runtime:
     runtime = Runtime(
         config=config, spec=spec, hf_dir=hf_dir, tokenizer=AutoTokenizer.from_pretrained(hf_dir), actor=actor,
         objective=objective, run_dir=run_dir, train_prompts=train, eval_prompts=evaluation, is_driver=is_driver,
+        device=device,
     )
     if is_driver:
         save_config(config, run_dir)
