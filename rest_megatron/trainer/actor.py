@@ -273,6 +273,7 @@ def build_actor(
     megatron_overrides: dict[str, Any] | None = None,
     temperature: float = 1.0,
     device: torch.device | None = None,
+    transformer_impl: str = "auto",
 ) -> PolicyActor:
     """Build this rank's actor (model parallel state must be initialized for `tp`×`pp`).
 
@@ -280,6 +281,7 @@ def build_actor(
         spec: a `rest_megatron.model.builder.ModelSpec`.
         settings: a `rest_megatron.trainer.optimizer.OptimizerSettings`.
         device: where the model, micro-batches and collectives live (default: `distributed.compute_device()`).
+        transformer_impl: `model.transformer_impl` (see `model.builder.resolve_transformer_impl`).
     """
     from rest_megatron.model.builder import build_gpt_model, padded_vocab_size, transformer_config
     from rest_megatron.trainer.optimizer import build_optimizer, wrap_ddp
@@ -290,7 +292,7 @@ def build_actor(
     )
     model = build_gpt_model(
         spec, config, padded_vocab=padded_vocab_size(spec.vocab_size, tp, padded_vocab_multiple),
-        max_sequence_length=max_sequence_length, device=device,
+        max_sequence_length=max_sequence_length, device=device, transformer_impl=transformer_impl,
     )
     model = wrap_ddp(model, use_distributed_optimizer=settings.use_distributed_optimizer)
     optimizer, scheduler = build_optimizer([model], settings)

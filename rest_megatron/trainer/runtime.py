@@ -95,7 +95,7 @@ def start_runtime(config: Config) -> Runtime:
         spec, _optimizer_settings(config), tp=layout.tp, pp=layout.pp, dtype=DTYPES[config.model.dtype],
         sequence_parallel=config.parallel.sequence_parallel, recompute=config.model.recompute_activations,
         padded_vocab_multiple=config.model.padded_vocab_multiple, megatron_overrides=config.model.megatron,
-        temperature=config.rollout.temperature, device=device,
+        temperature=config.rollout.temperature, device=device, transformer_impl=config.model.transformer_impl,
     )
     load_hf_weights(actor, spec, hf_dir)
     algo = config.algorithm
