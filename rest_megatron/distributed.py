@@ -36,6 +36,10 @@ class ParallelLayout:
         return world_size // (self.tp * self.pp)
 
 
+_compute_device: torch.device | None = None
+"""What `init_distributed` chose for this process; `compute_device()` hands it out."""
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -76,6 +80,10 @@ def init_distributed(
         compute_device = torch.device("cuda", torch.cuda.current_device())
     if backend == "auto":
         backend = "nccl" if compute_device.type == "cuda" else "gloo"
+    if backend == "nccl" and compute_device.type != "cuda":
+        raise ValueError("the nccl backend serves only CUDA tensors but the device is cpu; use backend gloo (or auto)")
+    global _compute_device
+    _compute_device = compute_device
     if not dist.is_initialized():
         if init_method is None and "MASTER_ADDR" not in os.environ and int(os.environ.get("WORLD_SIZE", 1)) == 1:
             init_method = f"tcp://127.0.0.1:{_free_port()}"  # a lone process outside torchrun
@@ -105,6 +113,15 @@ def destroy_model_parallel() -> None:
     for group in groups:
         if group in live and group is not dist.GroupMember.WORLD:
             dist.destroy_process_group(group)
+
+
+def compute_device() -> torch.device:
+    """The device this process computes and communicates on: the one `init_distributed` chose.
+
+    Model inputs, losses and every tensor in a collective of the trainer live here (NCCL serves only
+    CUDA tensors). Before `init_distributed` it is what `resolve_device("auto")` would pick.
+    """
+    return _compute_device if _compute_device is not None else resolve_device("auto")
 
 
 def init_model_parallel(

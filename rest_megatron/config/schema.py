@@ -48,6 +48,12 @@ class ModelConfig:
     recompute_activations: bool = False
     """Recompute each transformer layer's activations in backward to save memory."""
 
+    transformer_impl: Literal["auto", "transformer_engine", "local"] = "auto"
+    """Megatron layer implementation (read by `model/builder.py`): `transformer_engine` (fused kernels,
+    flash attention, THD packing; needs CUDA and the `gpu` extra), `local` (Megatron's plain PyTorch
+    layers, the CPU path), or `auto`: Transformer Engine when a GPU is visible, local otherwise. A missing
+    or broken Transformer Engine is an error whenever it is chosen, never a silent fallback."""
+
     megatron: dict[str, Any] = field(default_factory=dict)
     """Extra `TransformerConfig` keyword arguments, passed through verbatim (e.g.
     `{attention_dropout: 0.0}`). They override what the model builder derives from config.json."""

@@ -180,6 +180,11 @@ def _check_combinations(config: Config) -> list[str]:
             "parallel.sequence_parallel does not run on CPU (the local layer spec refuses it); "
             "set parallel.sequence_parallel=false or launch.device=cuda"
         )
+    if config.model.transformer_impl == "transformer_engine" and launch.device == "cpu":
+        errors.append(
+            "model.transformer_impl=transformer_engine needs CUDA but launch.device=cpu; "
+            "set model.transformer_impl=local (or auto)"
+        )
     if launch.backend == "nccl" and launch.device == "cpu":
         errors.append(
             "launch.backend=nccl needs CUDA but launch.device=cpu; set launch.backend=gloo (or auto)"

@@ -10,8 +10,9 @@ One function per concern: `model_spec_from_hf` reads the HF config into a family
 | Qwen3            | no       | yes         | tied or untied  | none         |
 | Llama 3.x        | no       | no          | tied or untied  | llama3       |
 
-The layer spec is Megatron's local spec on CPU and the Transformer Engine spec on GPU; the choice
-comes from the hardware (and `use_te`), never from a test flag.
+The layer spec is the recipe's `model.transformer_impl`: Transformer Engine or Megatron's local spec,
+`auto` picking Transformer Engine exactly when a GPU is visible. A chosen Transformer Engine that does
+not import is an error naming the fix, never a silent fallback to the local spec.
 """
 
 from __future__ import annotations
@@ -189,25 +190,45 @@ def transformer_config(
     return TransformerConfig(**kwargs)
 
 
-def layer_spec(spec: ModelSpec, *, use_te: bool | None = None):
-    """Transformer Engine spec on GPU (when TE imports), Megatron's local spec otherwise."""
+TRANSFORMER_IMPLS = ("auto", "transformer_engine", "local")
+
+
+def resolve_transformer_impl(impl: str = "auto", *, gpu: bool | None = None) -> str:
+    """`transformer_engine` or `local` for `model.transformer_impl` (`gpu`: whether CUDA is visible).
+
+    Choosing Transformer Engine, by name or by `auto` on a GPU, requires it to import: the local spec
+    would run without flash attention or THD packing and run out of memory where the plan said it fits.
+    """
+    if impl not in TRANSFORMER_IMPLS:
+        raise ValueError(f"model.transformer_impl must be one of {', '.join(TRANSFORMER_IMPLS)}, got {impl!r}")
+    if impl == "auto":
+        impl = "transformer_engine" if (torch.cuda.is_available() if gpu is None else gpu) else "local"
+    if impl == "transformer_engine":
+        require_transformer_engine()
+    return impl
+
+
+def require_transformer_engine() -> None:
+    """Import Transformer Engine, or raise an error that says how to install it or opt out."""
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - a broken install (no libcuda, ABI mismatch) raises OSError etc.
+        raise RuntimeError(
+            f"Transformer Engine is selected (model.transformer_impl) but does not import: {type(error).__name__}: "
+            f"{error}. Install it with the gpu extra (pip install -e '.[gpu]', built for this torch and CUDA), "
+            "or set model.transformer_impl=local to run Megatron's local layers on purpose"
+        ) from error
+
+
+def layer_spec(spec: ModelSpec, *, transformer_impl: str = "auto"):
+    """The layer spec of `resolve_transformer_impl(transformer_impl)`: Transformer Engine or local."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    if use_te is None:
-        use_te = torch.cuda.is_available() and _transformer_engine_available()
-    if use_te:
+    if resolve_transformer_impl(transformer_impl) == "transformer_engine":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=spec.qk_layernorm)
     return get_gpt_layer_local_spec(qk_layernorm=spec.qk_layernorm, normalization="RMSNorm")
-
-
-def _transformer_engine_available() -> bool:
-    try:
-        import transformer_engine  # noqa: F401
-    except Exception:  # noqa: BLE001 - a broken TE install (no libcuda) raises OSError, not ImportError
-        return False
-    return True
 
 
 def build_gpt_model(
@@ -215,17 +236,21 @@ def build_gpt_model(
     config,
     *,
     padded_vocab: int | None = None,
-    use_te: bool | None = None,
+    transformer_impl: str = "auto",
     max_sequence_length: int | None = None,
+    device: torch.device | None = None,
 ):
-    """This rank's pipeline stage of the GPT model (parallel state must be initialized)."""
+    """This rank's pipeline stage of the GPT model (parallel state must be initialized), on `device`
+    (default: `distributed.compute_device()`)."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
+
+    from rest_megatron.distributed import compute_device
 
     tp = config.tensor_model_parallel_size
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(spec, use_te=use_te),
+        transformer_layer_spec=layer_spec(spec, transformer_impl=transformer_impl),
         vocab_size=padded_vocab or padded_vocab_size(spec.vocab_size, tp),
         max_sequence_length=max_sequence_length or spec.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),
@@ -239,6 +264,4 @@ def build_gpt_model(
         # Megatron's own llama3 scaling hard-codes the shape parameters; set the exact frequencies.
         rotary = model.rotary_pos_emb
         rotary.inv_freq = llama3_inv_freq(rotary.inv_freq, **spec.llama3_rope)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    return model
+    return model.to(device or compute_device())

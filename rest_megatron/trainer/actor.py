@@ -58,9 +58,13 @@ class PolicyActor:
 
     def __init__(
         self, model: torch.nn.Module, optimizer: Any, scheduler: Any, *, vocab_size: int, chunk_size: int = 1024,
-        packed_format: str = "mask", temperature: float = 1.0,
+        packed_format: str = "mask", temperature: float = 1.0, device: torch.device | None = None,
     ) -> None:
+        from rest_megatron.distributed import compute_device
+
         self.model = model
+        self.device = device or compute_device()
+        """Where micro-batches, losses and this actor's collectives live (the runtime's device)."""
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.vocab_size = vocab_size
@@ -90,6 +94,7 @@ class PolicyActor:
 
         def forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
             batch = next(data_iterator)
+            check_on_device(batch, self.device)
             with hidden_states_instead_of_logits(self.network) if self.network.post_process else nullcontext():
                 hidden = model(batch["tokens"], **self._attention_inputs(batch))  # [B, S, H] last stage
             return hidden, lambda output: loss_for_batch(output, batch)
@@ -129,7 +134,7 @@ class PolicyActor:
         self.model.eval()
         outputs = self._run_schedule(
             microbatches,
-            lambda hidden, batch: (torch.zeros(()), {"stats": self.stats_from_hidden(hidden, batch["labels"], entropy_grad=False)}),
+            lambda hidden, batch: (hidden.new_zeros((), dtype=torch.float32), {"stats": self.stats_from_hidden(hidden, batch["labels"], entropy_grad=False)}),
             forward_only=True,
         )
         self.model.train()
@@ -171,7 +176,7 @@ class PolicyActor:
         ]
         # One denominator for the whole update: every micro-batch here, every DP rank.
         denominator = sum(aggregation.denominator(loss_mask=m, weights=mb["weights"]) for m, mb in zip(masks, microbatches))
-        denominator = torch.as_tensor(denominator, dtype=torch.float64).clone()
+        denominator = torch.as_tensor(denominator, dtype=torch.float64, device=self.device).clone()
         dist.all_reduce(denominator, group=parallel_state.get_data_parallel_group())
         undo_averaging = len(microbatches) * parallel_state.get_data_parallel_world_size()
         mask_of = {id(mb): m for m, mb in zip(masks, microbatches)}
@@ -213,8 +218,7 @@ class PolicyActor:
         )
         return metrics
 
-    @staticmethod
-    def _reduce_metrics(outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    def _reduce_metrics(self, outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """Sum (max/min for ratio extremes) over micro-batches and DP ranks; share with every rank."""
         from megatron.core import parallel_state
 
@@ -224,7 +228,7 @@ class PolicyActor:
             ops = {"ratio_max": (dist.ReduceOp.MAX, max), "ratio_min": (dist.ReduceOp.MIN, min)}
             for key in keys:
                 op, combine = ops.get(key, (dist.ReduceOp.SUM, sum))
-                value = torch.tensor(combine([float(o[key]) for o in outputs]), dtype=torch.float64)
+                value = torch.tensor(combine([float(o[key]) for o in outputs]), dtype=torch.float64, device=self.device)
                 dist.all_reduce(value, op=op, group=parallel_state.get_data_parallel_group())
                 reduced[key] = float(value)
             tokens = max(reduced.get("num_tokens", 0.0), 1.0)
@@ -239,6 +243,16 @@ class PolicyActor:
             )
             reduced = box[0]
         return reduced
+
+
+def check_on_device(batch: MicroBatch, device: torch.device) -> None:
+    """Raise unless every tensor of a micro-batch is on `device` (what the model and the loss run on)."""
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.device.type != device.type:
+            raise ValueError(
+                f"micro-batch tensor {key!r} is on {value.device}, the actor computes on {device}; build "
+                "micro-batches with device=runtime.device (trainer/batching.py) or move them with batching.to_device"
+            )
 
 
 def packed_causal_mask(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
@@ -269,23 +283,27 @@ def build_actor(
     max_sequence_length: int | None = None,
     megatron_overrides: dict[str, Any] | None = None,
     temperature: float = 1.0,
+    device: torch.device | None = None,
+    transformer_impl: str = "auto",
 ) -> PolicyActor:
     """Build this rank's actor (model parallel state must be initialized for `tp`×`pp`).
 
     Args:
         spec: a `rest_megatron.model.builder.ModelSpec`.
         settings: a `rest_megatron.trainer.optimizer.OptimizerSettings`.
+        device: where the model, micro-batches and collectives live (default: `distributed.compute_device()`).
+        transformer_impl: `model.transformer_impl` (see `model.builder.resolve_transformer_impl`).
     """
     from rest_megatron.trainer.optimizer import build_optimizer, wrap_ddp
 
     model = _build_model(spec, tp=tp, pp=pp, dtype=dtype, sequence_parallel=sequence_parallel, recompute=recompute,
                          padded_vocab_multiple=padded_vocab_multiple, max_sequence_length=max_sequence_length,
-                         megatron_overrides=megatron_overrides)
+                         megatron_overrides=megatron_overrides, device=device, transformer_impl=transformer_impl)
     model = wrap_ddp(model, use_distributed_optimizer=settings.use_distributed_optimizer)
     optimizer, scheduler = build_optimizer([model], settings)
     packed_format = "thd" if uses_transformer_engine(model) else "mask"
     return PolicyActor(model, optimizer, scheduler, vocab_size=spec.vocab_size, chunk_size=chunk_size,
-                       packed_format=packed_format, temperature=temperature)
+                       packed_format=packed_format, temperature=temperature, device=device)
 
 
 def build_reference(spec: Any, hf_dir: str | Path, **layout: Any) -> PolicyActor:
@@ -297,17 +315,20 @@ def build_reference(spec: Any, hf_dir: str | Path, **layout: Any) -> PolicyActor
     from rest_megatron.convert.hf_files import HFWeights
 
     chunk_size, temperature = layout.pop("chunk_size", 1024), layout.pop("temperature", 1.0)
+    device = layout.get("device")
     model = _build_model(spec, **layout)
     load_hf_into_model(model, spec, HFWeights.open(Path(hf_dir), spec=spec))
     model.requires_grad_(False)
     return PolicyActor(model, None, None, vocab_size=spec.vocab_size, chunk_size=chunk_size,
-                       packed_format="thd" if uses_transformer_engine(model) else "mask", temperature=temperature)
+                       packed_format="thd" if uses_transformer_engine(model) else "mask", temperature=temperature,
+                       device=device)
 
 
 def _build_model(
     spec: Any, *, tp: int = 1, pp: int = 1, dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
     recompute: bool = False, padded_vocab_multiple: int = 128, max_sequence_length: int | None = None,
-    megatron_overrides: dict[str, Any] | None = None,
+    megatron_overrides: dict[str, Any] | None = None, device: torch.device | None = None,
+    transformer_impl: str = "auto",
 ) -> torch.nn.Module:
     from rest_megatron.model.builder import build_gpt_model, padded_vocab_size, transformer_config
 
@@ -317,7 +338,7 @@ def _build_model(
     )
     return build_gpt_model(
         spec, config, padded_vocab=padded_vocab_size(spec.vocab_size, tp, padded_vocab_multiple),
-        max_sequence_length=max_sequence_length,
+        max_sequence_length=max_sequence_length, device=device, transformer_impl=transformer_impl,
     )
 
 

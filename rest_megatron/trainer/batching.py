@@ -98,19 +98,26 @@ def split_over_dp(
     return [Share(list(samples[r * per_rank : (r + 1) * per_rank]), per_rank, length) for r in range(dp_size)]
 
 
-def share_microbatches(share: Share, *, micro_batch_size: int, pad_id: int, packed: bool = False) -> list[MicroBatch]:
-    """A share's micro-batches: padded rows stacked micro_batch_size at a time, or one packed row each."""
+def share_microbatches(
+    share: Share, *, micro_batch_size: int, pad_id: int, packed: bool = False, device: torch.device | str = "cpu"
+) -> list[MicroBatch]:
+    """A share's micro-batches on `device`: padded rows stacked micro_batch_size at a time, or one packed row each."""
     if packed:
         capacity = micro_batch_size * share.length
         bins = _bins(share.samples, capacity)  # the driver's bins again: first-fit restarts at a bin boundary
         bins += [[]] * (share.num_rows - len(bins))
-        return [_packed_row(b, capacity, pad_id) for b in bins]
+        return [to_device(_packed_row(b, capacity, pad_id), device) for b in bins]
     rows = [_row(s, share.length, pad_id) for s in share.samples]
     rows += [_padding_row(share.length, pad_id)] * (share.num_rows - len(rows))  # loss_mask 0: trains nothing
     return [
-        {key: torch.stack([row[key] for row in rows[i : i + micro_batch_size]]) for key in rows[0]}
+        to_device({key: torch.stack([row[key] for row in rows[i : i + micro_batch_size]]) for key in rows[0]}, device)
         for i in range(0, share.num_rows, micro_batch_size)
     ]
+
+
+def to_device(batch: MicroBatch, device: torch.device | str) -> MicroBatch:
+    """The micro-batch with every tensor on `device` (the runtime's: where the model and loss run)."""
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
 def make_microbatches(
@@ -121,13 +128,14 @@ def make_microbatches(
     micro_batch_size: int,
     pad_id: int,
     length_multiple: int = 8,
+    device: torch.device | str = "cpu",
 ) -> list[MicroBatch]:
-    """This DP rank's micro-batches of the step. Rows are padded up so every rank gets the same count."""
+    """This DP rank's micro-batches of the step, on `device`. Rows are padded up so every rank gets the same count."""
     if not samples:
         raise ValueError("a training step needs at least one trajectory; check the rollout and dynamic sampling")
     shares = split_over_dp(samples, dp_size=dp_size, micro_batch_size=micro_batch_size,
                            length=padded_length(samples, length_multiple))
-    return share_microbatches(shares[dp_rank], micro_batch_size=micro_batch_size, pad_id=pad_id)
+    return share_microbatches(shares[dp_rank], micro_batch_size=micro_batch_size, pad_id=pad_id, device=device)
 
 
 def pack_microbatches(
@@ -138,8 +146,9 @@ def pack_microbatches(
     micro_batch_size: int,
     pad_id: int,
     length_multiple: int = 8,
+    device: torch.device | str = "cpu",
 ) -> list[MicroBatch]:
-    """This DP rank's packed micro-batches: [1, L] rows holding whole trajectories back to back.
+    """This DP rank's packed micro-batches on `device`: [1, L] rows holding whole trajectories back to back.
 
     L = micro_batch_size × the step's padded length, so a packed row never holds fewer trajectories
     than a padded micro-batch would. Trajectories keep their global order and fill rows first-fit in
@@ -149,7 +158,8 @@ def pack_microbatches(
         raise ValueError("a training step needs at least one trajectory; check the rollout and dynamic sampling")
     shares = split_over_dp(samples, dp_size=dp_size, micro_batch_size=micro_batch_size,
                            length=padded_length(samples, length_multiple), packed=True)
-    return share_microbatches(shares[dp_rank], micro_batch_size=micro_batch_size, pad_id=pad_id, packed=True)
+    return share_microbatches(shares[dp_rank], micro_batch_size=micro_batch_size, pad_id=pad_id, packed=True,
+                              device=device)
 
 
 def _bins(samples: Sequence[TrainingSample], capacity: int) -> list[list[TrainingSample]]:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from rest_megatron.distributed import compute_device
 from rest_megatron.trainer.optimizer import unwrap_ddp
 
 MANIFEST = "manifest.json"
@@ -98,7 +99,7 @@ def _optimizer_has_state(optimizer: Any) -> bool:
     """Whether any rank's optimizer holds state (Adam moments exist only after the first step)."""
     parts = getattr(optimizer, "chained_optimizers", [optimizer])
     local = any(len(getattr(part, "optimizer", part).state) > 0 for part in parts)
-    flag = torch.tensor([float(local)])
+    flag = torch.tensor([float(local)], device=compute_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 
@@ -243,14 +244,17 @@ def load_checkpoint(
         raise CheckpointError("every checkpoint failed verification:\n" + "\n".join(skipped))
 
     state = torch.load(directory / "trainer_state.pt", weights_only=False)
-    if not state.get("optimizer_saved", True):  # saved before the first update: the optimizer stays fresh
-        optimizer = None
+    # Saved before the first update: the optimizer stays fresh, but its fp32 main params (bf16/fp16)
+    # must follow the loaded model, or its first step writes back the weights it was built with.
+    with_optimizer = optimizer is not None and state.get("optimizer_saved", True)
     loaded = dist_checkpointing.load(
-        _sharded_state(model, optimizer, is_loading=True), str(directory / "model_optim")
+        _sharded_state(model, optimizer if with_optimizer else None, is_loading=True), str(directory / "model_optim")
     )
     unwrap_ddp(model).load_state_dict(loaded["model"])
-    if optimizer is not None:
+    if with_optimizer:
         optimizer.load_state_dict(loaded["optimizer"])
+    elif optimizer is not None:
+        optimizer.reload_model_params()
     if scheduler is not None and "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
     rng_file = directory / "rng" / f"rank_{dist.get_rank():05d}.pt"

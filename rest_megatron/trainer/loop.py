@@ -54,7 +54,7 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
     if share is None:
         return {**metrics, "skipped": 1.0, **timings}
     started = time.perf_counter()
-    updates = [stages.microbatches(s, cfg.parallel, pad_id=rt.tokenizer.pad_token_id) for s in share]
+    updates = [stages.microbatches(s, cfg.parallel, pad_id=rt.tokenizer.pad_token_id, device=rt.device) for s in share]
     everything = [mb for update in updates for mb in update]
     stats = rt.actor.token_stats(everything)  # the old policy: before the first update
     region_metrics = stages.attach_weights(
@@ -158,7 +158,7 @@ def save(rt: Runtime, step: int) -> None:
 
 def preempted(rt: Runtime) -> bool:
     """Whether any rank received SIGTERM (agreed on by all ranks, so they stop together)."""
-    flag = torch.tensor([float(rt.stop_requested)])
+    flag = torch.tensor([float(rt.stop_requested)], device=rt.device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 

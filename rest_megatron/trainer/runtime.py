@@ -41,6 +41,8 @@ class Runtime:
     train_prompts: PromptStream
     eval_prompts: PromptStream | None
     is_driver: bool
+    device: torch.device
+    """Where this rank computes: the model, micro-batches, losses and collectives (from `init_distributed`)."""
     logger: RunLogger | None = None
     services: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     rollout: Any = None
@@ -68,14 +70,25 @@ def _optimizer_settings(config: Config) -> OptimizerSettings:
     )
 
 
+def load_hf_weights(actor: PolicyActor, spec: Any, hf_dir: Path) -> None:
+    """Fill the actor's model from a Hugging Face folder and make its optimizer train those weights.
+
+    In bf16/fp16 the Megatron optimizer keeps fp32 main copies of the parameters, taken when it was
+    built, and every step writes them back: without the re-sync the first update would turn the policy
+    into the random initialisation.
+    """
+    from rest_megatron.convert.from_hf import load_hf_into_model
+    from rest_megatron.convert.hf_files import HFWeights
+
+    load_hf_into_model(actor.network, spec, HFWeights.open(hf_dir, spec=spec))
+    actor.optimizer.reload_model_params()
+
+
 def start_runtime(config: Config) -> Runtime:
     """Initialize this rank: process groups, actor (weights from the HF folder), data, run directory."""
     from transformers import AutoTokenizer
 
-    from rest_megatron.convert.from_hf import load_hf_into_model
-    from rest_megatron.convert.hf_files import HFWeights
-
-    init_distributed(backend=config.launch.backend, device=config.launch.device, timeout_s=config.launch.collective_timeout_s)
+    device = init_distributed(backend=config.launch.backend, device=config.launch.device, timeout_s=config.launch.collective_timeout_s)
     layout = ParallelLayout(tp=config.parallel.tp, pp=config.parallel.pp)
     init_model_parallel(layout, seed=config.data.seed, timeout_s=config.launch.collective_timeout_s)
     hf_dir = resolve_model_dir(config.model.path)
@@ -83,10 +96,11 @@ def start_runtime(config: Config) -> Runtime:
     model_layout = dict(
         tp=layout.tp, pp=layout.pp, dtype=DTYPES[config.model.dtype], sequence_parallel=config.parallel.sequence_parallel,
         recompute=config.model.recompute_activations, padded_vocab_multiple=config.model.padded_vocab_multiple,
-        megatron_overrides=config.model.megatron, temperature=config.rollout.temperature,
+        megatron_overrides=config.model.megatron, temperature=config.rollout.temperature, device=device,
+        transformer_impl=config.model.transformer_impl,
     )
     actor = build_actor(spec, _optimizer_settings(config), **model_layout)
-    load_hf_into_model(actor.network, spec, HFWeights.open(hf_dir, spec=spec))
+    load_hf_weights(actor, spec, hf_dir)
     # KL anchors the policy to the run's starting HF folder (before any SFT warm start), as verl's ref.
     reference = build_reference(spec, hf_dir, **model_layout) if config.algorithm.kl_coef > 0 else None
     algo = config.algorithm
@@ -110,7 +124,7 @@ def start_runtime(config: Config) -> Runtime:
     runtime = Runtime(
         config=config, spec=spec, hf_dir=hf_dir, tokenizer=AutoTokenizer.from_pretrained(hf_dir), actor=actor,
         objective=objective, run_dir=run_dir, train_prompts=train, eval_prompts=evaluation, is_driver=is_driver,
-        reference=reference,
+        reference=reference, device=device,
     )
     if is_driver:
         save_config(config, run_dir)

@@ -24,6 +24,21 @@ def global_sum(value: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def replica_loss_sum(losses: list[dict[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
+    """The step's summed token loss over every data-parallel replica, on every rank (float64, on `device`).
+
+    `losses` are the schedule's per-micro-batch outputs, present on the last pipeline stage only.
+    """
+    from megatron.core import parallel_state
+
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    if parallel_state.is_pipeline_last_stage():
+        loss_sum += sum(d["loss_sum"].double() for d in losses)
+    # Each DP replica's last stage holds its share (once per TP rank); sum them on every rank.
+    dist.all_reduce(loss_sum)
+    return loss_sum / parallel_state.get_tensor_model_parallel_world_size()
+
+
 def sft_train_step(model, optimizer, scheduler, microbatches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """One optimizer step over `microbatches` (dicts of tokens, labels, loss_mask, all [B, S])."""
     from megatron.core import parallel_state
@@ -36,7 +51,7 @@ def sft_train_step(model, optimizer, scheduler, microbatches: list[dict[str, tor
 
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
-        positions = torch.arange(batch["tokens"].shape[1]).expand_as(batch["tokens"])
+        positions = torch.arange(batch["tokens"].shape[1], device=batch["tokens"].device).expand_as(batch["tokens"])
         per_token_ce = model(batch["tokens"], positions, None, labels=batch["labels"])  # [B, S]
 
         def loss_func(output: torch.Tensor):
@@ -58,12 +73,7 @@ def sft_train_step(model, optimizer, scheduler, microbatches: list[dict[str, tor
     )
     update_ok, grad_norm, _ = optimizer.step()
     scheduler.step(increment=1)
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    if parallel_state.is_pipeline_last_stage():
-        loss_sum += sum(d["loss_sum"].double() for d in losses)
-    # Each DP replica's last stage holds its share (once per TP rank); sum them on every rank.
-    dist.all_reduce(loss_sum)
-    loss_sum /= parallel_state.get_tensor_model_parallel_world_size()
+    loss_sum = replica_loss_sum(losses, num_tokens.device)
     elapsed = time.perf_counter() - started
     return {
         "loss": float(loss_sum / num_tokens),

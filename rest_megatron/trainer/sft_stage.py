@@ -10,6 +10,7 @@ import random
 
 from rest_megatron.data.sft import collate, tokenize_for_sft
 from rest_megatron.data.tiny_task import demonstration, make_tiny_task
+from rest_megatron.trainer.batching import to_device
 from rest_megatron.trainer.optimizer import OptimizerSettings, build_optimizer
 from rest_megatron.trainer.runtime import Runtime
 from rest_megatron.trainer.sft import sft_train_step
@@ -39,8 +40,11 @@ def sft_warm_start(rt: Runtime) -> None:
     for step in range(1, cfg.sft.num_steps + 1):
         drawn = rng.sample(examples, min(len(examples), cfg.sft.micro_batch_size * dp))
         local = drawn[rank::dp]
-        microbatches = collate(local, pad_id=rt.tokenizer.pad_token_id, micro_batch_size=len(local))
+        microbatches = [to_device(mb, rt.device)
+                        for mb in collate(local, pad_id=rt.tokenizer.pad_token_id, micro_batch_size=len(local))]
         metrics = sft_train_step(rt.actor.model, optimizer, scheduler, microbatches)
         if rt.logger is not None and (step % 10 == 0 or step in (1, cfg.sft.num_steps)):
             rt.logger.console.print(f"sft step {step}/{cfg.sft.num_steps} loss {metrics['loss']:.4f} "
                                     f"grad_norm {metrics['grad_norm']:.3f} {metrics['tokens_per_s']:.0f} tok/s")
+    # The RL optimizer's fp32 main params (bf16/fp16) still hold the pre-SFT weights: re-sync them.
+    rt.actor.optimizer.reload_model_params()

@@ -149,11 +149,11 @@ def plan_updates(
     return [[update[rank] for update in per_update] for rank in range(dp_size)]
 
 
-def microbatches(share: Share, parallel: Any, *, pad_id: int) -> list[MicroBatch]:
-    """This rank's micro-batches of one update, built from its share only (`parallel`: the config's
-    parallel section: micro_batch_size, pack_sequences)."""
+def microbatches(share: Share, parallel: Any, *, pad_id: int, device: torch.device | str = "cpu") -> list[MicroBatch]:
+    """This rank's micro-batches of one update on `device`, built from its share only (`parallel`: the
+    config's parallel section: micro_batch_size, pack_sequences)."""
     return share_microbatches(share, micro_batch_size=parallel.micro_batch_size, pad_id=pad_id,
-                              packed=parallel.pack_sequences)
+                              packed=parallel.pack_sequences, device=device)
 
 
 def ppo_updates(actor: Any, updates: list[list[MicroBatch]], objective: Any, *, epochs: int) -> dict[str, float]:
