@@ -39,18 +39,8 @@ from typing import Protocol
 import torch
 
 from rest_megatron.algo.curricula import Cosine, CurriculumSpec, Linear, evaluate
-from rest_megatron.algo.regions import NUM_REGIONS, Region
+from rest_megatron.algo.regions import NUM_REGIONS, PRIMARY_PRIORITY, Region
 from rest_megatron.algo.registry import Registry
-
-#: The region that represents a token for per-region averaging, highest priority first.
-PRIMARY_PRIORITY: tuple[Region, ...] = (
-    Region.TOOL_NAME,
-    Region.TOOL_ARGS,
-    Region.FORMAT_TAG,
-    Region.REASONING,
-    Region.ANSWER,
-    Region.OTHER,
-)
 
 # Clip range of positive raw weights before the per-sequence mean-1 rescaling (the authors' w_min/w_max).
 CLIP_MIN = 0.001
@@ -94,7 +84,7 @@ def region_bits(region_mask: torch.Tensor) -> torch.Tensor:
 
 
 def primary_region(region_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] region id of the highest-priority set bit (PRIMARY_PRIORITY); OTHER where no bit is set."""
+    """[B, T] region id of the highest-priority set bit (`regions.PRIMARY_PRIORITY`); OTHER where none is."""
     bits = region_bits(region_mask)  # [B, T, R]
     score = torch.zeros(NUM_REGIONS, dtype=torch.long, device=region_mask.device)
     for rank, region in enumerate(PRIMARY_PRIORITY):
