@@ -5,21 +5,51 @@ Regions are computed from the sampled IDs, never from re-tokenized text, in two 
    incremental UTF-8 decoder turns the byte stream into characters. A character whose bytes span
    several tokens (a token can hold half of a multi-byte character) is *completed* by the last of
    them, and its region goes to all of them. The pieces join to `tokenizer.decode(ids)`.
-2. Parsing. A character-level state machine over the assistant text, fed one character at a time:
+2. Parsing. A character-level state machine over the assistant text, fed one character at a time. It
+   reads every response format our data sets use: Hermes/Qwen (`"arguments"`, one call per block) and
+   ToolRL (`"parameters"`, one JSON call per line, several calls per block, `<response>`):
    - `<think>…</think>`: the tags are FORMAT_TAG, the inside REASONING;
-   - `<tool_call>{"name": "…", "arguments": {…}}</tool_call>`: the tags and the JSON scaffolding
-     (braces, the keys, colons, commas, whitespace, the quotes around the name) are FORMAT_TAG, the
-     characters of the name TOOL_NAME, the whole arguments value TOOL_ARGS. Other keys and text that
-     breaks the expected JSON shape are FORMAT_TAG: it is still tool-call syntax, just wrong;
+   - `<response>…</response>`: the tags are FORMAT_TAG, the inside ANSWER;
+   - `<tool_call>…</tool_call>`: the tags are FORMAT_TAG. Inside, each JSON object is a call (one per
+     line, or the items of a JSON list): the characters of its "name" string are TOOL_NAME, its whole
+     "arguments"/"parameters" value (`tool_calls.ARGUMENT_KEYS`) TOOL_ARGS, and everything else (braces,
+     keys, quotes, colons, commas, newlines, other keys, text that is not JSON) OTHER;
    - text outside the blocks is ANSWER; whitespace that only separates blocks (or starts or ends the
      turn) is OTHER, and so are special tokens such as `<|im_end|>`.
    Tags are matched on characters, so they may be split across tokens in any way. The first
    `</tool_call>` closes a call even inside a JSON string (Hermes parsers use the same rule), and a
    new `<tool_call>` inside an unterminated one starts a new call. Nothing ever raises.
 
+These are the region rules of the ResT authors' `token_weighting.py` (paper mode gives FORMAT_TAG
+γ_format, TOOL_NAME γ_name, TOOL_ARGS γ_args, REASONING γ_reasoning, and 0 to ANSWER and OTHER), with
+these differences, each on purpose (the differential test `tests/algo/test_regions_vs_authors.py`
+checks that the labels agree with a re-implementation of the authors' rules everywhere else):
+1. Span -> token mapping. The authors re-tokenize the decoded text and map each character span to
+   tokens with offsets: the first token that *starts* inside the span up to, but excluding, the token
+   that ends it. That drops the last token of every span of two or more tokens (an argument object's
+   closing `}}`, the last word of the reasoning, a tag's last piece), drops a first token that starts
+   before the span (`Ġ"get` writes a quote and the name), and when a span lies inside one token marks
+   the token after it. Here a token gets the regions of every character it writes (the weighting takes
+   the largest γ), computed from the sampled ids.
+2. Every call of a block. The authors weight the name and arguments of the *first* call in each
+   `<tool_call>` block only (their `re.search`), so the second and later calls of a ToolRL block get
+   weight 0; here every call is labelled alike.
+3. Unclosed blocks (truncated turns). The authors' regexes only match closed pairs, so a turn cut
+   inside `<think>`, `<tool_call>` or `<response>` gets weight 0 for that block, tags included. The
+   tagger is streaming (a label is final when its token is fed) and labels an open block as if it
+   would close; an unresolved partial tag at the end (`<tool_ca`) is FORMAT_TAG.
+4. Blocks inside blocks. The authors' patterns run independently over the whole text, so a
+   `<tool_call>` written inside `<think>` is weighted as reasoning *and* as a call; here the inside of
+   `<think>` is reasoning only (the rollout executes no call written there either, see tool_calls.py).
+   Their name/arguments patterns also match `<toolcall>` blocks, whose tags they never weight; here
+   `<toolcall>` is plain text.
+5. Odd JSON. The authors take the first `"name": "…"` anywhere in the block and the first `{` anywhere
+   after the arguments key; here the JSON is parsed: an arguments value that is a string or a scalar is
+   TOOL_ARGS whole, a name that is not a string (or a "name" key nested in the arguments) is not a name.
+
 A token's result is a bitmask (`regions.region_bit`) of every region its characters touch. Tokens
 outside the loss mask get OTHER; a token that decodes to nothing (an id beyond the vocabulary) gets
-OTHER. Unresolved input at the end of a turn (a partial tag such as `<tool_ca`) is FORMAT_TAG.
+OTHER.
 """
 
 from __future__ import annotations
@@ -30,7 +60,18 @@ from functools import lru_cache
 
 from tokenizers import decoders
 
-from rest_megatron.algo.regions import Region, region_bit
+from rest_megatron.algo.regions import Region, primary_region, region_bit
+from rest_megatron.algo.tool_calls import (
+    ARGUMENT_KEYS,
+    RESPONSE_CLOSE,
+    RESPONSE_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+)
+
+__all__ = ["RegionTagger", "primary_region", "tag_regions", "token_pieces"]
 
 FORMAT_TAG = region_bit(Region.FORMAT_TAG)
 TOOL_NAME = region_bit(Region.TOOL_NAME)
@@ -39,25 +80,15 @@ REASONING = region_bit(Region.REASONING)
 ANSWER = region_bit(Region.ANSWER)
 OTHER = region_bit(Region.OTHER)
 
-# Most specific first: a token that writes part of a tool name is a tool-name token for per-region
-# averages, whatever else it touches.
-PRIMARY_ORDER = (Region.TOOL_NAME, Region.TOOL_ARGS, Region.FORMAT_TAG, Region.REASONING, Region.ANSWER)
-
-_TOP_TAGS = ("<think>", "</think>", "<tool_call>", "</tool_call>")
-_THINK_TAGS = ("</think>",)
-_CALL_TAGS = ("</tool_call>", "<tool_call>")
-_TOP, _THINK, _CALL = "top", "think", "call"
+_TOP_TAGS = (THINK_OPEN, THINK_CLOSE, TOOL_CALL_OPEN, TOOL_CALL_CLOSE, RESPONSE_OPEN, RESPONSE_CLOSE)
+_THINK_TAGS = (THINK_CLOSE,)
+_CALL_TAGS = (TOOL_CALL_CLOSE, TOOL_CALL_OPEN)
+_RESPONSE_TAGS = (RESPONSE_CLOSE,)
+_TOP, _THINK, _CALL, _RESPONSE = "top", "think", "call", "response"
+# The label of a call's whole value, by key; other keys' values are OTHER.
+_VALUE_LABELS = {key: TOOL_ARGS for key in ARGUMENT_KEYS}
 # JSON states inside a tool call.
 _PRE, _KEY_OR_END, _KEY, _COLON, _VALUE, _NAME_STR, _SCAN, _AFTER, _POST = range(9)
-
-
-def primary_region(mask: int) -> Region:
-    """One region per token for per-region averages: TOOL_NAME > TOOL_ARGS > FORMAT_TAG > REASONING
-    > ANSWER > OTHER; an empty mask is OTHER."""
-    for region in PRIMARY_ORDER:
-        if mask & region_bit(region):
-            return region
-    return Region.OTHER
 
 
 @lru_cache(maxsize=1)
@@ -162,7 +193,7 @@ class _Parser:
         self._js = _PRE
         self._key = ""  # the current key of the call's outer object
         self._escape = False  # the previous char was a backslash inside a JSON string
-        self._scan_label, self._depth, self._in_str, self._scalar = FORMAT_TAG, 0, False, False
+        self._scan_label, self._depth, self._in_str, self._scalar = OTHER, 0, False, False
 
     def push(self, text: str) -> None:
         for ch in text:
@@ -188,12 +219,14 @@ class _Parser:
             return ANSWER
         if self._mode == _THINK:
             return REASONING
-        return {_NAME_STR: TOOL_NAME, _SCAN: self._scan_label}.get(self._js, FORMAT_TAG)
+        if self._mode == _RESPONSE:
+            return ANSWER
+        return {_NAME_STR: TOOL_NAME, _SCAN: self._scan_label}.get(self._js, OTHER)
 
     def _char(self, pos: int) -> None:
         ch = self.chars[pos]
         if self._tag or ch == "<":
-            tags = {_TOP: _TOP_TAGS, _THINK: _THINK_TAGS, _CALL: _CALL_TAGS}[self._mode]
+            tags = {_TOP: _TOP_TAGS, _THINK: _THINK_TAGS, _CALL: _CALL_TAGS, _RESPONSE: _RESPONSE_TAGS}[self._mode]
             candidate = "".join(self.chars[p] for p in self._tag) + ch
             if candidate in tags:
                 for p in [*self._tag, pos]:
@@ -216,9 +249,11 @@ class _Parser:
         for p in self._ws:
             self.labels[p] = OTHER  # whitespace before a block separates; it is not answer text
         self._ws, self._answer_open = [], False
-        if tag == "<think>":
+        if tag == THINK_OPEN:
             self._mode = _THINK
-        elif tag == "<tool_call>":
+        elif tag == RESPONSE_OPEN:
+            self._mode = _RESPONSE
+        elif tag == TOOL_CALL_OPEN:
             self._mode, self._js = _CALL, _PRE
         else:  # a closing tag, matching or stray
             self._mode = _TOP
@@ -226,6 +261,8 @@ class _Parser:
     def _plain(self, pos: int, ch: str) -> None:
         if self._mode == _THINK:
             self.labels[pos] = REASONING
+        elif self._mode == _RESPONSE:
+            self.labels[pos] = ANSWER
         elif self._mode == _CALL:
             self._json(pos, ch)
         elif ch.isspace():
@@ -237,9 +274,10 @@ class _Parser:
             self.labels[pos] = ANSWER
 
     def _json(self, pos: int, ch: str) -> None:
-        js, label, space = self._js, FORMAT_TAG, ch.isspace()
+        js, label, space = self._js, OTHER, ch.isspace()
         if js == _PRE:
-            self._js = _KEY_OR_END if ch == "{" else _PRE if space else _POST
+            # A call object, or a JSON list of them ("[" keeps waiting for the first object).
+            self._js = _KEY_OR_END if ch == "{" else _PRE if space or ch == "[" else _POST
         elif js == _KEY_OR_END:
             if ch == '"':
                 self._js, self._key, self._escape = _KEY, "", False
@@ -263,7 +301,7 @@ class _Parser:
             if self._key == "name" and ch == '"':
                 self._js, self._escape = _NAME_STR, False
             elif not space:
-                self._scan_label = {"name": TOOL_NAME, "arguments": TOOL_ARGS}.get(self._key, FORMAT_TAG)
+                self._scan_label = _VALUE_LABELS.get(self._key, OTHER)
                 self._js, self._depth, self._in_str, self._escape, self._scalar = (
                     _SCAN,
                     0,
@@ -285,7 +323,9 @@ class _Parser:
             return
         elif js == _AFTER:
             self._js = _KEY_OR_END if ch == "," else _POST if ch == "}" or not space else _AFTER
-        # _POST (after the outer "}", or after text that breaks the JSON shape) keeps FORMAT_TAG.
+        elif js == _POST and ch == "{":
+            self._js = _KEY_OR_END  # the next call of the block (ToolRL: one per line; or a list's next item)
+        # _POST (after a call's "}", or after text that breaks the JSON shape) is OTHER.
         self.labels[pos] = label
 
     def _scan(self, pos: int, ch: str) -> None:

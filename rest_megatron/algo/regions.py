@@ -13,15 +13,26 @@ from enum import IntEnum
 class Region(IntEnum):
     """Region ids; the bit for region r in a region mask is `1 << r`."""
 
-    FORMAT_TAG = 0  # <think>, </think>, <tool_call>, </tool_call> and the JSON punctuation around fields
+    FORMAT_TAG = 0  # the tags <think>, </think>, <tool_call>, </tool_call>, <response>, </response>
     TOOL_NAME = 1  # the value of "name" inside a tool call
-    TOOL_ARGS = 2  # the "arguments" object inside a tool call
+    TOOL_ARGS = 2  # the "arguments" (or "parameters") value inside a tool call
     REASONING = 3  # text inside <think>...</think>
-    ANSWER = 4  # the final answer text outside think and tool-call blocks
-    OTHER = 5  # anything else (end-of-turn tokens, whitespace between blocks)
+    ANSWER = 4  # the answer text: outside the blocks, or inside <response>...</response>
+    OTHER = 5  # anything else: the JSON scaffolding of a call, whitespace between blocks, end-of-turn tokens
 
 
 NUM_REGIONS = len(Region)
+
+#: The one region that represents a token touching several (per-region averages, the run log): most
+#: specific first, so a token that writes part of a tool name is a tool-name token whatever else it touches.
+PRIMARY_PRIORITY: tuple[Region, ...] = (
+    Region.TOOL_NAME,
+    Region.TOOL_ARGS,
+    Region.FORMAT_TAG,
+    Region.REASONING,
+    Region.ANSWER,
+    Region.OTHER,
+)
 
 
 def region_bit(region: Region) -> int:
@@ -32,3 +43,11 @@ def region_bit(region: Region) -> int:
 def regions_in(mask: int) -> list[Region]:
     """The regions set in a region mask, in id order."""
     return [r for r in Region if mask & (1 << int(r))]
+
+
+def primary_region(mask: int) -> Region:
+    """The first region of PRIMARY_PRIORITY set in `mask`; OTHER for an empty mask."""
+    for region in PRIMARY_PRIORITY:
+        if mask & (1 << int(region)):
+            return region
+    return Region.OTHER

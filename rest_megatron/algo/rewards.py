@@ -151,8 +151,19 @@ def toolrl_reward(
     format_min: CurriculumSpec = TOOLRL_FORMAT_MIN,
     correct_max: CurriculumSpec = TOOLRL_CORRECT_MAX,
     correct_min: CurriculumSpec = TOOLRL_CORRECT_MIN,
+    accept_arguments: bool = True,
+    step_origin: int = 0,
 ) -> tuple[float, dict[str, float]]:
     """ToolRL reward = format + correctness, with the ranges scheduled as ResT trains (SCHEDULEREWARD=1).
+
+    `accept_arguments`: True takes a predicted call's arguments under "arguments" as well as
+    "parameters". False is rlla.py's rule (the paper recipes set it): only "parameters" counts, so a
+    call that writes "arguments" (or neither) is never an exact match, and makes the correctness
+    correct_min(s) as soon as its name is an expected call's (rlla.py reads `pd_tool["parameters"]` for
+    such a call and its KeyError scores the minimum); with any other name it only costs its share of
+    the partial credit.
+    `step_origin`: the schedules are evaluated at s = step + step_origin. The ResT authors' verl counter
+    calls the first RL step 1 (our `step` counts from 0), so the paper recipes set 1.
 
     format      = format_max(s) if `toolrl_format_ok` else format_min(s).
     correctness = 0 when the ground truth has no tool call; else, with the predicted calls of the first
@@ -162,7 +173,7 @@ def toolrl_reward(
     For the unscheduled ToolRL reward pass constants: format 1/0, correctness 3/−3.
 
     Differences from rlla.py, all lenient and all about parsing: "arguments" is accepted for
-    "parameters", blank lines and whole-block JSON lists inside the block are tolerated, and text inside
+    "parameters" unless `accept_arguments` is False, blank lines and whole-block JSON lists inside the block are tolerated, and text inside
     <think> is never a call.
     """
     if isinstance(ground_truth, Mapping):
@@ -172,6 +183,7 @@ def toolrl_reward(
                          "prepare --format toolrl` (it keeps that string as ground_truth.reference)")
     turns = as_turns(response)
     response = turns[0] if turns else ""
+    step = step + step_origin
     f_max, f_min = evaluate(format_max, step), evaluate(format_min, step)
     c_max, c_min = evaluate(correct_max, step), evaluate(correct_min, step)
     fmt = f_max if toolrl_format_ok(response, ground_truth) else f_min
@@ -182,10 +194,12 @@ def toolrl_reward(
         gt_calls = _ground_truth_calls(ground_truth)
         parsed = parse_tool_calls(response.strip())
         first_block_errors = [e for e in parsed.errors if e.block == 0]
-        pd_calls = [c.as_dict() for c in parsed.calls if c.block == 0]
-        if parsed.num_blocks == 0 or first_block_errors:
+        predicted = [c for c in parsed.calls if c.block == 0]
+        pd_calls = [c.as_dict() for c in predicted]
+        wrong_key = [] if accept_arguments else [c.name for c in predicted if c.arguments_key != "parameters"]
+        if parsed.num_blocks == 0 or first_block_errors or {g["name"] for g in gt_calls} & set(wrong_key):
             correctness = c_min
-        elif pd_calls == gt_calls:
+        elif pd_calls == gt_calls and not wrong_key:
             correctness = c_max
         else:
             score, max_score = toolrl_call_score(gt_calls, pd_calls)

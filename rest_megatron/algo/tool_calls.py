@@ -25,6 +25,10 @@ from typing import Any
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+RESPONSE_OPEN, RESPONSE_CLOSE = "<response>", "</response>"
+#: The keys a call's arguments may come under: Hermes/Qwen write "arguments", ToolRL "parameters".
+ARGUMENT_KEYS = ("arguments", "parameters")
 
 _THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _RESPONSE_RE = re.compile(r"<response>(.*?)</response>", re.DOTALL)
@@ -39,6 +43,7 @@ class ToolCall:
     arguments: dict[str, Any]
     block: int  # index of the <tool_call> block it came from (0-based, in text order)
     raw: str  # the JSON text of this call
+    arguments_key: str | None = None  # which of ARGUMENT_KEYS held the arguments; None when neither
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "arguments": self.arguments}
@@ -95,7 +100,8 @@ def _make_call(obj: Any, raw: str, block: int) -> ToolCall | ToolCallError:
     name = obj.get("name")
     if not isinstance(name, str) or not name.strip():
         return ToolCallError('a tool call needs a non-empty string "name"', raw, block)
-    arguments = obj.get("arguments", obj.get("parameters", {}))
+    arguments_key = next((key for key in ARGUMENT_KEYS if key in obj), None)
+    arguments = obj[arguments_key] if arguments_key else {}
     if isinstance(arguments, str):
         arguments, err = _loads(arguments) if arguments.strip() else ({}, "")
         if arguments is _NOT_JSON:
@@ -104,7 +110,7 @@ def _make_call(obj: Any, raw: str, block: int) -> ToolCall | ToolCallError:
         arguments = {}
     if not isinstance(arguments, dict):
         return ToolCallError(f'"arguments" of {name!r} must be a JSON object', raw, block)
-    return ToolCall(name=name.strip(), arguments=arguments, block=block, raw=raw)
+    return ToolCall(name=name.strip(), arguments=arguments, block=block, raw=raw, arguments_key=arguments_key)
 
 
 def _parse_block(content: str, block: int) -> list[ToolCall | ToolCallError]:

@@ -28,6 +28,10 @@ Where we deviate from the paper and its code:
 - A sequence with no positive weight (e.g. a pure answer turn in paper mode) gets all-zero weights, as in
   the authors' code: it drops out of the weighted loss rather than falling back to uniform.
 
+Step origin: every scheme evaluates its curricula at s = step + `step_origin` (default 0). Our loop
+counts steps from 0; the authors' verl trainer calls the first RL step 1 (`global_steps` is incremented
+before the first batch), so the paper recipes set `step_origin: 1` to get their γ at every step.
+
 Every function here is a pure function of tensors and returns a **detached** [B, T] tensor: the weights
 are a stop-gradient; no gradient flows into collision, entropy or anything else through them.
 """
@@ -39,18 +43,8 @@ from typing import Protocol
 import torch
 
 from rest_megatron.algo.curricula import Cosine, CurriculumSpec, Linear, evaluate
-from rest_megatron.algo.regions import NUM_REGIONS, Region
+from rest_megatron.algo.regions import NUM_REGIONS, PRIMARY_PRIORITY, Region
 from rest_megatron.algo.registry import Registry
-
-#: The region that represents a token for per-region averaging, highest priority first.
-PRIMARY_PRIORITY: tuple[Region, ...] = (
-    Region.TOOL_NAME,
-    Region.TOOL_ARGS,
-    Region.FORMAT_TAG,
-    Region.REASONING,
-    Region.ANSWER,
-    Region.OTHER,
-)
 
 # Clip range of positive raw weights before the per-sequence mean-1 rescaling (the authors' w_min/w_max).
 CLIP_MIN = 0.001
@@ -94,7 +88,7 @@ def region_bits(region_mask: torch.Tensor) -> torch.Tensor:
 
 
 def primary_region(region_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] region id of the highest-priority set bit (PRIMARY_PRIORITY); OTHER where no bit is set."""
+    """[B, T] region id of the highest-priority set bit (`regions.PRIMARY_PRIORITY`); OTHER where none is."""
     bits = region_bits(region_mask)  # [B, T, R]
     score = torch.zeros(NUM_REGIONS, dtype=torch.long, device=region_mask.device)
     for rank, region in enumerate(PRIMARY_PRIORITY):
@@ -231,8 +225,10 @@ def paper_weights(
     gamma_other: CurriculumSpec = 0.0,
     clip_min: float = CLIP_MIN,
     clip_max: float = CLIP_MAX,
+    step_origin: int = 0,
 ) -> torch.Tensor:
     """ResT paper mode: region γ(step), clipped and rescaled per sequence. collision/entropy are unused."""
+    step = step + step_origin
     raw = paper_raw(
         region_mask,
         step,
@@ -262,8 +258,10 @@ def entropy_weights(
     source: str = "collision",
     clip_min: float = CLIP_MIN,
     clip_max: float = CLIP_MAX,
+    step_origin: int = 0,
 ) -> torch.Tensor:
     """Entropy mode (our derivation, see the module docstring): w ∝ ((v̄+ε)/(v+ε))^α(step), normalized."""
+    step = step + step_origin
     raw = entropy_raw(
         loss_mask,
         region_mask,
@@ -302,8 +300,10 @@ def hybrid_weights(
     source: str = "collision",
     clip_min: float = CLIP_MIN,
     clip_max: float = CLIP_MAX,
+    step_origin: int = 0,
 ) -> torch.Tensor:
     """Paper raw weight × entropy raw weight, then clipped and rescaled once (not each factor)."""
+    step = step + step_origin
     entropy_part = entropy_raw(
         loss_mask,
         region_mask,
@@ -339,6 +339,10 @@ def uniform_weights(
     step: int,
     collision: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
+    step_origin: int = 0,
 ) -> torch.Tensor:
-    """Plain GRPO: w = m (as float). Every masked token weighs 1, which is already mean 1 per sequence."""
+    """Plain GRPO: w = m (as float). Every masked token weighs 1, which is already mean 1 per sequence.
+
+    Nothing here moves with the step; `step_origin` is taken (and has no effect) because every scheme
+    takes it, so a GRPO baseline recipe can inherit a ResT recipe's `weights_params: {step_origin: 1}`."""
     return (loss_mask != 0).to(torch.float32)

@@ -219,7 +219,8 @@ class DataConfig:
     """Evaluation prompts (same forms as `train_path`); null disables evaluation."""
 
     format: str = "auto"
-    """Name of a registered dataset reader (ToolRL, xLAM, ToolACE, BFCL); `auto` detects it."""
+    """The `rest-megatron data prepare --format` that made the data files (toolrl, xlam, toolace, bfcl, ...):
+    the command a missing data file's error gives uses it; `auto` leaves the format for you to fill in."""
 
     num_prompts_per_step: int = 32
     """Prompts per training step; the rollout batch is this × `rollout.num_samples_per_prompt`."""

@@ -215,15 +215,23 @@ def _check_combinations(config: Config) -> list[str]:
     return errors
 
 
+def _prepare_hint(config: Config, path: Path) -> str:
+    """How to make a missing data file: the `data prepare` command that writes it."""
+    fmt = config.data.format if config.data.format != "auto" else "FORMAT"
+    split = f" --split test=0.02 --seed {config.data.seed}" if path.name in ("train.jsonl", "test.jsonl") else ""
+    return (
+        f"make it with `rest-megatron data prepare --format {fmt} --in SOURCE --out {path.parent}{split}` "
+        f"(see `rest-megatron data prepare --help`), or give an existing JSONL file or the built-in "
+        + " / ".join(repr(name) for name in TINY_DATASETS)
+    )
+
+
 def _check_files(config: Config) -> list[str]:
     errors = []
     for key in ("data.train_path", "data.eval_path"):
         path = get_key(config, key)
         if path is not None and path not in TINY_DATASETS and not Path(path).is_file():
-            errors.append(
-                f"{key} '{path}' not found; give an existing JSONL file or the built-in "
-                + " / ".join(repr(name) for name in TINY_DATASETS)
-            )
+            errors.append(f"{key} '{path}' not found; {_prepare_hint(config, Path(path))}")
     resume = config.checkpoint.resume
     if resume not in ("auto", "never") and not Path(resume).exists():
         errors.append(f"checkpoint.resume '{resume}' not found; give a checkpoint path, 'auto' or 'never'")

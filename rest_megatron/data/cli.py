@@ -1,6 +1,7 @@
 """`rest-megatron data`: prepare published data sets as our prompt JSONL, and inspect files.
 
     rest-megatron data prepare --format xlam --in xlam_function_calling_60k.json --out data/xlam
+    rest-megatron data prepare --format toolrl --in rlla_4k/rlla_rl.json --out data/toolrl_4k --split test=0.02 --seed 1234
     rest-megatron data prepare --format bfcl --in .../bfcl_eval/data/BFCL_v4_simple_python.json --out data/bfcl-simple
     rest-megatron data inspect data/xlam/data.jsonl
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from rest_megatron.data.formats import ConvertOptions, format_names, get_format
 from rest_megatron.data.formats.base import InputError, Rejected, iter_json_records
-from rest_megatron.data.formats.prepare import DATA_FILE, REJECTED_FILE, Summary, prepare
+from rest_megatron.data.formats.prepare import REJECTED_FILE, Split, Summary, prepare
 
 EXIT_OK, EXIT_NOTHING_VALID, EXIT_INPUT = 0, 1, 2
 NUM_REJECTIONS_SHOWN = 20
@@ -28,9 +29,12 @@ _PREPARE_EPILOG = """\
 formats:
 {formats}
 
-output (each run replaces all three, written to a temporary name and renamed):
+output (each run replaces them, written to a temporary name and renamed):
   DIR/data.jsonl      one record per line: messages, tools (OpenAI-style JSON schema), ground_truth
                       {{"calls": [{{"name", "arguments"}}], "ordered", "answer"?}}; point data.train_path at it
+  DIR/train.jsonl     with --split test=F: the records, less the held-out ones (instead of data.jsonl)
+  DIR/test.jsonl      with --split test=F: a fraction F of the prompts (at least one), drawn with --seed;
+                      records with the same prompt, or from the same source record, stay on one side
   DIR/rejected.jsonl  {{"line", "reason", "detail"}} for every source record that was dropped
   DIR/summary.json    records read / written / rejected per reason
 
@@ -59,15 +63,23 @@ def _parser() -> argparse.ArgumentParser:
         "--answers", type=Path, metavar="PATH",
         help="bfcl only: the possible_answer file (default: possible_answer/<input name> beside the input)",
     )
+    prepare_parser.add_argument(
+        "--split", metavar="NAME=FRACTION",
+        help="hold out this fraction of the prompts as DIR/NAME.jsonl and write the rest to DIR/train.jsonl "
+        "(e.g. test=0.02, as the ResT authors hold out 2%% of ToolRL's rlla_4k)",
+    )
+    prepare_parser.add_argument("--seed", type=int, help="seed of the --split shuffle (default 0)")
     inspect_parser = commands.add_parser("inspect", help="count the records of a JSON/JSONL file and show the first")
     inspect_parser.add_argument("path", type=Path, help="a JSONL file or a JSON array")
     return parser
 
 
 def _print_summary(summary: Summary) -> None:
-    print(f"data prepare: {summary.format} {summary.input} -> {summary.out_dir / DATA_FILE}")
+    print(f"data prepare: {summary.format} {summary.input} -> {summary.out_dir}")
     print(f"  records read      {summary.num_read}")
     print(f"  records written   {summary.num_written}")
+    for name, count in summary.files.items():
+        print(f"    {name:<24}{count}")
     print(f"  records rejected  {len(summary.rejections)}")
     for reason, count in summary.rejected_by_reason.items():
         print(f"    {reason:<24}{count}")
@@ -84,8 +96,12 @@ def prepare_main(args: argparse.Namespace) -> int:
     if args.answers is not None and args.format != "bfcl":
         print("rest-megatron data prepare: --answers is only for --format bfcl", file=sys.stderr)
         return EXIT_INPUT
+    if args.seed is not None and not args.split:
+        print("rest-megatron data prepare: --seed only seeds --split; add --split test=0.02 or drop --seed", file=sys.stderr)
+        return EXIT_INPUT
     try:
-        summary = prepare(args.format, args.source, args.out, ConvertOptions(answers=args.answers))
+        split = Split.parse(args.split, args.seed or 0) if args.split else None
+        summary = prepare(args.format, args.source, args.out, ConvertOptions(answers=args.answers), split)
     except InputError as err:
         print(f"rest-megatron data prepare: {err}", file=sys.stderr)
         return EXIT_INPUT

@@ -71,6 +71,12 @@ class RolloutPrompt:
     seed: int | None = None
     """Sampling seed of the first turn (turn k uses seed + k), so a resumed run samples what the
     uninterrupted one would; None lets the server draw one."""
+    render_tools: bool = True
+    """Give `tools` to the chat template (`data.prompts.Prompt.render_tools`); the sandbox gets them anyway."""
+
+    @property
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        return self.tools if self.render_tools else None
 
 
 class AgentLoop:
@@ -95,9 +101,9 @@ class AgentLoop:
                                           "started_at": started})
         allowed = tool_names(prompt.tools)
         try:
-            trajectory.append("prompt", self.renderer.prompt_ids(prompt.messages, prompt.tools), turn=-1)
+            trajectory.append("prompt", self.renderer.prompt_ids(prompt.messages, prompt.template_tools), turn=-1)
             tagger = RegionTagger(self.tokenizer,
-                                  think_open_at_start=self.renderer.think_open_at_start(prompt.messages, prompt.tools))
+                                  think_open_at_start=self.renderer.think_open_at_start(prompt.messages, prompt.template_tools))
             session = None
             if self.settings.stateful_tools:
                 try:
@@ -172,7 +178,7 @@ class AgentLoop:
             timing["tools"].append(self._since(trajectory))
             trajectory.tool_calls.extend(records)
             ended = bool(generation.output_ids) and generation.output_ids[-1] == self.renderer.end_of_turn_id
-            ids = self.renderer.tool_turn_ids(trajectory.messages, tool_messages, prompt.tools,
+            ids = self.renderer.tool_turn_ids(trajectory.messages, tool_messages, prompt.template_tools,
                                               ended_with_end_of_turn=ended)
             if trajectory.response_length + len(ids) >= settings.max_total_tokens:
                 trajectory.finish(TrajectoryStatus.TRUNCATED, "max_total_tokens")

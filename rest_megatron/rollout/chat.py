@@ -15,6 +15,26 @@ from __future__ import annotations
 
 from typing import Any
 
+_PROBE_TOOL = {"type": "function", "function": {
+    "name": "probe_tool_4f2a", "description": "Probe whether the chat template lists tools.",
+    "parameters": {"type": "object", "properties": {"probe_arg_9c1e": {"type": "string"}}, "required": []},
+}}
+
+
+def template_renders_tools(tokenizer: Any) -> bool:
+    """True when the tokenizer's chat template shows the model the `tools=` it is given.
+
+    Some real templates accept `tools=` and silently drop it (the model would never see its tools).
+    The probe renders one user message with a tool whose name and argument appear nowhere else.
+    """
+    messages = [{"role": "user", "content": "Hello."}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tools=[_PROBE_TOOL], tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - a template that cannot take tools at all does not render them
+        return False
+    name, argument = _PROBE_TOOL["function"]["name"], "probe_arg_9c1e"
+    return isinstance(text, str) and name in text and argument in text
+
 
 class ChatRenderer:
     """Renders prompts and tool turns of one tokenizer's chat template to token IDs."""

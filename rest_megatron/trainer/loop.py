@@ -165,7 +165,7 @@ def preempted(rt: Runtime) -> bool:
 
 def log(rt: Runtime, step: int, metrics: dict[str, float]) -> None:
     if rt.logger is not None:
-        rt.logger.log(step, metrics)
+        rt.logger.log(step, {**metrics, "data/skipped_long_prompts": float(rt.train_prompts.num_skipped_long)})
 
 
 def finish(rt: Runtime) -> None:

@@ -91,7 +91,7 @@ def sandbox_client(sandbox: SandboxConfig, url: str) -> SandboxClient:
 
 def _rollout_prompts(prompts: list[Prompt], num_samples: int, tag: str, seed: int | None) -> list[RolloutPrompt]:
     """One request per sample; seeds 1000 apart leave room for the per-turn offsets."""
-    return [RolloutPrompt(f"{tag}-{i}-{k}", p.messages, p.tools,
+    return [RolloutPrompt(f"{tag}-{i}-{k}", p.messages, p.tools, render_tools=p.render_tools,
                           seed=None if seed is None else seed + 1000 * (i * num_samples + k))
             for i, p in enumerate(prompts) for k in range(num_samples)]
 

@@ -16,9 +16,10 @@ import torch
 import torch.distributed as dist
 
 from rest_megatron.config import Config, config_to_dict, save_config
-from rest_megatron.data.prompts import PromptStream, load_prompts
+from rest_megatron.data.prompts import Prompt, PromptStream, drop_long_prompts, load_prompts
 from rest_megatron.distributed import ParallelLayout, init_distributed, init_model_parallel
 from rest_megatron.model.builder import load_hf_config, model_spec_from_hf
+from rest_megatron.rollout.chat import ChatRenderer, template_renders_tools
 from rest_megatron.trainer.actor import PolicyActor, PolicyObjective, build_actor, build_reference
 from rest_megatron.trainer.optimizer import OptimizerSettings
 from rest_megatron.trainer.run_log import RunLogger
@@ -113,16 +114,30 @@ def start_runtime(config: Config) -> Runtime:
         aggregation=algo.aggregation,
     )
     data = config.data
-    train = PromptStream(load_prompts(data.train_path, "train", data.seed), batch_size=data.num_prompts_per_step,
-                         seed=data.seed, shuffle=data.shuffle)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    renderer = ChatRenderer(tokenizer)
+
+    def prompt_tokens(prompt: Prompt) -> int:
+        return len(renderer.prompt_ids(prompt.messages, prompt.template_tools))
+
+    kept, skipped = drop_long_prompts(load_prompts(data.train_path, "train", data.seed), prompt_tokens,
+                                      data.max_prompt_tokens)
+    if any(p.template_tools for p in kept) and not template_renders_tools(tokenizer):
+        raise ValueError(f"the chat template of {hf_dir} drops the `tools` it is given, so the model would never "
+                         f"see the tools of {data.train_path}; use a model whose template renders tools (Qwen, "
+                         "Llama 3 instruct) or data whose system prompt lists them (records with render_tools: false)")
+    train = PromptStream(kept, batch_size=data.num_prompts_per_step, seed=data.seed, shuffle=data.shuffle,
+                         num_skipped_long=skipped)
     evaluation = None
     if data.eval_path:
-        held_out = load_prompts(data.eval_path, "eval", data.seed)
-        evaluation = PromptStream(held_out, batch_size=len(held_out), seed=data.seed, shuffle=False)
+        held_out, skipped = drop_long_prompts(load_prompts(data.eval_path, "eval", data.seed), prompt_tokens,
+                                              data.max_prompt_tokens)
+        evaluation = PromptStream(held_out, batch_size=len(held_out), seed=data.seed, shuffle=False,
+                                  num_skipped_long=skipped)
     run_dir = Path(config.logging.run_dir)
     is_driver = dist.get_rank() == 0
     runtime = Runtime(
-        config=config, spec=spec, hf_dir=hf_dir, tokenizer=AutoTokenizer.from_pretrained(hf_dir), actor=actor,
+        config=config, spec=spec, hf_dir=hf_dir, tokenizer=tokenizer, actor=actor,
         objective=objective, run_dir=run_dir, train_prompts=train, eval_prompts=evaluation, is_driver=is_driver,
         reference=reference, device=device,
     )

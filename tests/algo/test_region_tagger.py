@@ -40,23 +40,45 @@ TURN = [
     ("</think>", F),
     ("\n\n", X),
     ("<tool_call>", F),
-    ('\n{"name": "', F),
+    ('\n{"name": "', X),
     ("get_weather", N),
-    ('", "arguments": ', F),
+    ('", "arguments": ', X),
     ('{"city": "Paris", "days": [1, 2]}', A),
-    ("}\n", F),
+    ("}\n", X),
     ("</tool_call>", F),
     ("\n", X),
     ("<tool_call>", F),
-    ('{"arguments": ', F),
+    ('{"arguments": ', X),
     ('"{\\"q\\": 1}"', A),
-    (', "name": "', F),
+    (', "name": "', X),
     ('say\\"hi', N),
-    ('"}', F),
+    ('"}', X),
     ("</tool_call>", F),
     ("\n", X),
     ("Done: 3 < 4, ok.", S),
     (" \n", X),
+]
+# A ToolRL turn: "parameters", two calls in one block (one JSON object per line), and a <response>.
+TOOLRL_TURN = [
+    ("<think>", F),
+    (" Two lookups. ", R),
+    ("</think>", F),
+    ("\n", X),
+    ("<tool_call>", F),
+    ('\n{"name": "', X),
+    ("search", N),
+    ('", "parameters": ', X),
+    ('{"q": "a b", "k": 2}', A),
+    ('}\n{"name": "', X),
+    ("fetch", N),
+    ('", "parameters": ', X),
+    ("{}", A),
+    ("}\n", X),
+    ("</tool_call>", F),
+    ("\n", X),
+    ("<response>", F),
+    (" I looked both up. ", S),
+    ("</response>", F),
 ]
 TURN_TEXT = "".join(text for text, _ in TURN)
 TURN_LABELS = [label for text, label in TURN for _ in text]
@@ -77,6 +99,18 @@ def test_exact_character_labels_of_a_turn() -> None:
     ids = encode(TURN_TEXT)
     assert TAG_IDS & set(ids)  # the tags went in as their single added-token ids
     assert char_labels([*ids, EOS]) == TURN_LABELS
+
+
+def test_exact_character_labels_of_a_toolrl_turn() -> None:
+    text = "".join(t for t, _ in TOOLRL_TURN)
+    assert char_labels([*encode(text), EOS]) == [label for t, label in TOOLRL_TURN for _ in t]
+
+
+def test_calls_of_a_json_list_are_all_labelled() -> None:
+    text = '<tool_call>[{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}]</tool_call>'
+    expected = [("<tool_call>", F), ('[{"name": "', X), ("a", N), ('", "arguments": ', X), ('{"x": 1}', A),
+                ('}, {"name": "', X), ("b", N), ('", "arguments": ', X), ("{}", A), ("}]", X), ("</tool_call>", F)]
+    assert char_labels(encode(text)) == [label for t, label in expected for _ in t]
 
 
 def test_token_masks_follow_their_characters() -> None:
@@ -118,8 +152,10 @@ def test_tags_split_across_tokens() -> None:
     assert char_labels(ids) == char_labels(encode("".join(pieces)))
     masks = tag_regions(ids, TOK)
     for piece, mask in zip(token_pieces(ids, TOK), masks):
-        if piece in ("<", "<tool", "_call", "ink", ">", "ments"):
+        if piece in ("<", "<tool", "_call", "ink", ">"):
             assert mask == F, piece
+        if piece == "ments":
+            assert mask == X, piece
     assert masks[-1] == S  # "x" after the call
 
 
@@ -139,37 +175,39 @@ def test_two_calls_in_one_turn() -> None:
         # Truncated inside the arguments: everything after "arguments": is TOOL_ARGS.
         (
             '<tool_call>{"name": "f", "arguments": {"city": "Par',
-            [("<tool_call>", F), ('{"name": "', F), ("f", N), ('", "arguments": ', F), ('{"city": "Par', A)],
+            [("<tool_call>", F), ('{"name": "', X), ("f", N), ('", "arguments": ', X), ('{"city": "Par', A)],
         ),
         # Truncated inside the name, then inside a tag: the partial tag counts as a tag.
-        ('<tool_call>{"name": "get_w', [("<tool_call>", F), ('{"name": "', F), ("get_w", N)]),
+        ('<tool_call>{"name": "get_w', [("<tool_call>", F), ('{"name": "', X), ("get_w", N)]),
         ("ok <tool_ca", [("ok", S), (" ", X), ("<tool_ca", F)]),
-        # Not JSON at all: still call syntax (FORMAT_TAG), and the turn goes on after the close tag.
+        # Not JSON at all: no name, no arguments (OTHER), and the turn goes on after the close tag.
         (
             '<tool_call>get(city="Paris")</tool_call> Yes',
-            [("<tool_call>", F), ('get(city="Paris")', F), ("</tool_call>", F), (" ", X), ("Yes", S)],
+            [("<tool_call>", F), ('get(city="Paris")', X), ("</tool_call>", F), (" ", X), ("Yes", S)],
         ),
         # A second <tool_call> inside an unterminated one starts a new call.
         (
             '<tool_call>{"name": "a<tool_call>{"name": "b"}',
             [
                 ("<tool_call>", F),
-                ('{"name": "', F),
+                ('{"name": "', X),
                 ("a", N),
                 ("<tool_call>", F),
-                ('{"name": "', F),
+                ('{"name": "', X),
                 ("b", N),
-                ('"}', F),
+                ('"}', X),
             ],
         ),
         # Stray closers, no <think>, "<" that is not a tag, and an unterminated think.
         ("</think>a <b</tool_call>", [("</think>", F), ("a <b", S), ("</tool_call>", F)]),
         ("<think>x <tool_call> y", [("<think>", F), ("x <tool_call> y", R)]),
-        # A non-string name is labelled as a name; empty and scalar argument values too.
+        # A non-string name is not a name; a scalar argument value is arguments.
         (
             '<tool_call>{"name": null, "arguments": 7 }',
-            [("<tool_call>", F), ('{"name": ', F), ("null", N), (', "arguments": ', F), ("7", A), (" }", F)],
+            [("<tool_call>", F), ('{"name": null, "arguments": ', X), ("7", A), (" }", X)],
         ),
+        # A truncated <response>: its tag is a tag, its text answer.
+        ("<response>Sure", [("<response>", F), ("Sure", S)]),
     ],
 )
 def test_truncated_and_malformed_turns(text: str, expected: list[tuple[str, int]]) -> None:

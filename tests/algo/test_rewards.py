@@ -183,3 +183,23 @@ def test_contract_every_reward(name, garbage, step):
 def test_unknown_reward_lists_the_registered_ones():
     with pytest.raises(ValueError, match="registered: answer_match, function_match, tool_trajectory, toolrl"):
         get_reward("bleu")
+
+
+def test_toolrl_strict_parameters_key_follows_rlla():
+    # rlla.py reads pd_tool["parameters"]: "arguments" is no exact match, and a call under an expected
+    # name that lacks "parameters" scores correct_min (its KeyError); another name only loses credit.
+    params = dict(format_max=1.0, format_min=0.0, correct_max=3.0, correct_min=-3.0, accept_arguments=False)
+    reward = get_reward("toolrl")
+    assert reward(PERFECT, GT_CALLS, step=0, **params)[1]["correctness"] == -3.0
+    assert reward(PERFECT, GT_CALLS, step=0, **{**params, "accept_arguments": True})[1]["correctness"] == 3.0
+    as_parameters = PERFECT.replace('"arguments"', '"parameters"')
+    assert reward(as_parameters, GT_CALLS, step=0, **params)[1]["correctness"] == 3.0
+    # h is no expected name: names f, h vs f, g -> 1/3; f: keys 1 + values 2 -> 3 of max 5 -> 6·(10/3)/5 − 3 = 1
+    other = as_parameters.replace('{"name": "g", "parameters": {}}', '{"name": "h", "arguments": {}}')
+    assert reward(other, GT_CALLS, step=0, **params)[1]["correctness"] == pytest.approx(1.0)
+
+
+def test_toolrl_step_origin_shifts_the_schedule():
+    reward = get_reward("toolrl")
+    assert reward(PERFECT, GT_CALLS, step=74, step_origin=1) == reward(PERFECT, GT_CALLS, step=75)
+    assert reward(PERFECT, GT_CALLS, step=0, step_origin=1)[1]["format"] == pytest.approx(2 - 1 / 150)

@@ -307,3 +307,14 @@ def test_normalize_weights_edge_values():
     w = normalize_weights(raw, torch.ones(1, 5))
     # inf clips to 8, -2 / NaN / 0 are not positive: raw (8, 1) mean 4.5 -> 1.777778, 0.222222.
     torch.testing.assert_close(w, torch.tensor([[16 / 9, 2 / 9, 0.0, 0.0, 0.0]]))
+
+
+def test_step_origin_evaluates_the_curricula_one_step_later():
+    # The authors' first RL step is their step 1: γ_args = 0.602 there, which our step 0 gives with origin 1.
+    for name in ("paper", "hybrid", "entropy"):
+        fn = get_token_weights(name)
+        inputs = dict(loss_mask=torch.tensor([MASK]), region_mask=torch.tensor([REGIONS]),
+                      collision=torch.rand(1, len(MASK), generator=torch.Generator().manual_seed(0)))
+        assert torch.equal(fn(step=0, step_origin=1, **inputs), fn(step=1, **inputs)), name
+        if name == "paper":
+            assert not torch.equal(fn(step=0, **inputs), fn(step=1, **inputs))

@@ -43,7 +43,7 @@ def _overrides(recipe: Path, tmp_path: Path) -> list[str]:
     (model / "config.json").write_text(json.dumps(known[1]))
     train = tmp_path / "train.jsonl"
     train.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "ground_truth": {}}) + "\n")
-    return [f"model.path={model}", f"data.train_path={train}"]
+    return [f"model.path={model}", f"data.train_path={train}", f"data.eval_path={train}"]
 
 
 def test_the_shipped_recipes_are_found() -> None:
@@ -62,19 +62,26 @@ def test_recipe_loads_and_validates(recipe: Path, tmp_path: Path) -> None:
 def test_real_recipe_validates_without_model_or_data(recipe: Path) -> None:
     config, hf, source, _ = load_for_plan(str(recipe), [])
     assert not Path(config.model.path).exists() and source.startswith("built-in table")
-    assert config.data.train_path == "data/toolrl_4k/train.jsonl"
+    # What `data prepare --split test=0.02` writes, and the authors' step count (train_ResT.sh: 15 × 7).
+    assert (config.data.train_path, config.data.eval_path) == ("data/toolrl_4k/train.jsonl", "data/toolrl_4k/test.jsonl")
+    assert config.optimizer.num_steps == 105 and config.logging.eval_interval == 15
+    assert config.algorithm.weights_params == {"step_origin": 1}
+    assert config.reward.params == {"accept_arguments": False, "step_origin": 1}
     assert hf["num_attention_heads"] % config.parallel.tp == 0
 
 
 def test_train_demands_the_files_plan_does_not(tmp_path: Path) -> None:
     recipe = next(p for p in REAL if p.stem == "qwen3-1.7b-rest")
     # What `train` and the Slurm script's pre-flight see: the download is checked before a job starts.
-    with pytest.raises(ConfigError, match="data.train_path 'data/toolrl_4k/train.jsonl' not found"):
+    with pytest.raises(ConfigError, match="data.train_path 'data/toolrl_4k/train.jsonl' not found") as missing:
         load_config(recipe)
+    # The error gives the command that writes the file (and the test split beside it).
+    assert ("rest-megatron data prepare --format toolrl --in SOURCE --out data/toolrl_4k --split test=0.02 "
+            "--seed 1234") in str(missing.value)
     train = tmp_path / "train.jsonl"
     train.write_text("{}\n")
     with pytest.raises(ConfigError, match="model.path 'models/Qwen3-1.7B' is not a directory"):
-        load_config(recipe, [f"data.train_path={train}"])
+        load_config(recipe, [f"data.train_path={train}", f"data.eval_path={train}"])
     # Without the files everything else is still checked, against the model's real shape.
     with pytest.raises(ConfigError, match="parallel.tp=3 does not divide the model's 16 attention heads"):
         load_for_plan(str(recipe), ["parallel.tp=3"])

@@ -81,9 +81,10 @@ def test_missing_model_files(write_recipe: WriteRecipe, tmp_path: Path) -> None:
 
 def test_missing_data_files(write_recipe: WriteRecipe, tmp_path: Path) -> None:
     message = _error(write_recipe(), "data.train_path=no/such.jsonl")
-    assert (
-        message
-        == "data.train_path 'no/such.jsonl' not found; give an existing JSONL file or the built-in 'tiny-task'"
+    assert message == (
+        "data.train_path 'no/such.jsonl' not found; make it with `rest-megatron data prepare --format FORMAT "
+        "--in SOURCE --out no` (see `rest-megatron data prepare --help`), or give an existing JSONL file or the "
+        "built-in 'tiny-task'"
     )
     assert "data.eval_path 'gone.jsonl' not found" in _error(write_recipe(), "data.eval_path=gone.jsonl")
     train = tmp_path / "train.jsonl"
@@ -97,7 +98,9 @@ def test_all_problems_are_reported_together(write_recipe: WriteRecipe) -> None:
         "3 config errors:",
         "  - parallel.tp must be >= 1, got 0",
         "  - rollout.top_p must be in (0, 1], got 1.5",
-        "  - data.train_path 'nope.jsonl' not found; give an existing JSONL file or the built-in 'tiny-task'",
+        "  - data.train_path 'nope.jsonl' not found; make it with `rest-megatron data prepare --format FORMAT "
+        "--in SOURCE --out .` (see `rest-megatron data prepare --help`), or give an existing JSONL file or the "
+        "built-in 'tiny-task'",
     ]
 
 

@@ -86,3 +86,45 @@ def test_inspect_counts_and_shows_the_first_record(capsys: pytest.CaptureFixture
     assert out.startswith(f"{FIXTURES / 'toolrl.jsonl'}: 5 records, 1 not valid JSON (first at line 3)")
     assert "first record (line 1):" in out and '"instruction":' in out
     assert main(["data", "inspect", str(FIXTURES / "nope.jsonl")]) == 2
+
+
+def _toolrl_source(path: Path, num: int) -> Path:
+    """`num` rlla records from the fixture's first, each with its own question; two repeat a prompt."""
+    first = json.loads((FIXTURES / "toolrl.jsonl").read_text().splitlines()[0])
+    records = [{**first, "input": f"{first['input']} (question {i})"} for i in range(num)]
+    records += [records[3], records[7]]  # public sets repeat prompts: a repeat must not straddle the split
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _prompts(path: Path) -> list[str]:
+    return [json.dumps(json.loads(line)["messages"]) for line in path.read_text().splitlines()]
+
+
+def test_split_is_deterministic_disjoint_and_complete(tmp_path: Path) -> None:
+    source = _toolrl_source(tmp_path / "rlla.jsonl", 200)
+    whole = ["data", "prepare", "--format", "toolrl", "--in", str(source), "--out", str(tmp_path / "whole")]
+    assert main(whole) == 0  # no split: data.jsonl
+    args = ["data", "prepare", "--format", "toolrl", "--in", str(source), "--split", "test=0.02"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--seed", "7"]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--seed", "7"]) == 0
+    assert main([*args, "--out", str(tmp_path / "c"), "--seed", "8"]) == 0
+    a = tmp_path / "a"
+    assert sorted(p.name for p in a.iterdir()) == ["rejected.jsonl", "summary.json", "test.jsonl", "train.jsonl"]
+    train, test = _prompts(a / "train.jsonl"), _prompts(a / "test.jsonl")
+    assert len(test) == 4 and len(set(test)) == 4 and not set(train) & set(test)  # 2% of 200 prompts
+    assert sorted(train + test) == sorted(_prompts(tmp_path / "whole" / "data.jsonl"))
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (a / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert set(_prompts(tmp_path / "c" / "test.jsonl")) != set(test)  # the seed draws another 4 of 200
+    assert json.loads((a / "summary.json").read_text())["files"] == {"train.jsonl": 198, "test.jsonl": 4}
+
+
+def test_split_replaces_an_earlier_unsplit_output_and_refuses_bad_specs(tmp_path: Path) -> None:
+    source, out = _toolrl_source(tmp_path / "rlla.jsonl", 20), tmp_path / "out"
+    base = ["data", "prepare", "--format", "toolrl", "--in", str(source), "--out", str(out)]
+    assert main(base) == 0 and (out / "data.jsonl").is_file()
+    assert main([*base, "--split", "test=0.1", "--seed", "1"]) == 0
+    assert not (out / "data.jsonl").exists() and (out / "train.jsonl").is_file()
+    for bad in (["--split", "test=1.5"], ["--split", "train=0.1"], ["--split", "0.02"], ["--seed", "3"]):
+        assert main([*base, *bad]) == 2, bad

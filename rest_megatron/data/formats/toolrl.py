@@ -8,8 +8,10 @@ The raw release (`rlla_4k_raw/rlla_rl.json`) is one JSON array; JSONL is read to
 ToolRL's own split: `instruction` as the system turn, verbatim (it teaches the <think>/<tool_call>/<response>
 format the `toolrl` reward checks), and `input` as the user turn. The tools are parsed out of the
 instruction's numbered list ("1. Name: …\nDescription: …\nParameters: {…}", the parameters as JSON or as
-a Python dict) so that calls can be checked and matched; note that the chat template will list them a
-second time, in its own format, after the instruction. Ground truth: the calls of the output, the
+a Python dict) so that calls can be checked and matched. The record says `render_tools: false`: the
+prompt is rendered without `tools=`, exactly as ToolRL and the ResT authors render it, because a chat
+template's own tool section (Qwen3's asks for `"arguments"`, one call per block) would contradict the
+instruction's format. Ground truth: the calls of the output, the
 <response> text as `answer` when there is one, and the output verbatim as `reference` for the `toolrl`
 reward, which scores against that string.
 """
@@ -77,7 +79,8 @@ def convert_record(record: dict[str, Any]) -> list[dict[str, Any]]:
     messages = [{"role": "system", "content": instruction}, {"role": "user", "content": user}]
     calls = [call.as_dict() for call in parsed.calls]
     answer = (parsed.answer or "") if has_response else None
-    return [make_record("toolrl", messages, tools, calls, answer=answer, extra={"reference": output})]
+    record = make_record("toolrl", messages, tools, calls, answer=answer, extra={"reference": output})
+    return [{**record, "render_tools": False}]
 
 
 def convert(path: Path, options: ConvertOptions) -> Iterator[Outcome]:
