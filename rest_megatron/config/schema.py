@@ -120,6 +120,22 @@ class RolloutConfig:
     request_timeout_s: float = 600.0
     """Timeout of one generation request to an inference server."""
 
+    weight_sync: Literal["disk", "distributed", "auto"] = "auto"
+    """How each step's new weights reach the servers (`trainer/rollout_stage.py`): `disk` writes a
+    Hugging Face folder that every server loads; `distributed` broadcasts them in buckets from the
+    trainer's rank 0 to every server through one process group (NCCL with SGLang or vLLM on GPU,
+    gloo with the embedded engine and vLLM on CPU); `auto` is `distributed` wherever the engine
+    supports it (`rollout/weight_sync.py` `resolve_weight_sync`). A server that is down misses a
+    distributed update (it stays out of rotation); with `disk` it catches up when it returns."""
+
+    weight_sync_bucket_mb: float = 512.0
+    """Megabytes per broadcast bucket of the distributed weight sync (`rollout/weight_sync.py`)."""
+
+    max_failed_fraction: float = 0.25
+    """Trajectories that failed or were aborted are masked out of the loss; a step where more than
+    this fraction of them did stops the run with the first failure's reason (`trainer/rollout_stage.py`
+    `rollout_status_metrics`)."""
+
     sglang: dict[str, Any] = field(default_factory=dict)
     """SGLang server arguments, passed verbatim as flags (`mem_fraction_static: 0.7` becomes
     `--mem-fraction-static 0.7`)."""

@@ -30,6 +30,7 @@ from rest_megatron.trainer.checkpoint import list_checkpoints, load_checkpoint, 
 from rest_megatron.trainer.rollout_stage import (
     evaluate,
     generate,
+    rollout_status_metrics,
     sampling_seed,
     start_services,
     sync_weights,
@@ -48,6 +49,7 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
     trajectories = generate(rt, prompts, cfg.rollout.num_samples_per_prompt,  # on every rank, same list
                             seed=sampling_seed(cfg.data.seed, step))
     timings["time/rollout"] = time.perf_counter() - started
+    statuses = rollout_status_metrics(trajectories, cfg.rollout.max_failed_fraction)  # raises past the limit
     if cfg.logging.save_rollouts and rt.is_driver:  # replayable record of exactly what was trained on
         (rt.run_dir / "rollouts").mkdir(exist_ok=True)
         save_jsonl(trajectories, rt.run_dir / "rollouts" / f"step_{step + 1:08d}.jsonl")
@@ -62,7 +64,7 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
     # Every group uniform: nothing to learn, and an Adam step on a zero gradient would still move the
     # weights along its momentum (measured: ~lr per parameter per step, a tiny policy drifted to noise).
     if not samples or not bool((advantages[keep] != 0).any()):
-        return {"reward/mean": float(rewards.mean()), "skipped": 1.0, **timings}
+        return {"reward/mean": float(rewards.mean()), "skipped": 1.0, **statuses, **timings}
     from megatron.core import parallel_state
 
     batching = pack_microbatches if cfg.parallel.pack_sequences else make_microbatches
@@ -86,7 +88,7 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
     return {
         "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
         **{f"reward/{k}": v for k, v in reward_parts.items()}, "kept_fraction": float(keep.float().mean()),
-        **region_metrics, **update, **timings,
+        **region_metrics, **update, **statuses, **timings,
     }
 
 
@@ -100,7 +102,8 @@ def run(config: Config) -> int:
         start_services(rt)
         if start_step == 0 and config.sft.num_steps > 0:
             sft_warm_start(rt)
-        sync_weights(rt, start_step)
+        if start_step > 0 or config.sft.num_steps > 0:  # else the servers hold the weights they started with
+            sync_weights(rt, start_step)
         if start_step == 0 and rt.eval_prompts is not None:
             log(rt, 0, {"eval/reward": evaluate(rt)})
         for step in range(start_step, config.optimizer.num_steps):

@@ -3,8 +3,9 @@
 The driver (global rank 0) owns the inference servers (or connects to `rollout.server_urls`), the
 sandbox service (or `sandbox.url`), and one asyncio event loop that runs the agent loop. Generated
 trajectories are broadcast to every rank, so all ranks train on the same step. Weight sync is
-collective: every rank takes part in gathering the HF-named tensors (`convert.live`), the driver
-writes them as a Hugging Face folder and tells every server to load it.
+collective: every rank takes part in gathering the HF-named tensors (`convert.live`); the driver
+broadcasts them to the servers (`rollout.weight_sync: distributed`) or writes them as a Hugging Face
+folder that every server loads (`disk`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import torch.distributed as dist
 
@@ -24,7 +28,16 @@ from rest_megatron.convert.live import iter_hf_tensors
 from rest_megatron.convert.to_hf import ShardWriter
 from rest_megatron.data.prompts import Prompt
 from rest_megatron.rollout.agent_loop import AgentLoop, AgentSettings, RolloutPrompt
-from rest_megatron.rollout.weight_sync import DiskWeightSync
+from rest_megatron.rollout.clients import Router
+from rest_megatron.rollout.launch import free_port
+from rest_megatron.rollout.trajectory import UNTRAINABLE, TrajectoryStatus
+from rest_megatron.rollout.types import RolloutFailed, WeightSyncError
+from rest_megatron.rollout.weight_sync import (
+    DiskWeightSync,
+    DistributedWeightSync,
+    resolve_weight_sync,
+    weight_sync_backend,
+)
 from rest_megatron.trainer import stages
 from rest_megatron.trainer.runtime import Runtime
 
@@ -38,7 +51,8 @@ class RolloutServices:
 
     loop: asyncio.AbstractEventLoop
     agent: AgentLoop
-    weight_sync: DiskWeightSync
+    weight_sync: DiskWeightSync | DistributedWeightSync
+    router: Router
 
 
 def start_services(rt: Runtime) -> None:
@@ -75,7 +89,31 @@ def start_services(rt: Runtime) -> None:
     rt.services.callback(lambda: loop.run_until_complete(sandbox.aclose()))
     rt.services.callback(lambda: loop.run_until_complete(router.aclose()))
     agent = AgentLoop(router, rt.tokenizer, sandbox, AgentSettings.from_config(cfg))
-    rt.rollout = RolloutServices(loop, agent, DiskWeightSync(router, rt.run_dir / "weights"))
+    rt.rollout = RolloutServices(loop, agent, _weight_sync(rt, router, loop), router)
+
+
+def _weight_sync(rt: Runtime, router: Router, loop: asyncio.AbstractEventLoop) -> DiskWeightSync | DistributedWeightSync:
+    """The configured weight sync; the distributed one joins its group with every server now."""
+    r = rt.config.rollout
+    if resolve_weight_sync(r.weight_sync, r.engine) == "disk":
+        return DiskWeightSync(router, rt.run_dir / "weights")
+    backend = weight_sync_backend(r.engine, rt.config.launch.device)
+    sync = DistributedWeightSync(router.clients, [r.server_tp] * len(router.clients),
+                                 master_address=_address_seen_by(router.clients[0].base_url), master_port=free_port(),
+                                 bucket_bytes=max(1, int(r.weight_sync_bucket_mb * 2**20)), backend=backend,
+                                 device="cuda" if backend == "nccl" else "cpu")
+    loop.run_until_complete(sync.init_group())
+    router.no_return = ("it left the weight-update group (rollout.weight_sync=distributed); restart the run, or "
+                        "use rollout.weight_sync=disk so that returning servers catch up")
+    return sync
+
+
+def _address_seen_by(url: str) -> str:
+    """This host's address on the route to the server at `url` (loopback for a local server)."""
+    host = urlsplit(url).hostname or "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((socket.gethostbyname(host), 9))  # UDP connect sends nothing; it only picks the route
+        return probe.getsockname()[0]
 
 
 def sandbox_client(sandbox: SandboxConfig, url: str) -> SandboxClient:
@@ -115,6 +153,22 @@ def generate(rt: Runtime, prompts: list[Prompt], num_samples: int, *, tag: str =
     return _broadcast(trajectories)
 
 
+def rollout_status_metrics(trajectories: list[Any], max_failed_fraction: float) -> dict[str, float]:
+    """`rollout/<status>_frac` for every final status; raise RolloutFailed when more than
+    `max_failed_fraction` of the trajectories failed or were aborted (with the first one's reason)."""
+    counts = Counter(t.status for t in trajectories)
+    total = max(1, len(trajectories))
+    metrics = {f"rollout/{s.value}_frac": counts[s] / total for s in TrajectoryStatus if s is not TrajectoryStatus.RUNNING}
+    bad = [t for t in trajectories if t.status in UNTRAINABLE]
+    metrics["rollout/untrained_frac"] = len(bad) / total
+    if len(bad) / total > max_failed_fraction:
+        first = bad[0]
+        raise RolloutFailed(f"{len(bad)} of {len(trajectories)} trajectories failed or were aborted (more than "
+                            f"rollout.max_failed_fraction={max_failed_fraction:g}); the first, {first.sample_id}: "
+                            f"{first.finish_reason}: {'; '.join(first.errors) or 'no error recorded'}")
+    return metrics
+
+
 def evaluate(rt: Runtime) -> float:
     """Mean reward of one greedy trajectory per held-out prompt."""
     prompts = rt.eval_prompts.batch(0)
@@ -147,11 +201,27 @@ def write_hf_folder(rt: Runtime, out: Path, *, max_shard_bytes: int = 5 * 2**30)
 
 
 def sync_weights(rt: Runtime, version: int) -> None:
-    """Export the current policy and make every inference server load it."""
-    folder = rt.run_dir / "weights" / f"step-{version:08d}"
-    write_hf_folder(rt, folder)
-    if rt.is_driver:
-        rt.rollout.loop.run_until_complete(rt.rollout.weight_sync.push(version))
+    """Collective: bring every inference server to the current policy, tagged `version`.
+
+    `disk`: export a HF folder that every server loads. `distributed`: stream the HF-named tensors
+    (gathered per tensor on the driver) to the servers in broadcast buckets, no file written.
+    """
+    r = rt.config.rollout
+    if resolve_weight_sync(r.weight_sync, r.engine) == "disk":
+        write_hf_folder(rt, rt.run_dir / "weights" / f"step-{version:08d}")
+        if rt.is_driver:
+            rt.rollout.loop.run_until_complete(rt.rollout.weight_sync.push(version))
+    else:
+        tensors = iter_hf_tensors(rt.actor.network, rt.spec)
+        if rt.is_driver:
+            if rt.rollout.router.dead:
+                raise WeightSyncError(f"servers {sorted(rt.rollout.router.dead)} are down and the distributed "
+                                      "weight sync needs every server of its group; set "
+                                      "rollout.weight_sync=disk to train on with the servers that are left")
+            rt.rollout.loop.run_until_complete(rt.rollout.weight_sync.push(tensors, weight_version=str(version)))
+        else:
+            for _ in tensors:  # collective: the driver gathers each tensor from its holders
+                pass
     dist.barrier()
 
 
