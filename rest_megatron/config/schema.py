@@ -141,7 +141,13 @@ class RolloutConfig:
     `--mem-fraction-static 0.7`)."""
 
     vllm: dict[str, Any] = field(default_factory=dict)
-    """vLLM server arguments, passed verbatim as flags."""
+    """vLLM server arguments, passed verbatim as flags to the servers the trainer launches
+    (`rollout/launch.py` `vllm_server_args`). `logprobs_mode` may only be `processed_logprobs`."""
+
+    vllm_python: str | None = None
+    """Interpreter that runs the vLLM servers the trainer launches (`rollout/launch.py`
+    `vllm_python`); null: the repository's `.venv-vllm` (scripts/setup_vllm.sh) if it exists, else
+    the trainer's own Python."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,9 +215,6 @@ class DataConfig:
 
     eval_path: str | None = None
     """Evaluation prompts (same forms as `train_path`); null disables evaluation."""
-
-    format: str = "auto"
-    """Name of a registered dataset reader (ToolRL, xLAM, ToolACE, BFCL); `auto` detects it."""
 
     num_prompts_per_step: int = 32
     """Prompts per training step; the rollout batch is this × `rollout.num_samples_per_prompt`."""
@@ -295,7 +298,8 @@ class LoggingConfig:
     filled in at load time; relative paths are relative to the working directory."""
 
     log_interval: int = 1
-    """Print and record metrics every this many steps."""
+    """Print and record metrics every this many steps (`trainer/loop.py` `log`); steps with an
+    evaluation and the last step are always recorded."""
 
     eval_interval: int = 0
     """Evaluate on `data.eval_path` every this many steps; 0 never."""

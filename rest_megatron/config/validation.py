@@ -165,6 +165,35 @@ def _check_combinations(config: Config) -> list[str]:
             f"rollout.num_samples_per_prompt must be >= 2 for advantage '{config.algorithm.advantage}' "
             "(a group of one sample has zero advantage); set it to e.g. 8"
         )
+    if r.engine == "sglang" and r.weight_sync != "disk" and launch.device == "cpu":
+        errors.append(
+            f"rollout.weight_sync={r.weight_sync} with rollout.engine=sglang broadcasts over NCCL, which needs "
+            "launch.device=cuda; set rollout.weight_sync=disk, or train on CPU with rollout.engine=embedded"
+        )
+    if r.engine != "vllm" and (r.vllm or r.vllm_python):
+        errors.append(f"rollout.vllm / rollout.vllm_python configure vLLM servers but rollout.engine={r.engine}; "
+                      "drop them or set rollout.engine=vllm")
+    if r.engine == "vllm":
+        from rest_megatron.rollout.launch import VLLM_OWNED
+
+        mode = r.vllm.get("logprobs_mode", "processed_logprobs")
+        if mode != "processed_logprobs":
+            errors.append(f"rollout.vllm.logprobs_mode={mode}: the trainer compares sampling log-probs with its "
+                          "log-probs of the tempered distribution; use processed_logprobs (or drop the key)")
+        for key in sorted(k for k in r.vllm if str(k).replace("-", "_") in VLLM_OWNED):
+            errors.append(f"rollout.vllm.{key} is set by the launcher from "
+                          f"{VLLM_OWNED[str(key).replace('-', '_')]}; drop it")
+        if r.server_urls and r.temperature != 1.0 and "logprobs_mode" not in r.vllm:
+            errors.append(
+                f"rollout.temperature={r.temperature} with vLLM servers at rollout.server_urls: vLLM reports "
+                "log-probs before temperature unless started with --logprobs-mode processed_logprobs, and the "
+                "trainer cannot see how they were started; start them so and state it with "
+                "rollout.vllm.logprobs_mode=processed_logprobs (or use temperature 1, or let the trainer launch them)"
+            )
+    if not 0 <= r.max_failed_fraction <= 1:
+        errors.append(f"rollout.max_failed_fraction must be in [0, 1], got {r.max_failed_fraction}")
+    if r.weight_sync_bucket_mb <= 0:
+        errors.append(f"rollout.weight_sync_bucket_mb must be > 0, got {r.weight_sync_bucket_mb}")
     if r.engine == "embedded" and r.server_tp != 1:
         errors.append("rollout.server_tp must be 1 with rollout.engine=embedded (one process per server)")
     if r.max_new_tokens > config.data.max_response_tokens:

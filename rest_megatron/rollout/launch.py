@@ -1,4 +1,4 @@
-"""Start, health-check and stop local inference servers (SGLang or the embedded engine).
+"""Start, health-check and stop local inference servers (SGLang, vLLM or the embedded engine).
 
     cmd = sglang_command(model_path, port=30000, tp=2, mem_fraction_static=0.7,
                          tool_call_parser="qwen25", extra={"context_length": 8192})
@@ -107,6 +107,71 @@ def embedded_command(model_path: str | Path, *, port: int = 0, host: str = "127.
     if port_file:
         cmd += ["--port-file", port_file]
     return cmd + passthrough_flags(extra or {}, owned={"model": "the model path", "host": "host", "port": "port"})
+
+
+VLLM_OWNED = {"model": "model.path", "host": "host", "port": "port", "tensor_parallel_size": "rollout.server_tp",
+              "tp": "rollout.server_tp", "worker_extension_cls": "the launcher (the weight-update extension)",
+              "dtype": "model.dtype"}
+"""vLLM flags the launcher sets; `logprobs_mode` may be given but only as processed_logprobs."""
+
+
+def vllm_server_args(config: Any) -> list[str]:
+    """The vLLM flags a training run needs (Config): log-probs of the tempered distribution, the
+    weight-update worker extension, TP and dtype, then `rollout.vllm` verbatim."""
+    from rest_megatron.rollout.clients.vllm import WORKER_EXTENSION
+
+    extra = dict(config.rollout.vllm)
+    mode = extra.pop("logprobs_mode", "processed_logprobs")
+    if mode != "processed_logprobs":
+        raise ValueError(f"rollout.vllm.logprobs_mode={mode!r}: the trainer compares sampling log-probs with "
+                         "its log-probs of the tempered distribution; drop it or use processed_logprobs")
+    return ["--logprobs-mode", "processed_logprobs", "--worker-extension-cls", WORKER_EXTENSION,
+            "--tensor-parallel-size", str(config.rollout.server_tp), "--dtype", config.model.dtype,
+            *passthrough_flags(extra, owned=VLLM_OWNED)]
+
+
+def vllm_python(configured: str | None) -> str:
+    """The interpreter of vLLM servers: `rollout.vllm_python`, else the repository's `.venv-vllm`
+    (scripts/setup_vllm.sh) when it exists, else this one."""
+    if configured:
+        return configured
+    local = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
+    return str(local) if local.exists() else sys.executable
+
+
+def vllm_env(base: Mapping[str, str], device: str) -> dict[str, str]:
+    """The environment of a vLLM server: /collective_rpc served, our package importable (the worker
+    extension), nothing fetched from a hub; on CPU a 1 GiB KV cache unless one is set."""
+    env = dict(base)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env["VLLM_SERVER_DEV_MODE"] = "1"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    if device == "cpu":
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return env
+
+
+def start_vllm_servers(model_path: str | Path, config: Any, *, log_dir: str | Path, timeout_s: float = 900.0,
+                       env: Mapping[str, str] | None = None) -> list[ServerProcess]:
+    """Start `rollout.num_servers` vLLM OpenAI servers for training (Config) and wait for health."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    flags = vllm_server_args(config)
+    python = vllm_python(config.rollout.vllm_python)
+
+    def make(index: int) -> ServerProcess:
+        port = free_port()
+        cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
+               "--host", "127.0.0.1", "--port", str(port), *flags]
+        server_env = vllm_env(os.environ if env is None else env, config.launch.device)
+        if config.rollout.num_servers > 1 and config.launch.device == "cuda" and "CUDA_VISIBLE_DEVICES" not in (env or {}):
+            first = index * config.rollout.server_tp
+            server_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(first, first + config.rollout.server_tp))
+        return ServerProcess(cmd, base_url=f"http://127.0.0.1:{port}", log_path=log_dir / f"vllm-{index}.log",
+                             env=server_env)
+
+    return _start_all(make, config.rollout.num_servers, timeout_s)
 
 
 def log_tail(path: str | Path, num_chars: int = 4000) -> str:

@@ -153,7 +153,9 @@ def preempted(rt: Runtime) -> bool:
 
 
 def log(rt: Runtime, step: int, metrics: dict[str, float]) -> None:
-    if rt.logger is not None:
+    """Record every `logging.log_interval` steps, and always an evaluation and the last step."""
+    last = step == rt.config.optimizer.num_steps
+    if rt.logger is not None and (step % rt.config.logging.log_interval == 0 or "eval/reward" in metrics or last):
         rt.logger.log(step, metrics)
 
 

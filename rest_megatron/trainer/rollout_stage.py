@@ -60,7 +60,7 @@ def start_services(rt: Runtime) -> None:
     if not rt.is_driver:
         return
     from rest_megatron.rollout.clients import make_router
-    from rest_megatron.rollout.launch import start_embedded_servers, start_sglang_servers
+    from rest_megatron.rollout.launch import start_embedded_servers, start_sglang_servers, start_vllm_servers
     from tools_sandbox.client import local_sandbox_server
 
     cfg = rt.config
@@ -76,6 +76,8 @@ def start_services(rt: Runtime) -> None:
     if not urls:
         if cfg.rollout.engine == "embedded":
             servers = start_embedded_servers(rt.hf_dir, cfg.rollout.num_servers, log_dir=logs)
+        elif cfg.rollout.engine == "vllm":
+            servers = start_vllm_servers(rt.hf_dir, cfg, log_dir=logs)
         else:
             servers = start_sglang_servers(rt.hf_dir, cfg.rollout, log_dir=logs)
         for server in servers:
