@@ -9,8 +9,9 @@ method on every worker. The trainer's `VLLMClient` calls
 
 with the same fields as SGLang's `/init_weights_update_group` and `/update_weights_from_distributed`
 (`weight_sync.bucket_payload`), so `DistributedWeightSync` drives SGLang, the embedded engine and
-vLLM alike. Loading goes through the model's own `load_weights`, which takes Hugging Face names and
-fuses them (q/k/v, gate/up) as a checkpoint load does. This module must import with vLLM's packages
+vLLM alike. The buckets are held until the last one (`flush_cache`), then loaded through vLLM's
+in-place `reload_weights`, which takes Hugging Face names and fuses them (q/k/v, gate/up) as a
+checkpoint load does; so a server holds one extra copy of the weights while it receives them. This module must import with vLLM's packages
 only: the servers run in their own venv (`scripts/setup_vllm.sh`) with the repository on PYTHONPATH.
 """
 
@@ -41,10 +42,15 @@ class WeightUpdateExtension:
         group: Any = getattr(self, "_rest_group", None)
         if group is None:
             raise RuntimeError("no weight-update group: call rest_init_weights_update_group first")
-        received = []
+        pending = self.__dict__.setdefault("_rest_pending", [])
         for name, dtype, shape in zip(body["names"], body["dtypes"], body["shapes"]):
             tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=self._rest_device)
             torch.distributed.broadcast(tensor, src=0, group=group)
-            received.append((name, tensor))
-        self.model_runner.get_model().load_weights(weights=received)
-        return f"loaded {len(received)} tensors"
+            pending.append((name, tensor))
+        if not body.get("flush_cache"):
+            return f"holding {len(pending)} tensors until the last bucket"
+        # vLLM's in-place reload wants the whole checkpoint at once: the model's own load_weights
+        # after start-up meets parameters that were repacked for the kernels (no weight_loader).
+        self._rest_pending = []
+        self.reload_weights(weights_iterator=iter(pending))
+        return f"reloaded {len(pending)} tensors"
