@@ -11,6 +11,7 @@ folder that every server loads (`disk`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -43,6 +44,8 @@ from rest_megatron.trainer.runtime import Runtime
 
 if TYPE_CHECKING:
     from tools_sandbox.client import SandboxClient
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,14 +102,22 @@ def _weight_sync(rt: Runtime, router: Router, loop: asyncio.AbstractEventLoop) -
     r = rt.config.rollout
     if resolve_weight_sync(r.weight_sync, r.engine) == "disk":
         return DiskWeightSync(router, rt.run_dir / "weights")
+    router.no_return = ("it left the weight-update group (rollout.weight_sync=distributed); restart the run, or "
+                        "use rollout.weight_sync=disk so that returning servers catch up")
+    return _join_group(rt, router.clients, loop, "rest_megatron_weights")
+
+
+def _join_group(rt: Runtime, clients: list[Any], loop: asyncio.AbstractEventLoop, name: str) -> DistributedWeightSync:
+    """A weight-update group of the trainer's rank 0 and `clients`, joined by all of them."""
+    r = rt.config.rollout
+    if not clients:
+        raise WeightSyncError("no inference server is left to receive the weights; check the servers' logs")
     backend = weight_sync_backend(r.engine, rt.config.launch.device)
-    sync = DistributedWeightSync(router.clients, [r.server_tp] * len(router.clients),
-                                 master_address=_address_seen_by(router.clients[0].base_url), master_port=free_port(),
+    sync = DistributedWeightSync(clients, [r.server_tp] * len(clients), group_name=name,
+                                 master_address=_address_seen_by(clients[0].base_url), master_port=free_port(),
                                  bucket_bytes=max(1, int(r.weight_sync_bucket_mb * 2**20)), backend=backend,
                                  device="cuda" if backend == "nccl" else "cpu")
     loop.run_until_complete(sync.init_group())
-    router.no_return = ("it left the weight-update group (rollout.weight_sync=distributed); restart the run, or "
-                        "use rollout.weight_sync=disk so that returning servers catch up")
     return sync
 
 
@@ -216,11 +227,14 @@ def sync_weights(rt: Runtime, version: int) -> None:
     else:
         tensors = iter_hf_tensors(rt.actor.network, rt.spec)
         if rt.is_driver:
-            if rt.rollout.router.dead:
-                raise WeightSyncError(f"servers {sorted(rt.rollout.router.dead)} are down and the distributed "
-                                      "weight sync needs every server of its group; set "
-                                      "rollout.weight_sync=disk to train on with the servers that are left")
-            rt.rollout.loop.run_until_complete(rt.rollout.weight_sync.push(tensors, weight_version=str(version)))
+            services = rt.rollout
+            live = services.router.live
+            if len(live) < len(services.weight_sync.clients):
+                # A broadcast to a group with a dead member would fail: regroup with the servers left.
+                log.warning("servers %s left; the weight-update group is formed again without them",
+                            sorted(services.router.dead))
+                services.weight_sync = _join_group(rt, live, services.loop, f"rest_megatron_weights_{version}")
+            services.loop.run_until_complete(services.weight_sync.push(tensors, weight_version=str(version)))
         else:
             for _ in tensors:  # collective: the driver gathers each tensor from its holders
                 pass

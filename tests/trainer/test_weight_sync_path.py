@@ -66,9 +66,11 @@ def _pid_with_arg(arg: str) -> int | None:
 
 
 @pytest.mark.slow
-def test_a_server_killed_mid_step_leaves_the_run_to_the_other(tmp_path: Path) -> None:
+@pytest.mark.parametrize("weight_sync", ["disk", "distributed"])
+def test_a_server_killed_mid_step_leaves_the_run_to_the_other(tmp_path: Path, weight_sync: str) -> None:
     """Two embedded servers; one is SIGKILLed while step 1 samples. The step completes on the other
-    (no trajectory failed), the disk sync updates the one that is left, and step 2 runs there."""
+    (no trajectory failed), the sync updates the one that is left (the distributed sync forms its
+    group again without the dead one), and step 2 runs there."""
     run_dir = tmp_path / "run"
     port_file = run_dir / "logs" / "embedded-1.port"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -78,7 +80,7 @@ def test_a_server_killed_mid_step_leaves_the_run_to_the_other(tmp_path: Path) ->
          "optimizer.num_steps=2", "data.num_prompts_per_step=4", "rollout.max_new_tokens=64",
          "algorithm.dynamic_sampling=false", "logging.eval_interval=0", "data.eval_path=null",
          "logging.save_rollouts=true", "checkpoint.save_interval=0", "rollout.num_servers=2",
-         "rollout.weight_sync=disk"],
+         f"rollout.weight_sync={weight_sync}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 600
