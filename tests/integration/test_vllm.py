@@ -30,7 +30,7 @@ VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 EAGER = "rollout.vllm={enforce_eager: true}"  # skips torch.compile's warm-up, minutes on two cores
 
 pytestmark = [
-    pytest.mark.vllm, pytest.mark.slow,
+    pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800),  # a server start alone can take 8 min under load
     pytest.mark.skipif(not VLLM_PYTHON.exists(), reason=f"no {VLLM_PYTHON}: run `bash scripts/setup_vllm.sh` "
                        "to create the vLLM venv these tests need"),
 ]
