@@ -140,6 +140,22 @@ class RolloutConfig:
     way; vLLM is refused (it has no such server mode here). Servers in `server_urls` that you start
     yourself need the flag too: `rest-megatron serve-command RECIPE` prints their command line."""
 
+    weight_sync: Literal["disk", "distributed", "auto"] = "auto"
+    """How each step's new weights reach the servers (`trainer/rollout_stage.py`): `disk` writes a
+    Hugging Face folder that every server loads; `distributed` broadcasts them in buckets from the
+    trainer's rank 0 to every server through one process group (NCCL with SGLang or vLLM on GPU,
+    gloo with the embedded engine and vLLM on CPU); `auto` is `distributed` wherever the engine
+    supports it (`rollout/weight_sync.py` `resolve_weight_sync`). A server that is down misses a
+    distributed update (it stays out of rotation); with `disk` it catches up when it returns."""
+
+    weight_sync_bucket_mb: float = 512.0
+    """Megabytes per broadcast bucket of the distributed weight sync (`rollout/weight_sync.py`)."""
+
+    max_failed_fraction: float = 0.25
+    """Trajectories that failed or were aborted are masked out of the loss; a step where more than
+    this fraction of them did stops the run with the first failure's reason (`trainer/rollout_stage.py`
+    `rollout_status_metrics`)."""
+
     sglang: dict[str, Any] = field(default_factory=dict)
     """SGLang server arguments, passed verbatim as flags (`mem_fraction_static: 0.7` becomes
     `--mem-fraction-static 0.7`)."""
@@ -148,6 +164,11 @@ class RolloutConfig:
     """vLLM server arguments, passed verbatim as flags. `--tensor-parallel-size` (from `server_tp`)
     and `--logprobs-mode` (from temperature / top-p / top-k: the mode whose log-probs equal the
     trainer's, see `rollout/launch.py` `vllm_logprobs_mode`) are set by the launcher."""
+
+    vllm_python: str | None = None
+    """Interpreter that runs the vLLM servers the trainer launches (`rollout/launch.py`
+    `vllm_python`); null: the repository's `.venv-vllm` (scripts/setup_vllm.sh) if it exists, else
+    the trainer's own Python."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -309,7 +330,8 @@ class LoggingConfig:
     filled in at load time; relative paths are relative to the working directory."""
 
     log_interval: int = 1
-    """Print and record metrics every this many steps."""
+    """Print and record metrics every this many steps (`trainer/loop.py` `log`); steps with an
+    evaluation and the last step are always recorded."""
 
     eval_interval: int = 0
     """Evaluate on `data.eval_path` every this many steps; 0 never."""

@@ -200,6 +200,18 @@ def _check_combinations(config: Config) -> list[str]:
             "would leave behind before RL starts; run the SFT warm start on its own and point model.path at "
             "its Hugging Face export (with sft.num_steps=0), or set algorithm.kl_coef=0"
         )
+    if r.engine == "sglang" and r.weight_sync != "disk" and launch.device == "cpu":
+        errors.append(
+            f"rollout.weight_sync={r.weight_sync} with rollout.engine=sglang broadcasts over NCCL, which needs "
+            "launch.device=cuda; set rollout.weight_sync=disk, or train on CPU with rollout.engine=embedded"
+        )
+    if r.engine != "vllm" and (r.vllm or r.vllm_python):
+        errors.append(f"rollout.vllm / rollout.vllm_python configure vLLM servers but rollout.engine={r.engine}; "
+                      "drop them or set rollout.engine=vllm")
+    if not 0 <= r.max_failed_fraction <= 1:
+        errors.append(f"rollout.max_failed_fraction must be in [0, 1], got {r.max_failed_fraction}")
+    if r.weight_sync_bucket_mb <= 0:
+        errors.append(f"rollout.weight_sync_bucket_mb must be > 0, got {r.weight_sync_bucket_mb}")
     if r.engine == "embedded" and r.server_tp != 1:
         errors.append("rollout.server_tp must be 1 with rollout.engine=embedded (one process per server)")
     errors += _check_server_flags(r)

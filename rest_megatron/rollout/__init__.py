@@ -6,10 +6,11 @@
     tools.py        one assistant turn's tool calls -> tool messages (errors become text for the model)
     types.py        SamplingParams, Generation, and the errors clients raise
     clients/        SGLang (/generate), vLLM (/v1/completions), the router over N servers
-    engine/         the embedded CPU engine (continuous batching, prefix cache) behind SGLang's API
+    engine/         the embedded CPU engine (continuous batching, prefix cache, gloo weight updates) behind SGLang's API
     embedded_server.py  `rest-megatron rollout-server`
-    launch.py       start / health-wait / stop SGLang or embedded servers; SGLang command from the config
-    weight_sync.py  weights to the servers after each step: from disk, or NCCL buckets
+    launch.py       start / health-wait / stop SGLang, vLLM or embedded servers; their commands from the config
+    weight_sync.py  weights to the servers after each step: from disk, or broadcast buckets (NCCL or gloo)
+    vllm_worker.py  the vLLM worker extension that receives broadcast weights (behind /collective_rpc)
     tiny_caller.py  a tiny model fine-tuned to call tools, for tests and benchmarks
 
 Protocols: DESIGN.md §7. Sampling logprobs follow SGLang: log softmax of the temperature-scaled

@@ -160,6 +160,9 @@ class AgentLoop:
                               turn=turn)
             text = self.renderer.assistant_text(generation.output_ids)
             trajectory.messages.append({"role": "assistant", "content": text})
+            if generation.finish_reason == "abort":
+                trajectory.finish(TrajectoryStatus.ABORTED, f"turn {turn} aborted by {generation.server}")
+                return
             if generation.finish_reason != "stop":
                 reason = "max_total_tokens" if params.max_new_tokens < self.sampling.max_new_tokens else "max_new_tokens"
                 trajectory.finish(TrajectoryStatus.TRUNCATED, f"turn {turn} {generation.finish_reason}: {reason}")

@@ -91,23 +91,3 @@ class ChatRenderer:
         closing = before[cut:]
         rest = closing[len(self.end_of_turn):] if ended_with_end_of_turn else closing
         return self.encode(rest + after[len(before):])
-
-
-_PROBE_TOOL = {"type": "function", "function": {
-    "name": "zz_probe_tool_7f3a", "description": "probe",
-    "parameters": {"type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}}}
-
-
-def template_renders_tools(tokenizer: Any) -> bool:
-    """True if the tokenizer's chat template shows the model the `tools` it is given.
-
-    Some templates (SmolLM2's, for one) accept `tools=` and silently drop it, so a model evaluated or
-    trained on tool use would never see a function; this renders a one-message chat with a probe tool
-    whose name cannot occur by chance and looks for it. A template that raises on `tools` counts as False.
-    """
-    messages = [{"role": "user", "content": "hi"}]
-    try:
-        text = tokenizer.apply_chat_template(messages, tools=[_PROBE_TOOL], tokenize=False, add_generation_prompt=True)
-    except Exception:  # noqa: BLE001 - any template failure means the tools are not rendered
-        return False
-    return isinstance(text, str) and _PROBE_TOOL["function"]["name"] in text

@@ -61,7 +61,8 @@ from tools_sandbox.executor import die_with_parent
 _OWNED = {"model_path": "the model path", "host": "host", "port": "port", "tp_size": "rollout.server_tp",
           "tp": "rollout.server_tp", "enable_deterministic_inference": "rollout.deterministic"}
 _VLLM_OWNED = {"model": "the model path", "host": "host", "port": "port",
-               "tensor_parallel_size": "rollout.server_tp", "tp": "rollout.server_tp",
+               "tensor_parallel_size": "rollout.server_tp", "tp": "rollout.server_tp", "dtype": "model.dtype",
+               "worker_extension_cls": "the launcher (the weight-update extension, rollout/vllm_worker.py)",
                "logprobs_mode": "rollout.temperature/top_p/top_k (the launcher picks the mode that matches the trainer)"}
 
 SGLANG_RAW_LOGPROB_ENV = "SGLANG_RETURN_ORIGINAL_LOGPROB"
@@ -157,11 +158,15 @@ def vllm_logprobs_mode(temperature: float, top_p: float, top_k: int) -> str:
     )
 
 
-def vllm_server_args(rollout: Any) -> list[str]:
+def vllm_server_args(rollout: Any, *, dtype: str | None = None) -> list[str]:
     """vLLM server flags after `--model/--host/--port` for a RolloutConfig: TP size, the log-probs mode
-    that matches the trainer (`vllm_logprobs_mode`), then `rollout.vllm` verbatim."""
+    that matches the trainer (`vllm_logprobs_mode`), the weight-update worker extension (weights from the
+    trainer, `rollout/vllm_worker.py`), `dtype` (`model.dtype`) if given, then `rollout.vllm` verbatim."""
+    from rest_megatron.rollout.clients.vllm import WORKER_EXTENSION
+
     mode = vllm_logprobs_mode(rollout.temperature, rollout.top_p, rollout.top_k)
     return ["--tensor-parallel-size", str(rollout.server_tp), "--logprobs-mode", mode,
+            "--worker-extension-cls", WORKER_EXTENSION, *(["--dtype", dtype] if dtype else []),
             *passthrough_flags(rollout.vllm, owned=_VLLM_OWNED, section="rollout.vllm")]
 
 
@@ -194,6 +199,50 @@ def embedded_command(model_path: str | Path, *, port: int = 0, host: str = "127.
     if port_file:
         cmd += ["--port-file", port_file]
     return cmd + passthrough_flags(extra or {}, owned={"model": "the model path", "host": "host", "port": "port"})
+
+
+def vllm_python(configured: str | None) -> str:
+    """The interpreter of vLLM servers: `rollout.vllm_python`, else the repository's `.venv-vllm`
+    (scripts/setup_vllm.sh) when it exists, else this one."""
+    if configured:
+        return configured
+    local = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
+    return str(local) if local.exists() else sys.executable
+
+
+def vllm_env(base: Mapping[str, str], device: str) -> dict[str, str]:
+    """The environment of a vLLM server: /collective_rpc served, our package importable (the worker
+    extension), nothing fetched from a hub; on CPU a 1 GiB KV cache unless one is set."""
+    env = dict(base)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env["VLLM_SERVER_DEV_MODE"] = "1"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    if device == "cpu":
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return env
+
+
+def start_vllm_servers(model_path: str | Path, config: Any, *, log_dir: str | Path, timeout_s: float = 900.0,
+                       env: Mapping[str, str] | None = None) -> list[ServerProcess]:
+    """Start `rollout.num_servers` vLLM OpenAI servers for training (Config) and wait for health."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    flags = vllm_server_args(config.rollout, dtype=config.model.dtype)
+    python = vllm_python(config.rollout.vllm_python)
+
+    def make(index: int) -> ServerProcess:
+        port = free_port()
+        cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
+               "--host", "127.0.0.1", "--port", str(port), *flags]
+        server_env = vllm_env(os.environ if env is None else env, config.launch.device)
+        if config.rollout.num_servers > 1 and config.launch.device == "cuda" and "CUDA_VISIBLE_DEVICES" not in (env or {}):
+            first = index * config.rollout.server_tp
+            server_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(first, first + config.rollout.server_tp))
+        return ServerProcess(cmd, base_url=f"http://127.0.0.1:{port}", log_path=log_dir / f"vllm-{index}.log",
+                             env=server_env)
+
+    return _start_all(make, config.rollout.num_servers, timeout_s)
 
 
 def log_tail(path: str | Path, num_chars: int = 4000) -> str:

@@ -38,6 +38,11 @@ class TrajectoryStatus(str, Enum):
     MAX_TURNS = "max_turns"  # the assistant-turn budget ran out while it was still calling tools
     TRUNCATED = "truncated"  # a turn hit max_new_tokens, or the trajectory hit its total token cap
     FAILED = "failed"  # the rollout itself failed (no inference server); `errors` says why
+    ABORTED = "aborted"  # the server aborted a generation (finish_reason "abort"); `finish_reason` says why
+
+
+UNTRAINABLE = frozenset({TrajectoryStatus.FAILED, TrajectoryStatus.ABORTED})
+"""Statuses whose tokens are masked out of the loss: what was sampled is not what the policy would do."""
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,10 @@ class WeightSyncError(InferenceError):
     """A server did not take the new weights; the message names the server and its reason."""
 
 
+class RolloutFailed(RuntimeError):
+    """Too many trajectories of a training step failed or were aborted (`rollout.max_failed_fraction`)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class SamplingParams:
     """Sampling settings of one generation request (SGLang's `sampling_params` subset)."""

@@ -7,7 +7,8 @@ the trainer writes a Hugging Face folder (`rest_megatron.convert`'s writer), the
 it. `DiskWeightSync` names the folders by step, pushes through a `Router` (so a server that is down
 gets the weights when it returns), and deletes old folders.
 
-**Over NCCL** (SGLang on GPU): the trainer's rank 0 and every server's TP ranks form one process group,
+**Distributed** (NCCL with SGLang and vLLM on GPU; gloo with the embedded engine and vLLM on CPU),
+`rollout.weight_sync: distributed` (or `auto`): the trainer's rank 0 and every server's TP ranks form one process group,
 
     rank 0            : the trainer (sender)
     ranks 1 .. tp_0   : server 0's TP ranks          (rank_offset 1)
@@ -35,6 +36,30 @@ from typing import Any
 import torch
 
 from rest_megatron.rollout.types import WeightSyncError
+
+
+# ---- choice -------------------------------------------------------------------------------
+def resolve_weight_sync(mode: str, engine: str) -> str:
+    """`rollout.weight_sync` made concrete: "disk" or "distributed".
+
+    Every engine receives broadcast weights: SGLang natively, the embedded engine through the same
+    endpoints over gloo (`engine/weights.py`), vLLM through our worker extension (`vllm_worker.py`),
+    so `auto` means `distributed`.
+    """
+    if mode not in ("disk", "distributed", "auto"):
+        raise ValueError(f"rollout.weight_sync={mode!r}; use disk, distributed or auto")
+    if engine not in ("embedded", "sglang", "vllm"):
+        raise ValueError(f"unknown rollout engine {engine!r}; use embedded, sglang or vllm")
+    return "distributed" if mode == "auto" else mode
+
+
+def weight_sync_backend(engine: str, device: str) -> str:
+    """The weight-update group's backend: what the servers' side can receive on."""
+    if engine == "embedded":
+        return "gloo"
+    if engine == "sglang":
+        return "nccl"
+    return "nccl" if device == "cuda" else "gloo"  # vLLM's CPU build has no NCCL
 
 
 # ---- disk ---------------------------------------------------------------------------------
@@ -203,7 +228,7 @@ def init_custom_process_group(*, backend: str, init_method: str, world_size: int
 
 
 class DistributedWeightSync:
-    """The trainer (rank 0) side of NCCL weight sync to SGLang servers."""
+    """The trainer (rank 0) side of distributed weight sync: SGLang, the embedded engine, vLLM."""
 
     def __init__(self, clients: Sequence[Any], server_tps: Sequence[int], *, master_address: str, master_port: int,
                  group_name: str = "rest_megatron_weights", bucket_bytes: int = 512 << 20, backend: str = "nccl",

@@ -29,6 +29,7 @@ from rest_megatron.trainer.checkpoint import list_checkpoints, load_checkpoint, 
 from rest_megatron.trainer.rollout_stage import (
     evaluate,
     generate,
+    rollout_status_metrics,
     sampling_seed,
     scatter_to_dp,
     start_services,
@@ -76,6 +77,7 @@ def driver_plan(rt: Runtime, step: int, prompts: list, trajectories: list) -> tu
     """Driver: score and normalize the step's trajectories and assign them to updates and DP ranks.
     Returns the reward metrics and, per DP rank, its shares (a list of None when the step is skipped)."""
     cfg = rt.config
+    statuses = rollout_status_metrics(trajectories, cfg.rollout.max_failed_fraction)  # raises past the limit
     if cfg.logging.save_rollouts:  # replayable record of exactly what was trained on
         (rt.run_dir / "rollouts").mkdir(exist_ok=True)
         save_jsonl(trajectories, rt.run_dir / "rollouts" / f"step_{step + 1:08d}.jsonl")
@@ -90,6 +92,7 @@ def driver_plan(rt: Runtime, step: int, prompts: list, trajectories: list) -> tu
     metrics = {
         "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
         **{f"reward/{k}": v for k, v in reward_parts.items()}, "kept_fraction": float(keep.float().mean()),
+        **statuses,
     }
     dp = cfg.data_parallel_size(dist.get_world_size())
     # Every group uniform: nothing to learn, and an Adam step on a zero gradient would still move the
@@ -114,7 +117,8 @@ def run(config: Config) -> int:
         start_services(rt)
         if start_step == 0 and config.sft.num_steps > 0:
             sft_warm_start(rt)
-        sync_weights(rt, start_step)
+        if start_step > 0 or config.sft.num_steps > 0:  # else the servers hold the weights they started with
+            sync_weights(rt, start_step)
         if start_step == 0 and rt.eval_prompts is not None:
             log(rt, 0, {"eval/reward": evaluate(rt)})
         for step in range(start_step, config.optimizer.num_steps):
@@ -164,7 +168,9 @@ def preempted(rt: Runtime) -> bool:
 
 
 def log(rt: Runtime, step: int, metrics: dict[str, float]) -> None:
-    if rt.logger is not None:
+    """Record every `logging.log_interval` steps, and always an evaluation and the last step."""
+    last = step == rt.config.optimizer.num_steps
+    if rt.logger is not None and (step % rt.config.logging.log_interval == 0 or "eval/reward" in metrics or last):
         rt.logger.log(step, {**metrics, "data/skipped_long_prompts": float(rt.train_prompts.num_skipped_long)})
 
 

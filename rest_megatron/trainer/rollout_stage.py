@@ -3,20 +3,25 @@
 The driver (global rank 0) owns the inference servers (or connects to `rollout.server_urls`), the
 sandbox service (or `sandbox.url`), and one asyncio event loop that runs the agent loop. Generated
 trajectories stay on the driver; `scatter_to_dp` sends each rank only its data-parallel share of what
-it trains on (the driver assigns shares, `stages.plan_updates`). Weight sync is
-collective: every rank takes part in gathering the HF-named tensors (`convert.live`), the driver
-writes them as a Hugging Face folder and tells every server to load it.
+it trains on (the driver assigns shares, `stages.plan_updates`). Weight sync is collective: every
+rank takes part in gathering the HF-named tensors (`convert.live`); the driver broadcasts them to the
+servers (`rollout.weight_sync: distributed`) or writes them as a Hugging Face folder that every
+server loads (`disk`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pickle
 import shutil
+import socket
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
@@ -27,12 +32,23 @@ from rest_megatron.convert.live import iter_hf_tensors
 from rest_megatron.convert.to_hf import ShardWriter
 from rest_megatron.data.prompts import Prompt
 from rest_megatron.rollout.agent_loop import AgentLoop, AgentSettings, RolloutPrompt
-from rest_megatron.rollout.weight_sync import DiskWeightSync
+from rest_megatron.rollout.clients import Router
+from rest_megatron.rollout.launch import free_port
+from rest_megatron.rollout.trajectory import UNTRAINABLE, TrajectoryStatus
+from rest_megatron.rollout.types import RolloutFailed, WeightSyncError
+from rest_megatron.rollout.weight_sync import (
+    DiskWeightSync,
+    DistributedWeightSync,
+    resolve_weight_sync,
+    weight_sync_backend,
+)
 from rest_megatron.trainer import stages
 from rest_megatron.trainer.runtime import Runtime
 
 if TYPE_CHECKING:
     from tools_sandbox.client import SandboxClient
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,7 +57,8 @@ class RolloutServices:
 
     loop: asyncio.AbstractEventLoop
     agent: AgentLoop
-    weight_sync: DiskWeightSync
+    weight_sync: DiskWeightSync | DistributedWeightSync
+    router: Router
 
 
 def start_services(rt: Runtime) -> None:
@@ -49,7 +66,12 @@ def start_services(rt: Runtime) -> None:
     if not rt.is_driver:
         return
     from rest_megatron.rollout.clients import make_router
-    from rest_megatron.rollout.launch import local_trainer_gpus, start_embedded_servers, start_sglang_servers
+    from rest_megatron.rollout.launch import (
+        local_trainer_gpus,
+        start_embedded_servers,
+        start_sglang_servers,
+        start_vllm_servers,
+    )
     from tools_sandbox.client import local_sandbox_server
 
     cfg = rt.config
@@ -65,6 +87,8 @@ def start_services(rt: Runtime) -> None:
     if not urls:
         if cfg.rollout.engine == "embedded":
             servers = start_embedded_servers(rt.hf_dir, cfg.rollout.num_servers, log_dir=logs)
+        elif cfg.rollout.engine == "vllm":
+            servers = start_vllm_servers(rt.hf_dir, cfg, log_dir=logs)
         else:
             servers = start_sglang_servers(rt.hf_dir, cfg.rollout, log_dir=logs,
                                            trainer_gpus=local_trainer_gpus(cfg.launch.device))
@@ -79,7 +103,39 @@ def start_services(rt: Runtime) -> None:
     rt.services.callback(lambda: loop.run_until_complete(sandbox.aclose()))
     rt.services.callback(lambda: loop.run_until_complete(router.aclose()))
     agent = AgentLoop(router, rt.tokenizer, sandbox, AgentSettings.from_config(cfg))
-    rt.rollout = RolloutServices(loop, agent, DiskWeightSync(router, rt.run_dir / "weights"))
+    rt.rollout = RolloutServices(loop, agent, _weight_sync(rt, router, loop), router)
+
+
+def _weight_sync(rt: Runtime, router: Router, loop: asyncio.AbstractEventLoop) -> DiskWeightSync | DistributedWeightSync:
+    """The configured weight sync; the distributed one joins its group with every server now."""
+    r = rt.config.rollout
+    if resolve_weight_sync(r.weight_sync, r.engine) == "disk":
+        return DiskWeightSync(router, rt.run_dir / "weights")
+    router.no_return = ("it left the weight-update group (rollout.weight_sync=distributed); restart the run, or "
+                        "use rollout.weight_sync=disk so that returning servers catch up")
+    return _join_group(rt, router.clients, loop, "rest_megatron_weights")
+
+
+def _join_group(rt: Runtime, clients: list[Any], loop: asyncio.AbstractEventLoop, name: str) -> DistributedWeightSync:
+    """A weight-update group of the trainer's rank 0 and `clients`, joined by all of them."""
+    r = rt.config.rollout
+    if not clients:
+        raise WeightSyncError("no inference server is left to receive the weights; check the servers' logs")
+    backend = weight_sync_backend(r.engine, rt.config.launch.device)
+    sync = DistributedWeightSync(clients, [r.server_tp] * len(clients), group_name=name,
+                                 master_address=_address_seen_by(clients[0].base_url), master_port=free_port(),
+                                 bucket_bytes=max(1, int(r.weight_sync_bucket_mb * 2**20)), backend=backend,
+                                 device="cuda" if backend == "nccl" else "cpu")
+    loop.run_until_complete(sync.init_group())
+    return sync
+
+
+def _address_seen_by(url: str) -> str:
+    """This host's address on the route to the server at `url` (loopback for a local server)."""
+    host = urlsplit(url).hostname or "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((socket.gethostbyname(host), 9))  # UDP connect sends nothing; it only picks the route
+        return probe.getsockname()[0]
 
 
 def sandbox_client(sandbox: SandboxConfig, url: str) -> SandboxClient:
@@ -135,6 +191,22 @@ def generate(rt: Runtime, prompts: list[Prompt], num_samples: int, *, tag: str =
     return rt.rollout.loop.run_until_complete(agent.run_batch(requests))
 
 
+def rollout_status_metrics(trajectories: list[Any], max_failed_fraction: float) -> dict[str, float]:
+    """`rollout/<status>_frac` for every final status; raise RolloutFailed when more than
+    `max_failed_fraction` of the trajectories failed or were aborted (with the first one's reason)."""
+    counts = Counter(t.status for t in trajectories)
+    total = max(1, len(trajectories))
+    metrics = {f"rollout/{s.value}_frac": counts[s] / total for s in TrajectoryStatus if s is not TrajectoryStatus.RUNNING}
+    bad = [t for t in trajectories if t.status in UNTRAINABLE]
+    metrics["rollout/untrained_frac"] = len(bad) / total
+    if len(bad) / total > max_failed_fraction:
+        first = bad[0]
+        raise RolloutFailed(f"{len(bad)} of {len(trajectories)} trajectories failed or were aborted (more than "
+                            f"rollout.max_failed_fraction={max_failed_fraction:g}); the first, {first.sample_id}: "
+                            f"{first.finish_reason}: {'; '.join(first.errors) or 'no error recorded'}")
+    return metrics
+
+
 def evaluate(rt: Runtime) -> float:
     """Driver: mean reward of one greedy trajectory per held-out prompt (NaN on other ranks, which log nothing)."""
     prompts = rt.eval_prompts.batch(0)
@@ -169,11 +241,30 @@ def write_hf_folder(rt: Runtime, out: Path, *, max_shard_bytes: int = 5 * 2**30)
 
 
 def sync_weights(rt: Runtime, version: int) -> None:
-    """Export the current policy and make every inference server load it."""
-    folder = rt.run_dir / "weights" / f"step-{version:08d}"
-    write_hf_folder(rt, folder)
-    if rt.is_driver:
-        rt.rollout.loop.run_until_complete(rt.rollout.weight_sync.push(version))
+    """Collective: bring every inference server to the current policy, tagged `version`.
+
+    `disk`: export a HF folder that every server loads. `distributed`: stream the HF-named tensors
+    (gathered per tensor on the driver) to the servers in broadcast buckets, no file written.
+    """
+    r = rt.config.rollout
+    if resolve_weight_sync(r.weight_sync, r.engine) == "disk":
+        write_hf_folder(rt, rt.run_dir / "weights" / f"step-{version:08d}")
+        if rt.is_driver:
+            rt.rollout.loop.run_until_complete(rt.rollout.weight_sync.push(version))
+    else:
+        tensors = iter_hf_tensors(rt.actor.network, rt.spec)
+        if rt.is_driver:
+            services = rt.rollout
+            live = services.router.live
+            if len(live) < len(services.weight_sync.clients):
+                # A broadcast to a group with a dead member would fail: regroup with the servers left.
+                log.warning("servers %s left; the weight-update group is formed again without them",
+                            sorted(services.router.dead))
+                services.weight_sync = _join_group(rt, live, services.loop, f"rest_megatron_weights_{version}")
+            services.loop.run_until_complete(services.weight_sync.push(tensors, weight_version=str(version)))
+        else:
+            for _ in tensors:  # collective: the driver gathers each tensor from its holders
+                pass
     dist.barrier()
 
 

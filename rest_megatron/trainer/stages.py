@@ -20,6 +20,7 @@ from rest_megatron.algo.rewards import get_reward
 from rest_megatron.algo.weights import get_token_weights
 from rest_megatron.data.prompts import Prompt
 from rest_megatron.ops.vocab_parallel import TokenStats
+from rest_megatron.rollout.trajectory import UNTRAINABLE
 from rest_megatron.trainer.batching import (
     MicroBatch,
     Share,
@@ -61,14 +62,20 @@ def advantages(
 
 
 def to_samples(trajectories: Sequence[Any], advantages: torch.Tensor, keep: torch.Tensor) -> list[TrainingSample]:
-    """The kept trajectories as training samples (non-finite sampling logprobs become 0, masked out)."""
+    """The kept trajectories as training samples (non-finite sampling logprobs become 0, masked out).
+
+    Failed and aborted trajectories keep their row (their group's advantages already count them) but
+    train no token: their loss mask is all zero.
+    """
     samples = []
     for trajectory, advantage, kept in zip(trajectories, advantages.tolist(), keep.tolist()):
         if kept:
+            loss_mask = ([0] * len(trajectory.loss_mask) if trajectory.status in UNTRAINABLE
+                         else trajectory.loss_mask)
             samples.append(TrainingSample(
                 token_ids=trajectory.token_ids,
-                loss_mask=trajectory.loss_mask,
-                sampling_logprobs=[lp if m else 0.0 for lp, m in zip(trajectory.logprobs, trajectory.loss_mask)],
+                loss_mask=loss_mask,
+                sampling_logprobs=[lp if m else 0.0 for lp, m in zip(trajectory.logprobs, loss_mask)],
                 region_mask=trajectory.region_masks,
                 advantage=advantage,
             ))

@@ -13,6 +13,7 @@ import pytest
 from rest_megatron.assets import tiny_model_dir
 from rest_megatron.cli import main as cli_main
 from rest_megatron.config import ConfigError, RolloutConfig, load_config
+from rest_megatron.rollout.clients.vllm import WORKER_EXTENSION
 from rest_megatron.rollout.launch import (
     ServerProcess,
     ServerStartError,
@@ -122,7 +123,7 @@ def test_vllm_logprobs_mode_matches_the_trainer(temperature: float, top_p: float
     rollout = _rollout(engine="vllm", server_tp=4, temperature=temperature, top_p=top_p, top_k=top_k,
                        vllm={"gpu_memory_utilization": 0.8})
     assert vllm_server_args(rollout) == ["--tensor-parallel-size", "4", "--logprobs-mode", mode,
-                                         "--gpu-memory-utilization", "0.8"]
+                                         "--worker-extension-cls", WORKER_EXTENSION, "--gpu-memory-utilization", "0.8"]
     assert server_command(rollout, "/m", port=7, python="py")[:9] == [
         "py", "-m", "vllm.entrypoints.openai.api_server", "--model", "/m", "--host", "127.0.0.1", "--port", "7"]
 

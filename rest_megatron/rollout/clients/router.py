@@ -46,6 +46,9 @@ class Router:
         self._revived = asyncio.Event()
         self._order = itertools.count()
         self._weights: tuple[str, str | None] | None = None
+        self.no_return: str | None = None
+        """Set when the servers' weights arrive by broadcast: a server that went away left the
+        weight-update group and cannot catch up, so it stays out of rotation for this reason."""
 
     def __repr__(self) -> str:
         return f"Router({self.base_url}, dead={sorted(self.dead)})"
@@ -85,6 +88,9 @@ class Router:
         while client.base_url in self.dead:
             await asyncio.sleep(self.probe_interval_s)
             if not await client.health():
+                continue
+            if self.no_return is not None:
+                self.dead[client.base_url] = f"healthy again but {self.no_return}"
                 continue
             if self._weights is not None:
                 try:

@@ -6,19 +6,30 @@
       -> {"choices": [{"token_ids": [...], "logprobs": {"token_logprobs": [...]},
                        "finish_reason": "stop"|"length"|"abort", "stop_reason": id|str|null}]}
 
-vLLM reports *raw* logprobs by default (`--logprobs-mode raw_logprobs`: log softmax of the logits
-before temperature), unlike SGLang's temperature-scaled default; at temperature 1 they agree.
-vLLM has no `/update_weights_from_disk`: use it to evaluate or serve, and SGLang or the embedded
-engine for training, whose weights change every step.
+Sampling log-probs: by default vLLM reports *raw* ones (log softmax before temperature); the
+trainer compares them with its log-probs of the tempered distribution, so servers for training run
+with `--logprobs-mode processed_logprobs` (`launch.vllm_server_args`); at temperature 1 both agree.
+
+Weight updates go through vLLM's `/collective_rpc` (served with `VLLM_SERVER_DEV_MODE=1`):
+
+    disk:        {"method": "reload_weights", "kwargs": {"weights_path": folder}}   (vLLM's own in-place reload)
+    distributed: {"method": "rest_init_weights_update_group" / "rest_update_weights_from_distributed",
+                  "args": [json]}   (our worker extension, `rollout/vllm_worker.py`)
+
+then `/reset_prefix_cache`, so no cached prefix of the old weights is reused. `/sleep` and `/wake_up`
+free and restore the GPU memory of a colocated server.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from rest_megatron.rollout.clients.http import HttpServer
 from rest_megatron.rollout.types import BadServerReply, Generation, SamplingParams, WeightSyncError
+
+WORKER_EXTENSION = "rest_megatron.rollout.vllm_worker.WeightUpdateExtension"
 
 
 def parse_completion_reply(reply: Any, server: str) -> Generation:
@@ -85,13 +96,44 @@ class VLLMClient:
     async def health(self) -> bool:
         return await self._server.healthy()
 
+    async def _rpc(self, method: str, *, args: Sequence[str] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        try:
+            return await self._server.request("POST", "/collective_rpc",
+                                              {"method": method, "args": list(args), "kwargs": kwargs or {}})
+        except BadServerReply as exc:
+            hint = ("; start vLLM with VLLM_SERVER_DEV_MODE=1 (which serves /collective_rpc) and --worker-extension-cls "
+                    f"{WORKER_EXTENSION} (launch.vllm_server_args does both), or set rollout.weight_sync=disk"
+                    if "404" in str(exc) or "rest_" in str(exc) else "")
+            raise WeightSyncError(f"{self.base_url}/collective_rpc {method} failed: {exc}{hint}") from exc
+
     async def update_weights_from_disk(self, model_path: str, weight_version: str | None = None) -> None:
-        raise WeightSyncError(f"{self.base_url}: vLLM servers cannot reload weights over HTTP; train with "
-                              "rollout.engine=sglang or embedded, and use vLLM for evaluation and serving")
+        """vLLM's in-place reload from a Hugging Face folder of the same architecture."""
+        await self._rpc("reload_weights", kwargs={"weights_path": str(model_path)})
+        await self.flush_cache()
+
+    async def init_weights_update_group(self, *, master_address: str, master_port: int, rank_offset: int,
+                                        world_size: int, group_name: str, backend: str = "nccl") -> None:
+        """Every worker joins the trainer's weight-update group (blocks until all members joined)."""
+        await self._rpc("rest_init_weights_update_group", args=[json.dumps({
+            "master_address": master_address, "master_port": master_port, "rank_offset": rank_offset,
+            "world_size": world_size, "group_name": group_name, "backend": backend})])
+
+    async def update_weights_from_distributed(self, payload: dict[str, Any]) -> None:
+        """Receive and load one broadcast bucket (payload from `weight_sync.bucket_payload`)."""
+        await self._rpc("rest_update_weights_from_distributed", args=[json.dumps(payload)])
+        if payload.get("flush_cache"):
+            await self.flush_cache()
 
     async def flush_cache(self) -> None:
-        # vLLM's prefix cache is content-addressed by token ids and weights do not change under it.
-        return None
+        await self._server.request("POST", "/reset_prefix_cache", expect_json=False)
+
+    async def release_memory_occupation(self) -> None:
+        """Free the weights' and KV cache's GPU memory (colocated training): vLLM's /sleep."""
+        await self._server.request("POST", "/sleep?level=1", expect_json=False)
+
+    async def resume_memory_occupation(self) -> None:
+        """Re-allocate what `release_memory_occupation` freed: vLLM's /wake_up."""
+        await self._server.request("POST", "/wake_up", expect_json=False)
 
     async def aclose(self) -> None:
         await self._server.aclose()

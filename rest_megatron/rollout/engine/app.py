@@ -8,7 +8,7 @@
 | GET /health, /health_generate         | 200 while the engine thread is alive                      |
 | GET /get_model_info, /get_server_info | model path, weight version; queue and cache counters       |
 | POST /release_memory_occupation, /resume_memory_occupation | accepted, nothing to release on CPU  |
-| POST /init_weights_update_group, /update_weights_from_distributed | 400: NCCL needs SGLang on GPU |
+| POST /init_weights_update_group, /update_weights_from_distributed | join the trainer's group, receive buckets over gloo (`weights.py`) |
 | POST /v1/completions, GET /v1/models  | vLLM's token-id completions subset (`return_token_ids`)    |
 
 Handlers only parse, queue and await: the model runs on the engine thread. A request whose client
@@ -34,6 +34,7 @@ from rest_megatron.rollout.engine.requests import (
     vllm_request,
     vllm_response,
 )
+from rest_megatron.rollout.engine.weights import WeightReceiver
 
 _DISCONNECT_POLL_S = 0.2
 
@@ -82,6 +83,7 @@ def create_app(core: EngineCore, *, original_logprobs: bool = False, seed: int |
                served_model_name: str | None = None) -> FastAPI:
     """The FastAPI app serving `core` (started and stopped with the app's lifespan)."""
     seeds = SeedSource(seed)
+    receiver = WeightReceiver()
     model_name = served_model_name or core.model_path
 
     @contextlib.asynccontextmanager
@@ -159,11 +161,33 @@ def create_app(core: EngineCore, *, original_logprobs: bool = False, seed: int |
         return {"success": True, "message": "the embedded CPU engine holds no GPU memory"}
 
     @app.post("/init_weights_update_group")
+    async def init_weights_update_group(http: Request) -> Any:
+        body = await _body(http)
+        try:
+            message = await asyncio.to_thread(receiver.join, body)
+        except Exception as exc:  # noqa: BLE001 - the reason goes back to the caller
+            return JSONResponse({"success": False, "message": f"{type(exc).__name__}: {exc}"}, status_code=400)
+        return {"success": True, "message": message}
+
     @app.post("/update_weights_from_distributed")
-    async def nccl_sync() -> JSONResponse:
-        return JSONResponse({"success": False, "message": "the embedded CPU engine has no NCCL weight sync; use "
-                             "/update_weights_from_disk (weight_sync=disk) or serve with SGLang on GPU"},
-                            status_code=400)
+    async def update_weights_from_distributed(http: Request) -> Any:
+        body = await _body(http)
+        try:
+            names, dtypes, shapes = receiver.check(body)
+        except ValueError as exc:
+            return JSONResponse({"success": False, "message": str(exc)}, status_code=400)
+
+        def receive() -> str:
+            receiver.receive_into(core.model, names, dtypes, shapes)
+            if body.get("flush_cache", True):  # the last bucket: every tensor has arrived
+                core.weights_changed(body.get("weight_version"))
+            return f"received {len(names)} tensors (weight version {core.weight_version})"
+
+        try:
+            message = await asyncio.wrap_future(core.run_command(receive))
+        except Exception as exc:  # noqa: BLE001
+            return JSONResponse({"success": False, "message": f"{type(exc).__name__}: {exc}"}, status_code=400)
+        return {"success": True, "message": message}
 
     @app.get("/v1/models")
     async def models() -> dict:

@@ -151,9 +151,14 @@ class EngineCore:
                     f"{getattr(old, attr, None)}; weight updates must keep the architecture"
                 )
         self.model, self.model_path = model, str(model_path)
+        self.weights_changed(weight_version)
+        return f"loaded {model_path} (weight version {self.weight_version})"
+
+    def weights_changed(self, weight_version: str | None = None) -> None:
+        """(worker thread) After new weights are in place: drop the stale KV prefixes, set the version
+        every later answer carries (`weight_version`, or the old one plus one)."""
         self.prefix_cache.clear()
         self.weight_version = weight_version or str(int(self.weight_version) + 1 if self.weight_version.isdigit() else 1)
-        return f"loaded {model_path} (weight version {self.weight_version})"
 
     # ---- model helpers (worker thread) ----------------------------------------------------
     def _load(self, path: str) -> torch.nn.Module:

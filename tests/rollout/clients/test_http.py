@@ -74,15 +74,15 @@ def test_vllm_replies_without_token_ids_ask_for_a_newer_vllm() -> None:
     assert (ok.output_ids, ok.logprobs, ok.finish_reason) == ([4, 5], [-1.0, -2.0], "length")
 
 
-def test_vllm_client_cannot_sync_weights_and_says_why() -> None:
+def test_vllm_client_names_the_server_flags_weight_updates_need() -> None:
     from rest_megatron.rollout.types import WeightSyncError
 
     async def go() -> None:
-        client = VLLMClient("http://127.0.0.1:1", model="m")
+        client = VLLMClient(server.base_url, model="m")  # a server without /collective_rpc answers 404
         try:
             await client.update_weights_from_disk("/w")
         finally:
             await client.aclose()
 
-    with pytest.raises(WeightSyncError, match="sglang or embedded"):
+    with ScriptedServer() as server, pytest.raises(WeightSyncError, match="VLLM_SERVER_DEV_MODE=1.*worker-extension-cls"):
         run(go())

@@ -77,3 +77,21 @@ def test_no_healthy_server_is_an_error_after_the_wait() -> None:
 
     with pytest.raises(ServerUnavailable, match="no inference server is healthy"):
         run(go())
+
+
+def test_after_a_distributed_sync_a_returning_server_stays_out_of_rotation() -> None:
+    late_port = free_port()
+    late_url = f"http://127.0.0.1:{late_port}"
+    with ScriptedServer() as live:
+        async def go() -> tuple[dict, dict]:
+            router = _router([live.base_url, late_url], probe_interval_s=0.1)
+            router.no_return = "it left the weight-update group"
+            await asyncio.gather(*(router.generate([1], SamplingParams()) for _ in range(4)))
+            with ScriptedServer(port=late_port):
+                await asyncio.sleep(1.0)  # several probes see it healthy
+                await asyncio.gather(*(router.generate([1], SamplingParams()) for _ in range(4)))
+            await router.aclose()
+            return dict(router.served), dict(router.dead)
+        served, dead = run(go())
+    assert served == {live.base_url: 8, late_url: 0}
+    assert "healthy again but it left the weight-update group" in dead[late_url]
