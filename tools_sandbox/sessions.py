@@ -123,7 +123,11 @@ class SessionManager:
 
     async def _spawn_worker(self, extra_path: str | None = None) -> WorkerProcess:
         uid = self.executor.acquire_uid()
-        scratch = self.executor.new_scratch(uid)
+        try:
+            scratch = self.executor.new_scratch(uid)
+        except BaseException:
+            await self.executor.release(uid, None)
+            raise
         readonly, sys_path = self._readonly_paths()
         if extra_path:
             readonly, sys_path = (*readonly, extra_path), (*sys_path, extra_path)

@@ -84,11 +84,6 @@ class UidPool:
             await sweep_uid(uid)
         self._free.insert(0, uid)
 
-    def prepare_dir(self, path: Path, uid: int) -> None:
-        """Give `uid` its scratch directory (mode 0700, so other calls cannot look in)."""
-        os.chown(path, uid, uid)
-        os.chmod(path, 0o700)
-
 
 def live_processes(uid: int) -> list[int]:
     """PIDs of the processes of `uid` that have not exited yet (zombies are dead already)."""
