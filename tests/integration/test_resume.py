@@ -4,7 +4,9 @@ A short tiny-recipe run (checkpoint every step, rollouts saved) is killed with S
 every process it started, as soon as its step-2 checkpoint is complete: in the middle of step 3, before
 step 3 logs anything (a step takes at least its rollouts and weight sync, far longer than the poll).
 The resumed run must finish every step exactly once, in the data order of an uninterrupted run of the
-same recipe, and end with the final checkpoint and Hugging Face export.
+same recipe, train the steps after the checkpoint as that run did (two PPO updates each: same rewards,
+losses, gradient norms and second-update ratio spread), and end with the final checkpoint and Hugging
+Face export. The SFT warm start is the recipe's, so that rollouts differ in reward and steps train.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 NUM_STEPS = 4
 KILL_IN_STEP = 3
 # Small and fast: two SFT steps (the model still babbles), short single-turn rollouts, no evaluation.
+# Two PPO updates per step (mini-batches of 4 of the 8 trajectories): the resumed run must split and
+# train the steps after the checkpoint as the uninterrupted run did.
 OVERRIDES = [
-    "sft.num_steps=2", f"optimizer.num_steps={NUM_STEPS}", "checkpoint.save_interval=1", "checkpoint.num_keep_last=2",
-    "data.num_prompts_per_step=2", "rollout.num_samples_per_prompt=2", "rollout.max_new_tokens=16",
-    "rollout.max_turns=1", "data.eval_path=null", "logging.eval_interval=0", "logging.save_rollouts=true",
+    "sft.num_steps=150", f"optimizer.num_steps={NUM_STEPS}", "checkpoint.save_interval=1", "checkpoint.num_keep_last=2",
+    "data.num_prompts_per_step=4", "rollout.num_samples_per_prompt=2", "rollout.max_new_tokens=96",
+    "rollout.max_turns=2", "data.eval_path=null", "logging.eval_interval=0", "logging.save_rollouts=true",
+    "optimizer.mini_batch_size=4", "parallel.micro_batch_size=2", "algorithm.dynamic_sampling=false",
 ]
+COMPARED = ("reward/mean", "num_updates", "loss", "grad_norm", "ppo/u2/ratio_std", "ppo/u2/ratio_max")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
@@ -38,6 +44,10 @@ def _train(*args: str) -> list[str]:
 
 def _steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _records(run_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
 
 
 def _prompts(run_dir: Path, step: int) -> list[str]:
@@ -86,6 +96,12 @@ def test_sigkill_mid_step_then_resume_does_every_step_once_in_order(tmp_path: Pa
     assert _steps(killed) == list(range(1, NUM_STEPS + 1)), "every step exactly once"
     for step in range(1, NUM_STEPS + 1):
         assert _prompts(killed, step) == _prompts(straight, step), f"data order differs at step {step}"
+    resumed_records, straight_records = _records(killed), _records(straight)
+    trained = [s for s in range(KILL_IN_STEP, NUM_STEPS + 1) if "num_updates" in straight_records[s]]
+    assert trained, "no step after the resume trained (all groups uniform): nothing compared"
+    for step in trained:  # same weights, same split into mini-batches, same updates
+        for key in COMPARED:
+            assert resumed_records[step][key] == pytest.approx(straight_records[step][key], rel=1e-4, abs=1e-6), (step, key)
     assert (killed / "checkpoints" / "latest").read_text().strip() == f"step_{NUM_STEPS:08d}"
     assert (killed / "hf" / "config.json").is_file()
 
