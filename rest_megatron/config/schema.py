@@ -239,10 +239,6 @@ class DataConfig:
     eval_path: str | None = None
     """Evaluation prompts (same forms as `train_path`); null disables evaluation."""
 
-    format: str = "auto"
-    """The `rest-megatron data prepare --format` that made the data files (toolrl, xlam, toolace, bfcl, ...):
-    the command a missing data file's error gives uses it; `auto` leaves the format for you to fill in."""
-
     num_prompts_per_step: int = 32
     """Prompts per training step; the rollout batch is this × `rollout.num_samples_per_prompt`."""
 
@@ -388,12 +384,6 @@ class LaunchConfig:
 
     nproc_per_node: int = 1
     """Trainer processes (ranks) per node; world size is `nnodes × nproc_per_node`."""
-
-    master_addr: str = "127.0.0.1"
-    """Address of rank 0 for the process-group rendezvous."""
-
-    master_port: int = 29500
-    """Port of rank 0 for the process-group rendezvous."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Trainer device; `auto` uses CUDA when available."""

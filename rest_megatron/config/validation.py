@@ -106,8 +106,6 @@ def _check_ranges(config: Config) -> list[str]:
         errors.append(
             f"optimizer.mini_batch_size must be >= 1 or null (whole rollout batch), got {o.mini_batch_size}"
         )
-    if not 1 <= config.launch.master_port <= 65535:
-        errors.append(f"launch.master_port must be a TCP port in 1..65535, got {config.launch.master_port}")
     return errors
 
 
@@ -200,7 +198,7 @@ def _check_combinations(config: Config) -> list[str]:
             "would leave behind before RL starts; run the SFT warm start on its own and point model.path at "
             "its Hugging Face export (with sft.num_steps=0), or set algorithm.kl_coef=0"
         )
-    if r.engine == "sglang" and r.weight_sync != "disk" and launch.device == "cpu":
+    if r.engine == "sglang" and r.weight_sync == "distributed" and launch.device == "cpu":
         errors.append(
             f"rollout.weight_sync={r.weight_sync} with rollout.engine=sglang broadcasts over NCCL, which needs "
             "launch.device=cuda; set rollout.weight_sync=disk, or train on CPU with rollout.engine=embedded"
@@ -229,10 +227,9 @@ def _check_combinations(config: Config) -> list[str]:
 
 def _prepare_hint(config: Config, path: Path) -> str:
     """How to make a missing data file: the `data prepare` command that writes it."""
-    fmt = config.data.format if config.data.format != "auto" else "FORMAT"
     split = f" --split test=0.02 --seed {config.data.seed}" if path.name in ("train.jsonl", "test.jsonl") else ""
     return (
-        f"make it with `rest-megatron data prepare --format {fmt} --in SOURCE --out {path.parent}{split}` "
+        f"make it with `rest-megatron data prepare --format FORMAT --in SOURCE --out {path.parent}{split}` "
         f"(see `rest-megatron data prepare --help`), or give an existing JSONL file or the built-in "
         + " / ".join(repr(name) for name in TINY_DATASETS)
     )

@@ -39,18 +39,21 @@ from rest_megatron.rollout.types import WeightSyncError
 
 
 # ---- choice -------------------------------------------------------------------------------
-def resolve_weight_sync(mode: str, engine: str) -> str:
+def resolve_weight_sync(mode: str, engine: str, device: str = "cuda") -> str:
     """`rollout.weight_sync` made concrete: "disk" or "distributed".
 
     Every engine receives broadcast weights: SGLang natively, the embedded engine through the same
     endpoints over gloo (`engine/weights.py`), vLLM through our worker extension (`vllm_worker.py`),
-    so `auto` means `distributed`.
+    so `auto` means `distributed`, except for SGLang with a CPU trainer (`device`): SGLang broadcasts
+    over NCCL only, so there `auto` means `disk`.
     """
     if mode not in ("disk", "distributed", "auto"):
         raise ValueError(f"rollout.weight_sync={mode!r}; use disk, distributed or auto")
     if engine not in ("embedded", "sglang", "vllm"):
         raise ValueError(f"unknown rollout engine {engine!r}; use embedded, sglang or vllm")
-    return "distributed" if mode == "auto" else mode
+    if mode == "auto":
+        return "disk" if engine == "sglang" and device == "cpu" else "distributed"
+    return mode
 
 
 def weight_sync_backend(engine: str, device: str) -> str:

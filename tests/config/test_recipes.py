@@ -76,7 +76,7 @@ def test_train_demands_the_files_plan_does_not(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="data.train_path 'data/toolrl_4k/train.jsonl' not found") as missing:
         load_config(recipe)
     # The error gives the command that writes the file (and the test split beside it).
-    assert ("rest-megatron data prepare --format toolrl --in SOURCE --out data/toolrl_4k --split test=0.02 "
+    assert ("rest-megatron data prepare --format FORMAT --in SOURCE --out data/toolrl_4k --split test=0.02 "
             "--seed 1234") in str(missing.value)
     train = tmp_path / "train.jsonl"
     train.write_text("{}\n")

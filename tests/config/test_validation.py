@@ -141,7 +141,6 @@ def test_all_problems_are_reported_together(write_recipe: WriteRecipe) -> None:
         (["algorithm.dual_clip=0.5"], "algorithm.dual_clip must be > 1 or null"),
         (["algorithm.clip_low=1.0"], "algorithm.clip_low must be in [0, 1)"),
         (["rollout.top_k=0"], "rollout.top_k must be -1 (off) or >= 1, got 0"),
-        (["launch.master_port=70000"], "launch.master_port must be a TCP port in 1..65535"),
         (["checkpoint.resume=/no/ckpt"], "checkpoint.resume '/no/ckpt' not found"),
         (["rollout.temperature=0"], "rollout.temperature must be > 0, got 0.0"),
         (["optimizer.mini_batch_size=3"], "optimizer.mini_batch_size (3) must divide the rollout batch"),
