@@ -171,7 +171,7 @@ def vllm_server_args(rollout: Any, *, dtype: str | None = None) -> list[str]:
 
 
 def server_command(rollout: Any, model_path: str | Path, *, port: int, host: str = "127.0.0.1",
-                   python: str = sys.executable) -> list[str]:
+                   python: str = sys.executable, dtype: str | None = None) -> list[str]:
     """The argv of one inference server as the recipe's `rollout` section states it (RolloutConfig).
 
     The only builder of server command lines from a config: the trainer's launcher and
@@ -183,8 +183,10 @@ def server_command(rollout: Any, model_path: str | Path, *, port: int, host: str
                 *sglang_command(model_path, port=port, host=host, tp=rollout.server_tp, extra=rollout.sglang,
                                 deterministic=rollout.deterministic, python=python)]
     if rollout.engine == "vllm":
-        return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path), "--host", host,
-                "--port", str(port), *vllm_server_args(rollout)]
+        # VLLM_SERVER_DEV_MODE serves /collective_rpc, which the weight-update extension answers through.
+        return ["env", "VLLM_SERVER_DEV_MODE=1", python, "-m", "vllm.entrypoints.openai.api_server",
+                "--model", str(model_path), "--host", host, "--port", str(port),
+                *vllm_server_args(rollout, dtype=dtype)]
     if rollout.engine == "embedded":
         return embedded_command(model_path, port=port, host=host, python=python)
     raise ValueError(f"rollout.engine={rollout.engine!r}: use sglang, vllm or embedded")
@@ -224,25 +226,31 @@ def vllm_env(base: Mapping[str, str], device: str) -> dict[str, str]:
 
 
 def start_vllm_servers(model_path: str | Path, config: Any, *, log_dir: str | Path, timeout_s: float = 900.0,
-                       env: Mapping[str, str] | None = None) -> list[ServerProcess]:
-    """Start `rollout.num_servers` vLLM OpenAI servers for training (Config) and wait for health."""
+                       env: Mapping[str, str] | None = None, trainer_gpus: int = 0) -> list[ServerProcess]:
+    """Start `rollout.num_servers` vLLM OpenAI servers for training (Config) and wait for health; on GPUs
+    they take this node's GPUs after the trainer's first `trainer_gpus` (`gpu_placement`)."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    flags = vllm_server_args(config.rollout, dtype=config.model.dtype)
-    python = vllm_python(config.rollout.vllm_python)
+    rollout = config.rollout
+    base_env = vllm_env(os.environ if env is None else env, config.launch.device)
+    placement = [None] * rollout.num_servers
+    if trainer_gpus or config.launch.device == "cuda":
+        import torch
+
+        visible = base_env.get("CUDA_VISIBLE_DEVICES")
+        _, placement = gpu_placement(visible, device_count=0 if visible is not None else torch.cuda.device_count(),
+                                     trainer_gpus=trainer_gpus, num_servers=rollout.num_servers,
+                                     server_tp=rollout.server_tp, share=rollout.share_trainer_gpus)
 
     def make(index: int) -> ServerProcess:
         port = free_port()
-        cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
-               "--host", "127.0.0.1", "--port", str(port), *flags]
-        server_env = vllm_env(os.environ if env is None else env, config.launch.device)
-        if config.rollout.num_servers > 1 and config.launch.device == "cuda" and "CUDA_VISIBLE_DEVICES" not in (env or {}):
-            first = index * config.rollout.server_tp
-            server_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(first, first + config.rollout.server_tp))
+        cmd = server_command(rollout, model_path, port=port, python=vllm_python(rollout.vllm_python),
+                             dtype=config.model.dtype)
+        server_env = base_env if placement[index] is None else {**base_env, "CUDA_VISIBLE_DEVICES": placement[index]}
         return ServerProcess(cmd, base_url=f"http://127.0.0.1:{port}", log_path=log_dir / f"vllm-{index}.log",
                              env=server_env)
 
-    return _start_all(make, config.rollout.num_servers, timeout_s)
+    return _start_all(make, rollout.num_servers, timeout_s)
 
 
 def log_tail(path: str | Path, num_chars: int = 4000) -> str:

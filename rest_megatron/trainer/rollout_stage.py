@@ -88,7 +88,8 @@ def start_services(rt: Runtime) -> None:
         if cfg.rollout.engine == "embedded":
             servers = start_embedded_servers(rt.hf_dir, cfg.rollout.num_servers, log_dir=logs)
         elif cfg.rollout.engine == "vllm":
-            servers = start_vllm_servers(rt.hf_dir, cfg, log_dir=logs)
+            servers = start_vllm_servers(rt.hf_dir, cfg, log_dir=logs,
+                                         trainer_gpus=local_trainer_gpus(cfg.launch.device))
         else:
             servers = start_sglang_servers(rt.hf_dir, cfg.rollout, log_dir=logs,
                                            trainer_gpus=local_trainer_gpus(cfg.launch.device))

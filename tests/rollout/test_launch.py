@@ -124,8 +124,8 @@ def test_vllm_logprobs_mode_matches_the_trainer(temperature: float, top_p: float
                        vllm={"gpu_memory_utilization": 0.8})
     assert vllm_server_args(rollout) == ["--tensor-parallel-size", "4", "--logprobs-mode", mode,
                                          "--worker-extension-cls", WORKER_EXTENSION, "--gpu-memory-utilization", "0.8"]
-    assert server_command(rollout, "/m", port=7, python="py")[:9] == [
-        "py", "-m", "vllm.entrypoints.openai.api_server", "--model", "/m", "--host", "127.0.0.1", "--port", "7"]
+    assert server_command(rollout, "/m", port=7, python="py")[:11] == [
+        "env", "VLLM_SERVER_DEV_MODE=1", "py", "-m", "vllm.entrypoints.openai.api_server", "--model", "/m", "--host", "127.0.0.1", "--port", "7"]
 
 
 def test_vllm_combinations_that_cannot_agree_are_refused() -> None:
