@@ -54,8 +54,10 @@ def test_two_node_megatron_demo(slurm_cluster: LocalSlurmCluster, job_env: dict[
 
 
 def _events(run_dir: Path) -> list[dict]:
+    """The payload's events so far; a line still being appended (no newline yet) is not one."""
     path = run_dir / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    return [json.loads(line) for line in lines if line.endswith("\n")]
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -95,9 +97,13 @@ def test_preempted_job_resumes(slurm_cluster: LocalSlurmCluster, job_env: dict[s
     2. `scontrol requeue` is a preemption: Slurm signals everything and requeues the job.
     The payload saves only on SIGTERM, so each attempt starting where the previous one stopped
     proves the whole chain, including the run directory derived from the job id.
+    The hold file keeps the payload counting until the test lets it finish: a signal that takes
+    seconds to travel (a loaded machine) cannot find the attempt already done.
     """
+    hold = tmp_path / "hold"
+    hold.touch()
     env = {**job_env, "TRAIN_CMD": str(PAYLOADS / "counter.py"), "ROLLOUT_ENGINE": "none", "SANDBOX": "0",
-           "COUNTER_STEPS": "24", "COUNTER_STEP_S": "0.1"}
+           "COUNTER_STEPS": "24", "COUNTER_STEP_S": "0.1", "COUNTER_HOLD": str(hold)}
     job = slurm_cluster.submit(TRAIN, "recipes/tiny-cpu.yaml", env=env, cwd=REPO,
                                sbatch_opts=("--output", str(tmp_path / "job-%j.out")))
     run_dir = Path(env["RUNS_ROOT"]) / f"rest-megatron-train-{job}"
@@ -112,6 +118,9 @@ def test_preempted_job_resumes(slurm_cluster: LocalSlurmCluster, job_env: dict[s
     _wait_for(lambda: len(_events(run_dir)) >= 3 and past(_events(run_dir)[1]["step"] + 3), 180,
               "second attempt made no progress")
     slurm_cluster.slurm("scontrol", "requeue", str(job))
+    # The second attempt has saved before the hold goes, so only the third one may finish.
+    _wait_for(lambda: len(_events(run_dir)) >= 4, 120, "second attempt did not save on the preemption")
+    hold.unlink()
     _release_requeued(slurm_cluster, job, restarts=2)
     record = slurm_cluster.wait_job(job, timeout_s=180)
     log = _log(record)
@@ -123,7 +132,7 @@ def test_preempted_job_resumes(slurm_cluster: LocalSlurmCluster, job_env: dict[s
     assert events[0] == {"event": "start", "restart": 0, "from_step": 0, "world": 2}
     assert events[2] == {"event": "start", "restart": 1, "from_step": first_stop, "world": 2}
     assert events[4] == {"event": "start", "restart": 2, "from_step": second_stop, "world": 2}
-    assert 3 <= first_stop < second_stop < 24 and events[5]["step"] == 24
+    assert 3 <= first_stop < second_stop and events[5]["step"] == max(24, second_stop)
     # Only the time-limit path requeues from inside the job; the preemption was requeued by Slurm.
     assert log.count("phase: requeue") == 1 and log.count("SIGTERM: forwarding to the trainer") == 2
     assert f"logging.run_dir={run_dir} checkpoint.resume=auto" in log
