@@ -10,7 +10,6 @@
     embedded_server.py  `rest-megatron rollout-server`
     launch.py       start / health-wait / stop SGLang or embedded servers; SGLang command from the config
     weight_sync.py  weights to the servers after each step: from disk, or NCCL buckets
-    tiny_caller.py  a tiny model fine-tuned to call tools, for tests and benchmarks
 
 Protocols: DESIGN.md §7. Sampling logprobs follow SGLang: log softmax of the temperature-scaled
 logits (raw at temperature 1); see `engine/sampling.py`.
