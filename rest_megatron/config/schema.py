@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 TINY_MODELS = ("tiny-qwen3", "tiny-qwen2", "tiny-llama")
-"""Built-in tiny model names accepted by `model.path` (defined in `rest_megatron.assets`)."""
+"""Built-in tiny model names accepted by `model.path`; `rest_megatron.assets` builds them (one
+family each) and imports this tuple rather than repeating it."""
 
 TINY_DATASETS = ("tiny-task",)
 """Built-in synthetic data set names accepted by `data.train_path` / `data.eval_path`."""
