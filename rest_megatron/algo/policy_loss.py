@@ -16,6 +16,7 @@ reaches the forward value or the backward pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -52,20 +53,34 @@ get_policy_loss = _POLICY_LOSSES.get
 policy_loss_names = _POLICY_LOSSES.names
 
 
+_KL_ESTIMATORS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("KL estimator (kl_type)")
+"""Schulman's estimators as functions of δ = log π_θ − log π_ref; `algorithm.kl_estimator` names one."""
+kl_estimator_names = _KL_ESTIMATORS.names
+
+
+@_KL_ESTIMATORS.register("k1")
+def _kl_k1(delta: torch.Tensor) -> torch.Tensor:
+    return delta
+
+
+@_KL_ESTIMATORS.register("k2")
+def _kl_k2(delta: torch.Tensor) -> torch.Tensor:
+    return 0.5 * delta.square()
+
+
+@_KL_ESTIMATORS.register("k3")
+def _kl_k3(delta: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-delta) + delta - 1.0
+
+
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_type: str) -> torch.Tensor:
     """Per-token estimate of KL(π_θ ‖ π_ref) from samples of π_θ (Schulman's k1, k2, k3).
 
     k1 = log π_θ − log π_ref; k2 = ½ (log π_θ − log π_ref)²; k3 = e^{−δ} + δ − 1 with δ = log π_θ − log π_ref
     (unbiased, always >= 0). δ is clamped to ±20 so that k3's exponential cannot overflow.
     """
-    delta = (logprobs - ref_logprobs).clamp(-20.0, 20.0)
-    if kl_type == "k1":
-        return delta
-    if kl_type == "k2":
-        return 0.5 * delta.square()
-    if kl_type == "k3":
-        return torch.exp(-delta) + delta - 1.0
-    raise ValueError(f"unknown kl_type {kl_type!r}; use 'k1', 'k2' or 'k3'")
+    estimator = _KL_ESTIMATORS.get(kl_type)  # before the arithmetic: a bad name fails on any input
+    return estimator((logprobs - ref_logprobs).clamp(-20.0, 20.0))
 
 
 @register_policy_loss("ppo_clip")

@@ -149,15 +149,15 @@ class RolloutConfig:
 class AlgorithmConfig:
     """The policy-gradient objective: ResT token weights, policy loss, aggregation, advantages."""
 
-    weights: Literal["paper", "entropy", "hybrid", "uniform"] = "paper"
-    """ResT token-weight scheme (DESIGN.md §4): `paper` region curricula, `entropy` inverse gradient
-    variance, `hybrid` their product, `uniform` plain GRPO."""
+    weights: str = "paper"
+    """Name of a registered token-weight scheme (`algo/weights.py`; DESIGN.md §4): `paper` region
+    curricula, `entropy` inverse gradient variance, `hybrid` their product, `uniform` plain GRPO."""
 
     weights_params: dict[str, Any] = field(default_factory=dict)
     """Keyword parameters of the chosen weight function (e.g. region γ values, α curriculum)."""
 
     policy_loss: str = "ppo_clip"
-    """Name of a registered policy loss."""
+    """Name of a registered policy loss (`algo/policy_loss.py`)."""
 
     clip_low: float = 0.2
     """PPO lower clip ε_low: ratios below 1 − ε_low stop contributing gradient."""
@@ -171,20 +171,21 @@ class AlgorithmConfig:
     kl_coef: float = 0.0
     """Weight of the KL penalty against the reference policy; 0 skips the reference forward pass."""
 
-    kl_estimator: Literal["k1", "k3"] = "k3"
-    """KL estimator (Schulman's k1 or the non-negative k3)."""
+    kl_estimator: str = "k3"
+    """Name of a registered KL estimator (`algo/policy_loss.py`: Schulman's k1, k2, or the
+    non-negative k3)."""
 
     entropy_coef: float = 0.0
     """Weight of the entropy bonus."""
 
-    aggregation: Literal["token-mean-weighted", "per-microbatch", "token-mean", "seq-mean-token-mean"] = (
-        "token-mean-weighted"
-    )
-    """How per-token losses become one scalar. `token-mean-weighted` divides Σ m·w·L by Σ m·w over
+    aggregation: str = "token-mean-weighted"
+    """Name of a registered aggregation (`algo/aggregation.py`): how per-token losses become one
+    scalar. `token-mean-weighted` divides Σ m·w·L by Σ m·w over
     the whole optimizer step; `per-microbatch` reproduces the authors' code."""
 
-    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
-    """Advantage estimator over each prompt's group of samples."""
+    advantage: str = "grpo"
+    """Name of a registered advantage estimator (`algo/advantages.py`) over each prompt's group of
+    samples."""
 
     dynamic_sampling: bool = False
     """Drop groups whose rewards are all equal (they carry no gradient)."""

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from rest_megatron.algo.advantages import advantage_names
+from rest_megatron.algo.aggregation import aggregation_names
+from rest_megatron.algo.policy_loss import kl_estimator_names, policy_loss_names
+from rest_megatron.algo.weights import token_weight_names
 from rest_megatron.config import TINY_MODELS, ConfigError, load_config, read_model_config, validate
 from tests.config.conftest import write_model_dir
 
@@ -156,6 +160,27 @@ def test_all_problems_are_reported_together(write_recipe: WriteRecipe) -> None:
 )
 def test_combinations_that_cannot_run(write_recipe: WriteRecipe, overrides: list[str], expected: str) -> None:
     assert expected in _error(write_recipe(), *overrides)
+
+
+@pytest.mark.parametrize(
+    ("key", "names"),
+    [
+        ("algorithm.weights", token_weight_names),
+        ("algorithm.policy_loss", policy_loss_names),
+        ("algorithm.kl_estimator", kl_estimator_names),
+        ("algorithm.aggregation", aggregation_names),
+        ("algorithm.advantage", advantage_names),
+    ],
+)
+def test_registry_backed_names_are_checked_against_the_registry(
+    write_recipe: WriteRecipe, key: str, names: Callable[[], list[str]]
+) -> None:
+    """The schema keeps no copy of the names: every registered one loads, a typo lists them all."""
+    for name in names():
+        assert getattr(load_config(write_recipe(), [f"{key}={name}"]).algorithm, key.split(".")[1]) == name
+    assert _error(write_recipe(), f"{key}=typo") == (
+        f"{key}='typo' is not registered; choose one of {', '.join(names())}"
+    )
 
 
 def test_a_valid_layout_passes(write_recipe: WriteRecipe) -> None:
