@@ -117,6 +117,11 @@ def test_all_problems_are_reported_together(write_recipe: WriteRecipe) -> None:
         (["reward.params={format_weight:1.0}"], "reward.params has 'format_weight:1.0', which reward.name="),
         (["algorithm.weights_params={gama_name: 2}"], "algorithm.weights_params has 'gama_name'"),
         (
+            ["algorithm.weights=hybrid", "algorithm.weights_params={gama_name: 2}"],
+            "algorithm.weights_params has 'gama_name', which algorithm.weights=hybrid does not take; it takes: "
+            "alpha, averaging, clip_max, clip_min, eps, gamma_answer, gamma_args, gamma_format, gamma_name",
+        ),
+        (
             ["parallel.pack_sequences=true", "algorithm.aggregation=seq-mean-token-mean"],
             "parallel.pack_sequences puts several trajectories in one row",
         ),
@@ -181,6 +186,11 @@ def test_registry_backed_names_are_checked_against_the_registry(
     assert _error(write_recipe(), f"{key}=typo") == (
         f"{key}='typo' is not registered; choose one of {', '.join(names())}"
     )
+
+
+def test_hybrid_takes_paper_and_entropy_parameters(write_recipe: WriteRecipe) -> None:
+    config = load_config(write_recipe(), ["algorithm.weights=hybrid", "algorithm.weights_params={gamma_name: 2, alpha: 0.5}"])
+    assert config.algorithm.weights_params == {"gamma_name": 2, "alpha": 0.5}
 
 
 def test_a_valid_layout_passes(write_recipe: WriteRecipe) -> None:
