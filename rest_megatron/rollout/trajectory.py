@@ -73,7 +73,8 @@ class Trajectory:
     """Token IDs, sampling logprobs, loss mask and region masks of one sampled conversation."""
 
     sample_id: str
-    """Which prompt it answers (e.g. "<prompt index>/<sample index>"); groups share a prefix."""
+    """The request's label, opaque here. The trainer writes "<tag>-<prompt index>-<sample index>"
+    (`trainer/rollout_stage.py`, tag `train` or `eval`); groups are formed by batch order, not by it."""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     loss_mask: list[int] = field(default_factory=list)
