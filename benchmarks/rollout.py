@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/rollout.py [--trajectories 16] [--tool-latency 0.5] [--repeats 2]
 
 One embedded CPU engine (a real server process) serves the fine-tuned tiny tool caller
-(`rest_megatron.rollout.tiny_caller`; trained and cached on first use, about a minute). Each
+(`rest_megatron.testing.tiny_caller`; trained and cached on first use, about a minute). Each
 trajectory is a tiny-task question: the model calls the calculator one or more times, reads the
 results and answers. Every tool call takes a fixed `--tool-latency` (an in-process executor that
 sleeps, then evaluates the expression with the sandbox's calculator), so the measurement is about
@@ -36,8 +36,8 @@ from rest_megatron.data.tiny_task import make_tiny_task  # noqa: E402
 from rest_megatron.rollout.agent_loop import AgentLoop, AgentSettings, RolloutPrompt  # noqa: E402
 from rest_megatron.rollout.clients import SGLangClient  # noqa: E402
 from rest_megatron.rollout.launch import start_embedded_servers  # noqa: E402
-from rest_megatron.rollout.tiny_caller import prompt_messages, tiny_tool_caller_dir  # noqa: E402
 from rest_megatron.rollout.types import SamplingParams  # noqa: E402
+from rest_megatron.testing.tiny_caller import prompt_messages, tiny_tool_caller_dir  # noqa: E402
 from tools_sandbox.tools.calculator import call as calculator  # noqa: E402
 
 

@@ -25,7 +25,7 @@ def _run(tp: int, model_dir: str | None, rows: int, seq: int, micro: int, steps:
     from rest_megatron.assets import tiny_hf_config
     from rest_megatron.distributed import ParallelLayout, init_model_parallel
     from rest_megatron.model.builder import load_hf_config, model_spec_from_hf
-    from rest_megatron.ops.memory import peak_allocated_bytes
+    from rest_megatron.testing.memory import peak_allocated_bytes
     from rest_megatron.trainer.actor import PolicyObjective, build_actor
     from rest_megatron.trainer.optimizer import OptimizerSettings
 

@@ -11,7 +11,7 @@ Every variant runs in the same launch, on the same inputs, on `--tp` real gloo r
   (mm)        the output-layer matmul hidden @ W_kᵀ that (a), (b) and (d) need first
 
 Peak memory is the peak of bytes allocated per rank *during* the call above what existed before
-(`rest_megatron.ops.memory.peak_allocated_bytes`: torch.profiler allocation events); the logits shard
+(`rest_megatron.testing.memory.peak_allocated_bytes`: torch.profiler allocation events); the logits shard
 that (a), (b) and (d) take as input is listed separately. Times are medians over `--repeats` runs of
 the slowest rank: wall clock, and process CPU time, which is steadier on a machine shared with other
 jobs (it leaves out time spent descheduled, and time blocked in a collective).
@@ -34,7 +34,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rest_megatron.ops import fused_output_token_stats, vocab_parallel_token_stats  # noqa: E402
-from rest_megatron.ops.memory import peak_allocated_bytes  # noqa: E402
+from rest_megatron.testing.memory import peak_allocated_bytes  # noqa: E402
 
 _state: dict = {}  # per-rank inputs, kept between pool calls
 

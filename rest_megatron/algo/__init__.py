@@ -1,4 +1,4 @@
-"""ResT's algorithm as pure functions of tensors, each variant registered by name (DESIGN.md §4, §6).
+"""ResT's algorithm as pure functions of tensors, each variant registered by name (docs/design.md §4, §6).
 
 | module | registry | what |
 |---|---|---|

@@ -1,4 +1,4 @@
-"""Group-relative advantages and the dynamic-sampling filter (DESIGN.md §6).
+"""Group-relative advantages and the dynamic-sampling filter (docs/design.md §6).
 
 Every prompt is rolled out G times; the G trajectories form a group. An estimator maps per-trajectory
 rewards [N] and group membership (either `group_ids` [N], any integer labels, or a fixed `group_size` for

@@ -1,4 +1,4 @@
-"""Loss aggregation: per-token losses -> one optimizer update's scalar loss (DESIGN.md §6).
+"""Loss aggregation: per-token losses -> one optimizer update's scalar loss (docs/design.md §6).
 
 "Step" below means one optimizer update: a training step with `optimizer.mini_batch_size` smaller than
 its rollout batch makes several updates, each with its own denominator over its own mini-batch.

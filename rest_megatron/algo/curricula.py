@@ -1,4 +1,4 @@
-"""Curricula: scalars that move with the optimizer step (DESIGN.md §4).
+"""Curricula: scalars that move with the optimizer step (docs/design.md §4).
 
 ResT's region weights, the entropy exponent α(s) and the ToolRL reward ranges all change with the
 optimizer step s. A curriculum is a small frozen object with `__call__(step) -> float`; recipes give

@@ -1,4 +1,4 @@
-"""Per-token policy losses (DESIGN.md §6), chosen by name.
+"""Per-token policy losses (docs/design.md §6), chosen by name.
 
 A policy loss takes tensors and keyword parameters and returns `(loss [B, T], metrics)`. The per-token
 loss is 0 wherever the token is not valid (see `valid_mask`); aggregation.py turns it into the step loss.
@@ -16,6 +16,7 @@ reaches the forward value or the backward pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch

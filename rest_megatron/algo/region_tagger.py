@@ -1,4 +1,4 @@
-"""Token regions from generated token IDs (DESIGN.md §4): which part of a response each token wrote.
+"""Token regions from generated token IDs (docs/design.md §4): which part of a response each token wrote.
 
 Regions are computed from the sampled IDs, never from re-tokenized text, in two layers:
 1. Decoding. Each ID becomes its raw bytes, exactly as the byte-level BPE decoder does it, and one

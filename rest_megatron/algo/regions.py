@@ -1,8 +1,8 @@
-"""Token regions of an assistant response, as ResT weights them (DESIGN.md §4).
+"""Token regions of an assistant response, as ResT weights them (docs/design.md §4).
 
 The region tagger (`region_tagger.py`) labels each generated token with a *bitmask* of the regions its
 characters touch, so a token that straddles two regions (say `">` closing a tag and opening reasoning)
-keeps both; the weighting then gives it the larger of the two weights, as DESIGN.md §4 asks.
+keeps both; the weighting then gives it the larger of the two weights, as docs/design.md §4 asks.
 """
 
 from __future__ import annotations

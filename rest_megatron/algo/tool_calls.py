@@ -1,4 +1,4 @@
-"""Parse an assistant turn in the Qwen/Hermes tool-call format (DESIGN.md §7).
+"""Parse an assistant turn in the Qwen/Hermes tool-call format (docs/design.md §7).
 
     <think> reasoning </think>
     <tool_call>

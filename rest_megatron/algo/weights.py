@@ -1,4 +1,4 @@
-"""ResT token weights: which response tokens the policy gradient leans on (DESIGN.md §4).
+"""ResT token weights: which response tokens the policy gradient leans on (docs/design.md §4).
 
 ResT (arXiv 2509.21826, "ResT: Reshaping Token-Level Policy Gradients for Tool-Use LLMs") multiplies each
 token's policy-gradient term by a weight w_t. With loss mask m_t (1 where the policy sampled the token),
@@ -13,7 +13,7 @@ constants, all configurable): γ_format = 1.0, γ_name = 1.2, γ_args(s) = min(0
 γ_reasoning(s) = min(0.6 + 0.002·s, 1.0), γ_answer = γ_other = 0.
 
 Where we deviate from the paper and its code:
-- **Entropy mode is our own derivation** (DESIGN.md §4), not the paper's closed form, which was not
+- **Entropy mode is our own derivation** (docs/design.md §4), not the paper's closed form, which was not
   available to us. For a softmax head E_{a~π}‖∇_z log π(a)‖² = 1 − Σ_a π(a)² =: v_t; minimising the
   variance of Σ_t w_t Â ∇log π under a fixed total weight gives w_t ∝ 1/v_t, tempered by a curriculum:
   raw_t = clip(((v̄ + ε)/(v_t + ε))^α(s), w_min, w_max), v̄ the sequence mean of v over masked tokens.
@@ -38,7 +38,8 @@ are a stop-gradient; no gradient flows into collision, entropy or anything else 
 
 from __future__ import annotations
 
-from typing import Protocol
+import inspect
+from typing import Any, Protocol
 
 import torch
 
@@ -278,6 +279,20 @@ def entropy_weights(
     return normalize_weights(raw, loss_mask, clip_min=clip_min, clip_max=clip_max)
 
 
+def _tuning_parameters(scheme: TokenWeightFn) -> dict[str, inspect.Parameter]:
+    """A registered scheme's own keyword parameters with their defaults: its signature past the inputs
+    every scheme receives and the shared clip range."""
+    shared = {"loss_mask", "region_mask", "step", "collision", "entropy", "clip_min", "clip_max", "step_origin"}
+    return {name: p for name, p in inspect.signature(scheme).parameters.items() if name not in shared}
+
+
+# `hybrid` takes every tuning parameter of `paper` and `entropy`, declared once, in those two functions.
+_PAPER_PARAMETERS = _tuning_parameters(paper_weights)
+_ENTROPY_PARAMETERS = _tuning_parameters(entropy_weights)
+if set(_PAPER_PARAMETERS) & set(_ENTROPY_PARAMETERS):
+    raise TypeError(f"hybrid cannot tell whose parameter {set(_PAPER_PARAMETERS) & set(_ENTROPY_PARAMETERS)} is")
+
+
 @register_token_weights("hybrid")
 def hybrid_weights(
     *,
@@ -286,49 +301,36 @@ def hybrid_weights(
     step: int,
     collision: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
-    gamma_format: CurriculumSpec = 1.0,
-    gamma_name: CurriculumSpec = 1.2,
-    gamma_args: CurriculumSpec = PAPER_GAMMA_ARGS,
-    gamma_reasoning: CurriculumSpec = PAPER_GAMMA_REASONING,
-    gamma_answer: CurriculumSpec = 0.0,
-    gamma_other: CurriculumSpec = 0.0,
-    alpha: CurriculumSpec = ENTROPY_ALPHA,
-    w_min: float = 0.2,
-    w_max: float = 5.0,
-    eps: float = 1e-6,
-    averaging: str = "token",
-    source: str = "collision",
     clip_min: float = CLIP_MIN,
     clip_max: float = CLIP_MAX,
     step_origin: int = 0,
+    **params: Any,
 ) -> torch.Tensor:
-    """Paper raw weight × entropy raw weight, then clipped and rescaled once (not each factor)."""
+    """Paper raw weight × entropy raw weight, then clipped and rescaled once (not each factor).
+
+    `params` are the tuning parameters of `paper_weights` and `entropy_weights`, with their defaults;
+    the signature (`inspect.signature`, which config validation reads) lists them by name.
+    """
+    unknown = sorted(set(params) - set(_PAPER_PARAMETERS) - set(_ENTROPY_PARAMETERS))
+    if unknown:
+        raise TypeError(f"hybrid_weights() got unexpected keyword arguments {unknown}; it takes "
+                        f"{', '.join([*_PAPER_PARAMETERS, *_ENTROPY_PARAMETERS])}")
+
     step = step + step_origin
-    entropy_part = entropy_raw(
-        loss_mask,
-        region_mask,
-        step,
-        collision=collision,
-        entropy=entropy,
-        alpha=alpha,
-        w_min=w_min,
-        w_max=w_max,
-        eps=eps,
-        averaging=averaging,
-        source=source,
-    )
-    region_part = paper_raw(
-        region_mask,
-        step,
-        gamma_format=gamma_format,
-        gamma_name=gamma_name,
-        gamma_args=gamma_args,
-        gamma_reasoning=gamma_reasoning,
-        gamma_answer=gamma_answer,
-        gamma_other=gamma_other,
-        dtype=entropy_part.dtype,
-    )
+
+    def chosen(parameters: dict[str, inspect.Parameter]) -> dict[str, Any]:
+        return {name: params.get(name, p.default) for name, p in parameters.items()}
+
+    entropy_part = entropy_raw(loss_mask, region_mask, step, collision=collision, entropy=entropy,
+                               **chosen(_ENTROPY_PARAMETERS))
+    region_part = paper_raw(region_mask, step, **chosen(_PAPER_PARAMETERS), dtype=entropy_part.dtype)
     return normalize_weights(region_part * entropy_part, loss_mask, clip_min=clip_min, clip_max=clip_max)
+
+
+_HYBRID_OWN = [p for p in inspect.signature(hybrid_weights).parameters.values() if p.kind is not p.VAR_KEYWORD]
+hybrid_weights.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [*_HYBRID_OWN, *_PAPER_PARAMETERS.values(), *_ENTROPY_PARAMETERS.values()]
+)
 
 
 @register_token_weights("uniform")

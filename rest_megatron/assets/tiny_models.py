@@ -35,8 +35,7 @@ from rest_megatron.assets.tokenizer import (
     chat_template,
     save_tiny_tokenizer,
 )
-
-TINY_MODELS = ("tiny-qwen3", "tiny-qwen2", "tiny-llama")
+from rest_megatron.config.schema import TINY_MODELS  # the names live with the config that accepts them
 
 PAD_TOKEN_ID = SPECIAL_TOKENS.index(PAD_TOKEN)
 EOS_TOKEN_ID = SPECIAL_TOKENS.index(EOS_TOKEN)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 TINY_MODELS = ("tiny-qwen3", "tiny-qwen2", "tiny-llama")
-"""Built-in tiny model names accepted by `model.path` (defined in `rest_megatron.assets`)."""
+"""Built-in tiny model names accepted by `model.path`; `rest_megatron.assets` builds them (one
+family each) and imports this tuple rather than repeating it."""
 
 TINY_DATASETS = ("tiny-task",)
 """Built-in synthetic data set names accepted by `data.train_path` / `data.eval_path`."""
@@ -175,15 +176,15 @@ class RolloutConfig:
 class AlgorithmConfig:
     """The policy-gradient objective: ResT token weights, policy loss, aggregation, advantages."""
 
-    weights: Literal["paper", "entropy", "hybrid", "uniform"] = "paper"
-    """ResT token-weight scheme (DESIGN.md §4): `paper` region curricula, `entropy` inverse gradient
-    variance, `hybrid` their product, `uniform` plain GRPO."""
+    weights: str = "paper"
+    """Name of a registered token-weight scheme (`algo/weights.py`; docs/design.md §4): `paper` region
+    curricula, `entropy` inverse gradient variance, `hybrid` their product, `uniform` plain GRPO."""
 
     weights_params: dict[str, Any] = field(default_factory=dict)
     """Keyword parameters of the chosen weight function (e.g. region γ values, α curriculum)."""
 
     policy_loss: str = "ppo_clip"
-    """Name of a registered policy loss."""
+    """Name of a registered policy loss (`algo/policy_loss.py`)."""
 
     clip_low: float = 0.2
     """PPO lower clip ε_low: ratios below 1 − ε_low stop contributing gradient."""
@@ -199,20 +200,21 @@ class AlgorithmConfig:
     (`trainer/runtime.py` builds it, `trainer/actor.py` `build_reference`); 0 skips the reference model
     and its forward pass. Needs sft.num_steps = 0 (the reference is the model RL starts from)."""
 
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    """KL estimator (Schulman's k1, k2 or the non-negative k3; `algo/policy_loss.py` `kl_estimate`)."""
+    kl_estimator: str = "k3"
+    """Name of a registered KL estimator (`algo/policy_loss.py`: Schulman's k1, k2, or the
+    non-negative k3)."""
 
     entropy_coef: float = 0.0
     """Weight of the entropy bonus."""
 
-    aggregation: Literal["token-mean-weighted", "per-microbatch", "token-mean", "seq-mean-token-mean"] = (
-        "token-mean-weighted"
-    )
-    """How per-token losses become one scalar. `token-mean-weighted` divides Σ m·w·L by Σ m·w over
+    aggregation: str = "token-mean-weighted"
+    """Name of a registered aggregation (`algo/aggregation.py`): how per-token losses become one
+    scalar. `token-mean-weighted` divides Σ m·w·L by Σ m·w over
     the whole optimizer step; `per-microbatch` reproduces the authors' code."""
 
-    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
-    """Advantage estimator over each prompt's group of samples."""
+    advantage: str = "grpo"
+    """Name of a registered advantage estimator (`algo/advantages.py`) over each prompt's group of
+    samples."""
 
     dynamic_sampling: bool = False
     """Drop groups whose rewards are all equal (they carry no gradient)."""

@@ -112,10 +112,23 @@ def _check_ranges(config: Config) -> list[str]:
 def _check_registered(config: Config) -> list[str]:
     """Names that must be registered, and keyword parameters their functions accept, so a typo fails
     at load time and not at the first scoring step, after the SFT warm start."""
+    from rest_megatron.algo.advantages import advantage_names
+    from rest_megatron.algo.aggregation import aggregation_names
+    from rest_megatron.algo.policy_loss import kl_estimator_names, policy_loss_names
     from rest_megatron.algo.rewards import get_reward, reward_names
     from rest_megatron.algo.weights import get_token_weights, token_weight_names
 
-    errors = []
+    a = config.algorithm
+    errors = [
+        f"{key}={name!r} is not registered; choose one of {', '.join(names)}"
+        for key, name, names in (
+            ("algorithm.policy_loss", a.policy_loss, policy_loss_names()),
+            ("algorithm.kl_estimator", a.kl_estimator, kl_estimator_names()),
+            ("algorithm.aggregation", a.aggregation, aggregation_names()),
+            ("algorithm.advantage", a.advantage, advantage_names()),
+        )
+        if name not in names
+    ]
     for key, name, names, get, params_key, params, passed in (
         ("reward.name", config.reward.name, reward_names(), get_reward, "reward.params", config.reward.params,
          {"response", "ground_truth", "step", "tools"}),

@@ -1,6 +1,6 @@
 """The inference server an evaluation talks to: one it starts and stops, or one that already runs.
 
-Our clients speak token IDs (DESIGN.md §7), so the prompt is rendered here with the model's own
+Our clients speak token IDs (docs/design.md §7), so the prompt is rendered here with the model's own
 tokenizer and chat template. The tokenizer comes from `--model`; with only `--server`, from the folder
 the server reports (`/get_model_info` on SGLang and the embedded engine, `/v1/models` on vLLM) when
 that folder exists on this machine.

@@ -3,7 +3,6 @@
 - `vocab_parallel.py`: from a logits shard (the math of DESIGN §5).
 - `fused_output.py`: from the hidden states and the output weight shard, chunked; no logits at all.
 - `megatron_head.py`: the fused op in place of a Megatron GPTModel's output layer.
-- `memory.py`: peak allocated bytes of a call, for the tests and benchmarks.
 """
 
 from rest_megatron.ops.fused_output import fused_output_token_stats

@@ -1,7 +1,7 @@
 """Per-token log π(y), entropy H and collision probability Σπ² from a vocab-parallel logits shard.
 
 Rank k of the tensor-parallel (TP) group holds z^k, its V/TP columns of the logits. For every token
-(DESIGN.md §5), with M the global max over the vocabulary and u = z − M:
+(docs/design.md §5), with M the global max over the vocabulary and u = z − M:
 
     S = Σ_j e^{u_j}          A = Σ_j e^{u_j} u_j          Q = Σ_j e^{2 u_j}
     log Z    = M + log S

@@ -11,8 +11,7 @@
     launch.py       start / health-wait / stop SGLang, vLLM or embedded servers; their commands from the config
     weight_sync.py  weights to the servers after each step: from disk, or broadcast buckets (NCCL or gloo)
     vllm_worker.py  the vLLM worker extension that receives broadcast weights (behind /collective_rpc)
-    tiny_caller.py  a tiny model fine-tuned to call tools, for tests and benchmarks
 
-Protocols: DESIGN.md §7. Sampling logprobs follow SGLang: log softmax of the temperature-scaled
+Protocols: docs/design.md §7. Sampling logprobs follow SGLang: log softmax of the temperature-scaled
 logits (raw at temperature 1); see `engine/sampling.py`.
 """

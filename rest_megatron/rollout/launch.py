@@ -6,7 +6,7 @@ health-check and stop them.
     with ServerProcess(cmd, base_url="http://127.0.0.1:30000", log_path="logs/sglang-0.log") as server:
         server.wait_healthy(timeout_s=600)   # raises ServerStartError with the log tail on failure
 
-Extra SGLang flags come from the recipe's `rollout.sglang` mapping, verbatim (STYLE.md: we never
+Extra SGLang flags come from the recipe's `rollout.sglang` mapping, verbatim (docs/style.md: we never
 re-declare upstream flags): `mem_fraction_static: 0.7` -> `--mem-fraction-static 0.7`,
 `enable_metrics: true` -> `--enable-metrics`, `false`/null -> omitted, a list -> the flag then each
 item (argparse nargs), a dict -> one JSON argument. Servers run in their own process group so

@@ -7,7 +7,7 @@
     segments    [ (prompt, 0, P)  | (assistant,P,A1) | (tool,A1,T1)| ...                    ]
 
 Every list is extended by ONE method, `append`, which checks that the lengths agree, so tokens,
-logprobs, mask and regions can never drift apart (STYLE.md, "Multi-turn bookkeeping"). Sampled
+logprobs, mask and regions can never drift apart (docs/style.md). Sampled
 tokens are appended exactly as the server returned them; tool turns are new IDs with loss mask 0.
 Earlier tokens are never re-tokenized or edited.
 
@@ -78,7 +78,8 @@ class Trajectory:
     """Token IDs, sampling logprobs, loss mask and region masks of one sampled conversation."""
 
     sample_id: str
-    """Which prompt it answers (e.g. "<prompt index>/<sample index>"); groups share a prefix."""
+    """The request's label, opaque here. The trainer writes "<tag>-<prompt index>-<sample index>"
+    (`trainer/rollout_stage.py`, tag `train` or `eval`); groups are formed by batch order, not by it."""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     loss_mask: list[int] = field(default_factory=list)

@@ -1,6 +1,6 @@
 """What every inference client takes and returns, and the errors it raises.
 
-The rollout speaks token IDs end to end (DESIGN.md §7): a request is a list of prompt IDs and a
+The rollout speaks token IDs end to end (docs/design.md §7): a request is a list of prompt IDs and a
 `SamplingParams`; a reply is a `Generation` with the sampled IDs exactly as sampled, one sampling
 logprob per ID, and why the generation stopped. Clients for SGLang, vLLM and the embedded engine
 all map their wire formats onto these types.

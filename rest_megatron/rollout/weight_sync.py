@@ -1,6 +1,6 @@
 """Push the trainer's new weights to the inference servers after each optimizer step.
 
-Two paths (DESIGN.md §7):
+Two paths (docs/design.md §7):
 
 **From disk** (default; works with every engine that has `/update_weights_from_disk`, on CPU too):
 the trainer writes a Hugging Face folder (`rest_megatron.convert`'s writer), then every server loads

@@ -151,8 +151,9 @@ def pack_microbatches(
     """This DP rank's packed micro-batches on `device`: [1, L] rows holding whole trajectories back to back.
 
     L = micro_batch_size × the step's padded length, so a packed row never holds fewer trajectories
-    than a padded micro-batch would. Trajectories keep their global order and fill rows first-fit in
-    that order; rows are split contiguously over DP ranks, empty rows (loss_mask 0) even out the count.
+    than a padded micro-batch would. Trajectories keep their global order and fill rows next-fit (one
+    open row; the next trajectory that does not fit starts a new one); rows are split contiguously over
+    DP ranks, empty rows (loss_mask 0) even out the count.
     """
     if not samples:
         raise ValueError("a training step needs at least one trajectory; check the rollout and dynamic sampling")

@@ -1,5 +1,6 @@
 """ResT token weights: hand-computed paper/entropy values, a float64 loop reference, properties, contract."""
 
+import inspect
 import math
 
 import pytest
@@ -155,6 +156,21 @@ def test_hybrid_is_the_normalized_product_by_hand():
         collision=torch.tensor([[0.5, 0.75, 0.25]]), alpha=1.0, eps=1e-9,
     )[0]
     torch.testing.assert_close(w, torch.tensor([0.789474, 1.894737, 0.315789]), atol=1e-6, rtol=0)
+
+
+def test_hybrid_takes_the_parameters_of_paper_and_entropy():
+    """hybrid declares none of them itself: its signature (what config validation reads) is the union of
+    both schemes' parameters with their defaults, a paper and an entropy parameter reach their parts,
+    and a name neither takes is refused, naming the ones it takes."""
+    params = {name: inspect.signature(get_token_weights(name)).parameters for name in ("paper", "entropy", "hybrid")}
+    assert dict(params["hybrid"]) == {**params["paper"], **params["entropy"]}
+    kw = dict(loss_mask=torch.ones(1, 3), region_mask=torch.tensor([[F, N, A]]), step=0,
+              collision=torch.tensor([[0.5, 0.75, 0.25]]), eps=1e-9)
+    # γ_name 2.4 and α 0 (entropy part ≡ 1): raw 1, 2.4, 0.6; mean 1.333333 -> 0.75, 1.8, 0.45.
+    w = get_token_weights("hybrid")(**kw, gamma_name=2.4, alpha=0.0)[0]
+    torch.testing.assert_close(w, torch.tensor([0.75, 1.8, 0.45]), atol=1e-6, rtol=0)
+    with pytest.raises(TypeError, match="'gama_name'.*gamma_name.*alpha"):
+        get_token_weights("hybrid")(**kw, gama_name=2.4)
 
 
 def test_uniform_is_the_mask():

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from rest_megatron.algo.advantages import advantage_names
+from rest_megatron.algo.aggregation import aggregation_names
+from rest_megatron.algo.policy_loss import kl_estimator_names, policy_loss_names
+from rest_megatron.algo.weights import token_weight_names
 from rest_megatron.config import TINY_MODELS, ConfigError, load_config, read_model_config, validate
 from tests.config.conftest import write_model_dir
 
@@ -116,6 +120,11 @@ def test_all_problems_are_reported_together(write_recipe: WriteRecipe) -> None:
         (["reward.params={format_weight:1.0}"], "reward.params has 'format_weight:1.0', which reward.name="),
         (["algorithm.weights_params={gama_name: 2}"], "algorithm.weights_params has 'gama_name'"),
         (
+            ["algorithm.weights=hybrid", "algorithm.weights_params={gama_name: 2}"],
+            "algorithm.weights_params has 'gama_name', which algorithm.weights=hybrid does not take; it takes: "
+            "alpha, averaging, clip_max, clip_min, eps, gamma_answer, gamma_args, gamma_format, gamma_name",
+        ),
+        (
             ["parallel.pack_sequences=true", "algorithm.aggregation=seq-mean-token-mean"],
             "parallel.pack_sequences puts several trajectories in one row",
         ),
@@ -160,6 +169,32 @@ def test_all_problems_are_reported_together(write_recipe: WriteRecipe) -> None:
 )
 def test_combinations_that_cannot_run(write_recipe: WriteRecipe, overrides: list[str], expected: str) -> None:
     assert expected in _error(write_recipe(), *overrides)
+
+
+@pytest.mark.parametrize(
+    ("key", "names"),
+    [
+        ("algorithm.weights", token_weight_names),
+        ("algorithm.policy_loss", policy_loss_names),
+        ("algorithm.kl_estimator", kl_estimator_names),
+        ("algorithm.aggregation", aggregation_names),
+        ("algorithm.advantage", advantage_names),
+    ],
+)
+def test_registry_backed_names_are_checked_against_the_registry(
+    write_recipe: WriteRecipe, key: str, names: Callable[[], list[str]]
+) -> None:
+    """The schema keeps no copy of the names: every registered one loads, a typo lists them all."""
+    for name in names():
+        assert getattr(load_config(write_recipe(), [f"{key}={name}"]).algorithm, key.split(".")[1]) == name
+    assert _error(write_recipe(), f"{key}=typo") == (
+        f"{key}='typo' is not registered; choose one of {', '.join(names())}"
+    )
+
+
+def test_hybrid_takes_paper_and_entropy_parameters(write_recipe: WriteRecipe) -> None:
+    config = load_config(write_recipe(), ["algorithm.weights=hybrid", "algorithm.weights_params={gamma_name: 2, alpha: 0.5}"])
+    assert config.algorithm.weights_params == {"gamma_name": 2, "alpha": 0.5}
 
 
 def test_a_valid_layout_passes(write_recipe: WriteRecipe) -> None:

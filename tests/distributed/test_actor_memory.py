@@ -1,6 +1,6 @@
 """The actor never materializes the [tokens, vocab] logits: peak memory against the same model with logits.
 
-Measured with `rest_megatron.ops.memory.peak_allocated_bytes` (every tensor allocation through torch's
+Measured with `rest_megatron.testing.memory.peak_allocated_bytes` (every tensor allocation through torch's
 CPU allocator, exact to the byte) at TP=2 on each rank. The baseline is the identical Megatron model
 producing its vocab-parallel logits (Megatron's own output layer and cross-entropy). Sequences are long
 short and rows many, so one logits shard outweighs attention's S² scores and a layer's activations: a
@@ -23,7 +23,7 @@ from rest_megatron.model.builder import (
     transformer_config,
 )
 from rest_megatron.ops.megatron_head import hidden_states_instead_of_logits
-from rest_megatron.ops.memory import peak_allocated_bytes
+from rest_megatron.testing.memory import peak_allocated_bytes
 from rest_megatron.trainer.actor import PolicyObjective, build_actor
 from rest_megatron.trainer.optimizer import OptimizerSettings
 

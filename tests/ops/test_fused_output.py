@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rest_megatron.ops import fused_output_token_stats, vocab_parallel_token_stats
-from rest_megatron.ops.memory import peak_allocated_bytes
+from rest_megatron.testing.memory import peak_allocated_bytes
 from tests.ops.reference import (
     FUSED_VALUE_RTOL,
     GRAD_RTOL,

@@ -12,7 +12,7 @@ import pytest
 import transformers
 
 from rest_megatron.rollout.launch import ServerProcess, start_embedded_servers
-from rest_megatron.rollout.tiny_caller import tiny_tool_caller_dir
+from rest_megatron.testing.tiny_caller import tiny_tool_caller_dir
 
 
 def run(coro: Any) -> Any:

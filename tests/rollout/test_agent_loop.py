@@ -14,9 +14,9 @@ from rest_megatron.data.tiny_task import make_tiny_task
 from rest_megatron.rollout.agent_loop import AgentLoop, AgentSettings, RolloutPrompt
 from rest_megatron.rollout.clients import Router, SGLangClient
 from rest_megatron.rollout.launch import free_port
-from rest_megatron.rollout.tiny_caller import SLOW_SECONDS, prompt_messages
 from rest_megatron.rollout.trajectory import TrajectoryStatus, load_jsonl, save_jsonl
 from rest_megatron.rollout.types import SamplingParams
+from rest_megatron.testing.tiny_caller import SLOW_SECONDS, prompt_messages
 from tests.rollout.conftest import run
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=64)

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rest_megatron.rollout.tiny_caller import tiny_tool_caller_dir
+from rest_megatron.testing.tiny_caller import tiny_tool_caller_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""The embedded engine's HTTP API: SGLang's native endpoints (DESIGN.md §7) plus vLLM's completions.
+"""The embedded engine's HTTP API: SGLang's native endpoints (docs/design.md §7) plus vLLM's completions.
 
 | endpoint                              | behaviour here                                            |
 |---------------------------------------|-----------------------------------------------------------|

@@ -11,8 +11,8 @@ import torch
 
 from rest_megatron.data.tiny_task import make_tiny_task
 from rest_megatron.rollout.clients import SGLangClient, VLLMClient
-from rest_megatron.rollout.tiny_caller import prompt_messages
 from rest_megatron.rollout.types import BadServerReply, SamplingParams, ServerUnavailable
+from rest_megatron.testing.tiny_caller import prompt_messages
 from tests.rollout.conftest import run
 
 

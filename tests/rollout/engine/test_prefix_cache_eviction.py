@@ -20,8 +20,8 @@ import torch
 from rest_megatron.data.tiny_task import make_tiny_task
 from rest_megatron.rollout.clients import SGLangClient
 from rest_megatron.rollout.launch import ServerProcess, start_embedded_servers
-from rest_megatron.rollout.tiny_caller import prompt_messages
 from rest_megatron.rollout.types import SamplingParams
+from rest_megatron.testing.tiny_caller import prompt_messages
 from tests.rollout.conftest import run
 
 CACHE_TOKENS = 900

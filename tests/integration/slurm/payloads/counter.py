@@ -2,7 +2,10 @@
 
 Started by torchrun exactly like the trainer (`counter.py RECIPE key=value ...`); it reads
 `logging.run_dir=...` from its arguments, so the test also proves that train.sbatch inserts the run
-directory and keeps it across a requeue. Knobs: COUNTER_STEPS (default 40), COUNTER_STEP_S (0.25).
+directory and keeps it across a requeue. Knobs: COUNTER_STEPS (default 40), COUNTER_STEP_S (0.25),
+COUNTER_HOLD (a file path: while that file exists the count goes on past COUNTER_STEPS, so an attempt
+cannot finish before the signal meant for it arrives, however slow its delivery; the test removes
+the file when it wants the run to end).
 
 It saves ONLY on SIGTERM, never periodically, so a second attempt that starts at step s > 0 proves
 the whole path: Slurm's signal, the job script forwarding it, the checkpoint, the requeue, the same
@@ -45,6 +48,7 @@ def main() -> int:
     checkpoint = run_dir / "counter.json"
     step = json.loads(checkpoint.read_text())["step"] if checkpoint.exists() else 0
     total, step_s = int(os.environ.get("COUNTER_STEPS", "40")), float(os.environ.get("COUNTER_STEP_S", "0.25"))
+    hold = Path(os.environ["COUNTER_HOLD"]) if os.environ.get("COUNTER_HOLD") else None
 
     def event(name: str, **fields: object) -> None:
         if rank == 0:
@@ -53,8 +57,9 @@ def main() -> int:
             print(f"[counter] {name} {fields}", flush=True)
 
     event("start", restart=int(os.environ.get("SLURM_RESTART_COUNT", "0")), from_step=step, world=world)
-    while step < total:
-        flags = torch.stack([STOP[0], torch.tensor(1.0)])  # [stop?, one per rank]
+    while True:
+        # Ranks agree on the hold too: one rank seeing the file vanish a step early must not end alone.
+        flags = torch.stack([STOP[0], torch.tensor(1.0), torch.tensor(float(hold is not None and hold.exists()))])
         dist.all_reduce(flags, op=dist.ReduceOp.SUM)
         assert int(flags[1]) == world
         if flags[0] > 0:
@@ -66,6 +71,8 @@ def main() -> int:
             dist.barrier()
             dist.destroy_process_group()
             return 143
+        if step >= total and flags[2] == 0:
+            break
         step += 1
         if rank == 0:
             (run_dir / "progress").write_text(str(step))
