@@ -16,7 +16,6 @@ reaches the forward value or the backward pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 import torch

@@ -21,9 +21,9 @@ from rest_megatron.assets import tiny_model_dir
 from rest_megatron.config import load_config
 from rest_megatron.rollout.clients import VLLMClient
 from rest_megatron.rollout.launch import free_port, start_vllm_servers
-from rest_megatron.testing.tiny_caller import tiny_tool_caller_dir
 from rest_megatron.rollout.types import SamplingParams
 from rest_megatron.rollout.weight_sync import DistributedWeightSync
+from rest_megatron.testing.tiny_caller import tiny_tool_caller_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
