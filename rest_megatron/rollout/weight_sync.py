@@ -39,20 +39,23 @@ from rest_megatron.rollout.types import WeightSyncError
 
 
 # ---- choice -------------------------------------------------------------------------------
-def resolve_weight_sync(mode: str, engine: str, device: str = "cuda") -> str:
+def resolve_weight_sync(mode: str, engine: str, device: str = "cuda", *, own_servers: bool = True) -> str:
     """`rollout.weight_sync` made concrete: "disk" or "distributed".
 
     Every engine receives broadcast weights: SGLang natively, the embedded engine through the same
-    endpoints over gloo (`engine/weights.py`), vLLM through our worker extension (`vllm_worker.py`),
-    so `auto` means `distributed`, except for SGLang with a CPU trainer (`device`): SGLang broadcasts
-    over NCCL only, so there `auto` means `disk`.
+    endpoints over gloo (`engine/weights.py`), vLLM through our worker extension (`vllm_worker.py`).
+    `auto` is `distributed` for servers the trainer starts itself (`own_servers`), and `disk` for
+    servers it is given (`rollout.server_urls`, e.g. by `slurm/train.sbatch`): whether those can reach
+    the trainer's rank 0 for a process group depends on the cluster's network, which the trainer cannot
+    check before it would hang in the rendezvous; set `distributed` where it can. SGLang with a CPU
+    trainer (`device`) is `disk` as well: SGLang broadcasts over NCCL only.
     """
     if mode not in ("disk", "distributed", "auto"):
         raise ValueError(f"rollout.weight_sync={mode!r}; use disk, distributed or auto")
     if engine not in ("embedded", "sglang", "vllm"):
         raise ValueError(f"unknown rollout engine {engine!r}; use embedded, sglang or vllm")
     if mode == "auto":
-        return "disk" if engine == "sglang" and device == "cpu" else "distributed"
+        return "disk" if not own_servers or (engine == "sglang" and device == "cpu") else "distributed"
     return mode
 
 

@@ -110,7 +110,7 @@ def start_services(rt: Runtime) -> None:
 def _weight_sync(rt: Runtime, router: Router, loop: asyncio.AbstractEventLoop) -> DiskWeightSync | DistributedWeightSync:
     """The configured weight sync; the distributed one joins its group with every server now."""
     r = rt.config.rollout
-    if resolve_weight_sync(r.weight_sync, r.engine, str(rt.device.type)) == "disk":
+    if resolve_weight_sync(r.weight_sync, r.engine, str(rt.device.type), own_servers=not r.server_urls) == "disk":
         return DiskWeightSync(router, rt.run_dir / "weights")
     router.no_return = ("it left the weight-update group (rollout.weight_sync=distributed); restart the run, or "
                         "use rollout.weight_sync=disk so that returning servers catch up")
@@ -248,7 +248,7 @@ def sync_weights(rt: Runtime, version: int) -> None:
     (gathered per tensor on the driver) to the servers in broadcast buckets, no file written.
     """
     r = rt.config.rollout
-    if resolve_weight_sync(r.weight_sync, r.engine, str(rt.device.type)) == "disk":
+    if resolve_weight_sync(r.weight_sync, r.engine, str(rt.device.type), own_servers=not r.server_urls) == "disk":
         write_hf_folder(rt, rt.run_dir / "weights" / f"step-{version:08d}")
         if rt.is_driver:
             rt.rollout.loop.run_until_complete(rt.rollout.weight_sync.push(version))

@@ -119,3 +119,13 @@ def test_disk_sync_needs_an_export_and_prunes_old_folders(tmp_path) -> None:
         asyncio.run(sync.push(step))
     assert recorder.loaded == [(str(sync.folder(s)), str(s)) for s in (1, 2, 3)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002", "step-00000003"]
+
+
+def test_auto_broadcasts_only_to_servers_the_trainer_started() -> None:
+    from rest_megatron.rollout.weight_sync import resolve_weight_sync
+
+    assert resolve_weight_sync("auto", "embedded", "cpu") == "distributed"
+    assert resolve_weight_sync("auto", "embedded", "cpu", own_servers=False) == "disk"  # e.g. Slurm's servers
+    assert resolve_weight_sync("distributed", "embedded", "cpu", own_servers=False) == "distributed"
+    assert resolve_weight_sync("auto", "sglang", "cpu") == "disk"  # SGLang broadcasts over NCCL only
+    assert resolve_weight_sync("auto", "sglang", "cuda") == "distributed"
