@@ -93,9 +93,11 @@ print(config.rollout.engine, config.rollout.server_tp, config.model.path)' "$@"
 }
 
 # signal_step NAME SIGNAL: send SIGNAL to every process of this job's step called NAME (srun -J).
+# It runs inside traps, where under `set -e` a failing squeue (the job mid-requeue) would end the
+# script with status 1 instead of the one it was exiting with: every failure here is ignored.
 signal_step() {
   local steps
-  steps=$(squeue -h -s -j "$SLURM_JOB_ID" -o '%i %j' 2>/dev/null | awk -v n="$1" '$2 == n { print $1 }')
+  steps=$(squeue -h -s -j "$SLURM_JOB_ID" -o '%i %j' 2>/dev/null | awk -v n="$1" '$2 == n { print $1 }') || true
   [ -z "$steps" ] || scancel -s "$2" $steps 2>/dev/null || true
 }
 

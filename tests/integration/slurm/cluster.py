@@ -302,6 +302,22 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         raise TimeoutError(f"job {job_id} still {record['JobState']} after {timeout_s}s; cancelled.\n"
                            f"{_tail(Path(record.get('StdOut', '/nonexistent')))}")
 
+    def stepds(self, job_id: int) -> list[str]:
+        """Titles of the slurmstepd processes still serving job `job_id` ("slurmstepd: [7.batch]", ...).
+
+        Every emulated node shares this host, so /proc shows them all. A node can be idle in sinfo
+        while a stepd of the job's previous attempt is still exiting.
+        """
+        titles = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                title = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            if title.startswith(f"slurmstepd: [{job_id}."):
+                titles.append(title)
+        return titles
+
     def logs(self, tail: int = 30) -> str:
         """The last lines of every daemon log, for error messages."""
         parts = []

@@ -88,13 +88,16 @@ def _release_requeued(cluster: LocalSlurmCluster, job: int, restarts: int, timeo
         record = cluster.job(job)
         if int(record["Restarts"]) >= restarts and record["JobState"] in ("RUNNING", "COMPLETED"):
             return
-        # Only once the requeue is complete (the hold is in place, every node idle again): releasing
-        # a job whose old batch step is still cleaning up makes its relaunch fail at once.
+        # Only once the requeue is complete (the hold is in place, every node idle again, no stepd of
+        # the previous attempt left): releasing a job whose old batch step is still exiting makes
+        # its relaunch fail at once.
         if (record["JobState"] == "PENDING" and record["Reason"] == "BeginTime"
-                and set(cluster.node_states().values()) == {"idle"}):
+                and set(cluster.node_states().values()) == {"idle"} and not cluster.stepds(job)):
             cluster.slurm("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
         time.sleep(0.5)
-    raise TimeoutError(f"job {job} did not run restart {restarts}: {cluster.job(job)}")
+    record = cluster.job(job)
+    raise TimeoutError(f"job {job} did not run restart {restarts}: {record}\nstepds: {cluster.stepds(job)}\n"
+                       f"== job log\n{_log(record)[-3000:]}\n{cluster.logs()}")
 
 
 @pytest.mark.timeout(600)
