@@ -50,8 +50,11 @@ def arm_overrides() -> dict[str, list[str]]:
     return {
         "rest": ["algorithm.weights=paper"],
         "grpo": ["algorithm.weights=uniform", "algorithm.weights_params={}"],
-        "static": ["algorithm.weights=paper", "algorithm.weights_params.gamma_args=0.9",
-                   "algorithm.weights_params.gamma_reasoning=0.8"],
+        "static": [
+            "algorithm.weights=paper",
+            "algorithm.weights_params.gamma_args=0.9",
+            "algorithm.weights_params.gamma_reasoning=0.8",
+        ],
         "entropy": ["algorithm.weights=entropy", "algorithm.weights_params={}"],
     }
 
@@ -60,16 +63,32 @@ def write_eval_set(path: Path, num_prompts: int) -> None:
     """The held-out prompts as a JSONL data file (messages, tools, ground truth)."""
     with path.open("w") as out:
         for sample in make_tiny_task(EVAL_SEED, num_prompts, "eval"):
-            record = {"messages": sample.messages, "tools": sample.tools,
-                      "ground_truth": {"calls": sample.calls, "answer": sample.answer}}
+            record = {
+                "messages": sample.messages,
+                "tools": sample.tools,
+                "ground_truth": {"calls": sample.calls, "answer": sample.answer},
+            }
             out.write(json.dumps(record) + "\n")
 
 
 def train(recipe: Path, seed: int, run_dir: Path, overrides: list[str]) -> list[dict]:
     """Run one recipe to completion; returns its metrics records."""
-    command = [sys.executable, "-m", "rest_megatron.cli", "train", str(recipe), f"data.seed={seed}",
-               f"logging.run_dir={run_dir}", "checkpoint.save_interval=0", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONWARNINGS": "ignore"}
+    command = [
+        sys.executable,
+        "-m",
+        "rest_megatron.cli",
+        "train",
+        str(recipe),
+        f"data.seed={seed}",
+        f"logging.run_dir={run_dir}",
+        "checkpoint.save_interval=0",
+        *overrides,
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "PYTHONWARNINGS": "ignore",
+    }
     with open(run_dir.with_suffix(".log"), "w") as log:
         subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -99,8 +118,14 @@ def summarize(records: list[dict], threshold: float) -> dict:
     reached = next((i + 1 for i, v in enumerate(smoothed(reward)) if v >= threshold), len(reward) + 1)
     losses = [r["loss"] for r in steps if "loss" in r]
     norms = [r["grad_norm"] for r in steps if r.get("grad_norm")]  # 0 / absent: no update that step
-    return {"train_reward": reward, "eval_start": evals[0], "eval_end": evals[-1], "steps_to_threshold": reached,
-            "loss_std": _stdev(losses), "grad_norm_std": _stdev(norms)}
+    return {
+        "train_reward": reward,
+        "eval_start": evals[0],
+        "eval_end": evals[-1],
+        "steps_to_threshold": reached,
+        "loss_std": _stdev(losses),
+        "grad_norm_std": _stdev(norms),
+    }
 
 
 def _stdev(values: list[float]) -> float:
@@ -108,7 +133,9 @@ def _stdev(values: list[float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes/tiny-cpu-weak.yaml")
     parser.add_argument("--arms", nargs="+", default=["rest", "grpo", "static", "entropy"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -141,11 +168,18 @@ def main() -> None:
             done.result()
     wall = time.perf_counter() - started_all
 
-    columns = [("steps to threshold", "steps_to_threshold"), ("held-out start", "eval_start"),
-               ("held-out final", "eval_end"), ("held-out gain", None), ("loss std", "loss_std"),
-               ("grad-norm std", "grad_norm_std")]
-    print(f"{len(args.seeds)} seeds per arm, {args.eval_prompts} held-out prompts, threshold {args.threshold} "
-          f"(training reward, running mean of 3 steps); mean ± 95% interval over seeds; {wall / 60:.0f} min\n")
+    columns = [
+        ("steps to threshold", "steps_to_threshold"),
+        ("held-out start", "eval_start"),
+        ("held-out final", "eval_end"),
+        ("held-out gain", None),
+        ("loss std", "loss_std"),
+        ("grad-norm std", "grad_norm_std"),
+    ]
+    print(
+        f"{len(args.seeds)} seeds per arm, {args.eval_prompts} held-out prompts, threshold {args.threshold} "
+        f"(training reward, running mean of 3 steps); mean ± 95% interval over seeds; {wall / 60:.0f} min\n"
+    )
     print("| arm | reached | " + " | ".join(name for name, _ in columns) + " |")
     print("|---|---:|" + "---:|" * len(columns))
     table: dict[str, dict[str, tuple[float, float]]] = {}
@@ -156,12 +190,25 @@ def main() -> None:
             cells[name] = interval(values)
         table[arm] = cells
         reached = sum(r["steps_to_threshold"] <= len(r["train_reward"]) for r in by_seed.values())
-        print(f"| {arm} | {reached}/{len(by_seed)} | " + " | ".join(f"{m:.3f} ± {h:.3f}" for m, h in cells.values())
-              + " |")
+        print(
+            f"| {arm} | {reached}/{len(by_seed)} | "
+            + " | ".join(f"{m:.3f} ± {h:.3f}" for m, h in cells.values())
+            + " |"
+        )
 
-    (args.out / "rest_vs_grpo.json").write_text(json.dumps(
-        {"threshold": args.threshold, "wall_s": wall, "eval_prompts": args.eval_prompts, "overrides": common,
-         "runs": runs, "table": table}, indent=1))
+    (args.out / "rest_vs_grpo.json").write_text(
+        json.dumps(
+            {
+                "threshold": args.threshold,
+                "wall_s": wall,
+                "eval_prompts": args.eval_prompts,
+                "overrides": common,
+                "runs": runs,
+                "table": table,
+            },
+            indent=1,
+        )
+    )
     plot(runs, args.out / "rest_vs_grpo.png")
 
 
@@ -180,7 +227,9 @@ def plot(runs: dict[str, dict[int, dict]], out: Path) -> None:
         x = range(1, length + 1)
         mid = [m for m, _ in bands]
         axis.plot(x, mid, color=colors.get(arm), linewidth=2, label=f"{arm} ({len(curves)} seeds)")
-        axis.fill_between(x, [m - h for m, h in bands], [m + h for m, h in bands], color=colors.get(arm), alpha=0.15)
+        axis.fill_between(
+            x, [m - h for m, h in bands], [m + h for m, h in bands], color=colors.get(arm), alpha=0.15
+        )
     axis.set_xlabel("RL step")
     axis.set_ylabel("training reward (mean, 95% band over seeds)")
     axis.legend()

@@ -59,8 +59,9 @@ class FixedLatencyTools:
     def __init__(self, latency_s: float) -> None:
         self.latency_s = latency_s
 
-    async def call_tool(self, name: str, arguments: dict, session_id: str | None = None,
-                        timeout_s: float | None = None) -> Result:
+    async def call_tool(
+        self, name: str, arguments: dict, session_id: str | None = None, timeout_s: float | None = None
+    ) -> Result:
         await asyncio.sleep(self.latency_s)
         if name != "calculator":
             return Result(False, "", f"unknown tool {name}", duration_s=self.latency_s)
@@ -87,7 +88,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trajectories", type=int, default=16)
     parser.add_argument("--tool-latency", type=float, default=0.5, help="seconds every tool call takes")
-    parser.add_argument("--repeats", type=int, default=2, help="measure this many times; report each and the median")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="measure this many times; report each and the median"
+    )
     args = parser.parse_args()
 
     model_dir = tiny_tool_caller_dir()
@@ -97,15 +100,21 @@ def main() -> int:
         messages, tools = prompt_messages(sample)
         prompts.append(RolloutPrompt(f"bench-{i}", messages, tools))
     with tempfile.TemporaryDirectory() as logs:
-        server = start_embedded_servers(model_dir, 1, log_dir=logs, extra={"num_threads": 1}, timeout_s=300)[0]
+        server = start_embedded_servers(model_dir, 1, log_dir=logs, extra={"num_threads": 1}, timeout_s=300)[
+            0
+        ]
         try:
-            runs = [asyncio.run(_measure(server.base_url, tokenizer, prompts, args.tool_latency))
-                    for _ in range(args.repeats)]
+            runs = [
+                asyncio.run(_measure(server.base_url, tokenizer, prompts, args.tool_latency))
+                for _ in range(args.repeats)
+            ]
         finally:
             server.stop()
 
-    print(f"rollout overlap: {args.trajectories} trajectories, tool latency {args.tool_latency:.2f} s, "
-          "embedded CPU engine (tiny tool caller, greedy), 1 torch thread")
+    print(
+        f"rollout overlap: {args.trajectories} trajectories, tool latency {args.tool_latency:.2f} s, "
+        "embedded CPU engine (tiny tool caller, greedy), 1 torch thread"
+    )
     ratios = []
     for index, (sequential, sequential_s, concurrent, concurrent_s) in enumerate(runs):
         turns = [t.num_turns for t in sequential]
@@ -115,11 +124,15 @@ def main() -> int:
         tool_s = max(sum(r.duration_s for r in t.tool_calls) for t in sequential)
         ratio = ideal_s / concurrent_s
         ratios.append(ratio)
-        print(f"run {index + 1}: turns/trajectory mean {statistics.mean(turns):.2f} (min {min(turns)}, max {max(turns)}), "
-              f"{calls} tool calls, same trajectories in both modes: {same}")
+        print(
+            f"run {index + 1}: turns/trajectory mean {statistics.mean(turns):.2f} (min {min(turns)}, max {max(turns)}), "
+            f"{calls} tool calls, same trajectories in both modes: {same}"
+        )
         print(f"  one after another   {sequential_s:7.2f} s")
         print(f"  concurrent          {concurrent_s:7.2f} s   speedup {sequential_s / concurrent_s:5.2f}x")
-        print(f"  ideal overlap       {ideal_s:7.2f} s   (longest single trajectory; {tool_s:.2f} s of it in tools)")
+        print(
+            f"  ideal overlap       {ideal_s:7.2f} s   (longest single trajectory; {tool_s:.2f} s of it in tools)"
+        )
         print(f"  ideal / concurrent  {ratio:7.2f}     (goal >= 0.8)")
     print(f"median ideal / concurrent over {len(ratios)} run(s): {statistics.median(ratios):.2f}")
     return 0

@@ -54,27 +54,47 @@ async def _drive(calls: int, concurrency: int, one) -> tuple[list[float], int, f
 
 
 async def _bare(i: int) -> bool:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", f"print({i})", stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", f"print({i})", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, _ = await proc.communicate()
     return proc.returncode == 0 and out == f"{i}\n".encode()
 
 
-def _row(label: str, concurrency: int, latencies: list[float], failures: int, wall: float,
-         baseline_p50: float | None) -> tuple[str, float]:
+def _row(
+    label: str,
+    concurrency: int,
+    latencies: list[float],
+    failures: int,
+    wall: float,
+    baseline_p50: float | None,
+) -> tuple[str, float]:
     p50 = _percentile(latencies, 0.5) * 1000
     p99 = _percentile(latencies, 0.99) * 1000
     ratio = f"{p50 / baseline_p50:.2f}x" if baseline_p50 else "1.00x"
-    line = (f"| {label:<22} | {concurrency:>5} | {len(latencies):>5} | {len(latencies) / wall:>8.1f} | {p50:>8.1f} | "
-            f"{p99:>8.1f} | {ratio:>6} | {failures:>4} |")
+    line = (
+        f"| {label:<22} | {concurrency:>5} | {len(latencies):>5} | {len(latencies) / wall:>8.1f} | {p50:>8.1f} | "
+        f"{p99:>8.1f} | {ratio:>6} | {failures:>4} |"
+    )
     return line, p50
 
 
 async def main_async(args: argparse.Namespace) -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
-    server_args = ["--backend", args.backend, "--no-bfcl", "--max-concurrency", str(args.max_concurrency),
-                   "--queue-size", "4096", "--warm-workers", "2"]
-    print(f"# sandbox benchmark: {args.calls} calls per row, {os.cpu_count()} CPUs, server {' '.join(server_args)}")
+    server_args = [
+        "--backend",
+        args.backend,
+        "--no-bfcl",
+        "--max-concurrency",
+        str(args.max_concurrency),
+        "--queue-size",
+        "4096",
+        "--warm-workers",
+        "2",
+    ]
+    print(
+        f"# sandbox benchmark: {args.calls} calls per row, {os.cpu_count()} CPUs, server {' '.join(server_args)}"
+    )
     print("| mode                   | conc. | calls |  calls/s |  p50 ms  |  p99 ms  | p50 vs | fail |")
     print("|------------------------|-------|-------|----------|----------|----------|--------|------|")
     all_ok = True
@@ -110,9 +130,13 @@ async def main_async(args: argparse.Namespace) -> int:
             await client.close_session(session)
             all_ok &= fail == 0 and p50 <= 20.0
             metrics = await client.metrics()
-    print(f"# server-side: {metrics['calls']} calls, {metrics['failures']} failures, "
-          f"{metrics['sandbox_errors']} sandbox errors, {metrics['rejected']} rejected")
-    print(f"# goals (p50 <= 1.5x bare, 0 failures, warm session p50 <= 20 ms): {'MET' if all_ok else 'NOT MET'}")
+    print(
+        f"# server-side: {metrics['calls']} calls, {metrics['failures']} failures, "
+        f"{metrics['sandbox_errors']} sandbox errors, {metrics['rejected']} rejected"
+    )
+    print(
+        f"# goals (p50 <= 1.5x bare, 0 failures, warm session p50 <= 20 ms): {'MET' if all_ok else 'NOT MET'}"
+    )
     return 0 if all_ok else 1
 
 
@@ -123,8 +147,12 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels (default 1,16,64)")
     parser.add_argument("--session-calls", type=int, default=500, help="warm session calls (default 500)")
     parser.add_argument("--backend", default="auto", help="sandbox backend (default auto)")
-    parser.add_argument("--max-concurrency", type=int, default=os.cpu_count() or 1,
-                        help="server's concurrent executions (default: CPU count)")
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="server's concurrent executions (default: CPU count)",
+    )
     return asyncio.run(main_async(parser.parse_args()))
 
 

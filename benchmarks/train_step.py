@@ -42,19 +42,23 @@ def _run(tp: int, model_dir: str | None, rows: int, seq: int, micro: int, steps:
     for start in range(local.start, local.stop, micro):
         part = slice(start, min(start + micro, local.stop))
         n = part.stop - part.start
-        batch.append({
-            "tokens": tokens[part, :-1],
-            "labels": tokens[part, 1:],
-            "loss_mask": torch.ones(n, seq),
-            "region_mask": 1 << torch.randint(0, NUM_REGIONS, (n, seq), generator=gen),
-            "advantages": torch.randn(n, 1, generator=gen).expand(n, seq).contiguous(),
-        })
+        batch.append(
+            {
+                "tokens": tokens[part, :-1],
+                "labels": tokens[part, 1:],
+                "loss_mask": torch.ones(n, seq),
+                "region_mask": 1 << torch.randint(0, NUM_REGIONS, (n, seq), generator=gen),
+                "advantages": torch.randn(n, 1, generator=gen).expand(n, seq).contiguous(),
+            }
+        )
     paper = get_token_weights("paper")
 
     def step() -> None:
         for mb, st in zip(batch, actor.token_stats(batch)):
             mb["old_logprobs"] = st.logprob
-            mb["weights"] = paper(loss_mask=mb["loss_mask"], region_mask=mb["region_mask"], step=0, collision=st.collision)
+            mb["weights"] = paper(
+                loss_mask=mb["loss_mask"], region_mask=mb["region_mask"], step=0, collision=st.collision
+            )
         actor.train_step(batch, PolicyObjective())
 
     step()  # warm-up: Adam's moments, caches
@@ -67,7 +71,9 @@ def _run(tp: int, model_dir: str | None, rows: int, seq: int, micro: int, steps:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="HF model directory (default: tiny-qwen3)")
     parser.add_argument("--rows", type=int, default=8, help="sequences per step")
     parser.add_argument("--seq", type=int, default=256, help="tokens per sequence")
@@ -79,12 +85,17 @@ def main() -> None:
     for tp in (1, 2):
         with GlooPool(tp) as pool:
             per_rank = pool.run(_run, tp, args.model, args.rows, args.seq, args.micro_batch_size, args.steps)
-        results[tp] = {"tokens_per_s": per_rank[0]["tokens_per_s"], "peak_mb": max(r["peak_mb"] for r in per_rank)}
+        results[tp] = {
+            "tokens_per_s": per_rank[0]["tokens_per_s"],
+            "peak_mb": max(r["peak_mb"] for r in per_rank),
+        }
     print(f"{'layout':8} {'tokens/s':>10} {'peak MB/rank':>13}")
     for tp, r in results.items():
         print(f"TP={tp:<5} {r['tokens_per_s']:10.0f} {r['peak_mb']:13.1f}")
-    print(f"ratio TP2/TP1: tokens/s {results[2]['tokens_per_s'] / results[1]['tokens_per_s']:.2f}, "
-          f"peak memory per rank {results[2]['peak_mb'] / results[1]['peak_mb']:.2f}")
+    print(
+        f"ratio TP2/TP1: tokens/s {results[2]['tokens_per_s'] / results[1]['tokens_per_s']:.2f}, "
+        f"peak memory per rank {results[2]['peak_mb'] / results[1]['peak_mb']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -75,14 +75,18 @@ def _variant(name: str, chunk: int):
     if name == "mm":
         return lambda: s["hidden"] @ s["weight"].t()
     if name == "b+bwd":
+
         def run():
             z = s["logits"].detach().requires_grad_()
             vocab_parallel_token_stats(z, s["targets"], s["group"]).logprob.sum().backward()
+
         return run
     if name == "c+bwd":
+
         def run():
             h, w = s["hidden"].detach().requires_grad_(), s["weight"].detach().requires_grad_()
             fused_output_token_stats(h, w, s["targets"], s["group"], chunk).logprob.sum().backward()
+
         return run
     raise ValueError(name)
 
@@ -103,11 +107,18 @@ def _measure(name: str, chunk: int, repeats: int) -> dict:
             fn()
             times.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)
-    return {"peak": peak, "time": statistics.median(times), "cpu": statistics.median(cpu_times), "check": check}
+    return {
+        "peak": peak,
+        "time": statistics.median(times),
+        "cpu": statistics.median(cpu_times),
+        "check": check,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--hidden", type=int, default=2048)
@@ -137,20 +148,33 @@ def main() -> None:
     secs = {k: max(r["time"] for r in v) for k, v in results.items()}  # slowest rank
     cpu = {k: max(r["cpu"] for r in v) for k, v in results.items()}
     labels = {
-        "a": "(a) naive gather + log_softmax", "b": "(b) ours, logits shard", "c": "(c) ours, fused + chunked",
-        "d": "(d) floor: log_softmax of shard", "mm": "(mm) output matmul h·W_kᵀ",
-        "b+bwd": "(b) forward + backward", "c+bwd": "(c) forward + backward",
+        "a": "(a) naive gather + log_softmax",
+        "b": "(b) ours, logits shard",
+        "c": "(c) ours, fused + chunked",
+        "d": "(d) floor: log_softmax of shard",
+        "mm": "(mm) output matmul h·W_kᵀ",
+        "b+bwd": "(b) forward + backward",
+        "c+bwd": "(c) forward + backward",
     }
-    print(f"\nT={args.tokens} V={args.vocab} hidden={args.hidden} TP={args.tp} chunk={args.chunk} float32, "
-          f"gloo, 1 thread/rank; torch {torch.__version__}")
-    print(f"{'variant':34s} {'peak extra GiB/rank':>20s} {'needs logits shard':>19s} {'wall s':>8s} {'CPU s':>8s}")
+    print(
+        f"\nT={args.tokens} V={args.vocab} hidden={args.hidden} TP={args.tp} chunk={args.chunk} float32, "
+        f"gloo, 1 thread/rank; torch {torch.__version__}"
+    )
+    print(
+        f"{'variant':34s} {'peak extra GiB/rank':>20s} {'needs logits shard':>19s} {'wall s':>8s} {'CPU s':>8s}"
+    )
     for k in names:
         needs = f"{logits_gib:.2f} GiB" if k in ("a", "b", "d", "b+bwd") else "-"
         print(f"{labels[k]:34s} {peak[k]:20.3f} {needs:>19s} {secs[k]:8.2f} {cpu[k]:8.2f}")
-    diffs = [(r["check"] - results["a"][i]["check"]).abs().amax(dim=1).tolist()
-             for name in ("b", "c") for i, r in enumerate(results[name])]
-    print(f"\nmax |ours - naive| over ranks (logprob, entropy, collision): "
-          f"{[max(d[j] for d in diffs) for j in range(3)]}")
+    diffs = [
+        (r["check"] - results["a"][i]["check"]).abs().amax(dim=1).tolist()
+        for name in ("b", "c")
+        for i, r in enumerate(results[name])
+    ]
+    print(
+        f"\nmax |ours - naive| over ranks (logprob, entropy, collision): "
+        f"{[max(d[j] for d in diffs) for j in range(3)]}"
+    )
     print(f"\n{'ratio':36s} {'wall':>8s} {'CPU':>8s}")
     print(f"{'peak (a) / peak (c)':36s} {peak['a'] / peak['c']:8.1f} {'':8s}   target >= 20")
     for label, t, target in [

@@ -39,12 +39,21 @@ from rest_megatron.rollout.launch import free_port, start_embedded_servers  # no
 from rest_megatron.rollout.weight_sync import DiskWeightSync, DistributedWeightSync  # noqa: E402
 
 
-async def measure(url: str, model_dir: Path, work: Path, repeats: int, bucket_mb: float) -> tuple[list, list, int]:
+async def measure(
+    url: str, model_dir: Path, work: Path, repeats: int, bucket_mb: float
+) -> tuple[list, list, int]:
     tensors = list(transformers.AutoModelForCausalLM.from_pretrained(model_dir).state_dict().items())
     client = SGLangClient(url, timeout_s=600)
     disk = DiskWeightSync(client, work / "weights", num_keep=1)
-    dist = DistributedWeightSync([client], [1], master_address="127.0.0.1", master_port=free_port(), backend="gloo",
-                                 device="cpu", bucket_bytes=int(bucket_mb * 2**20))
+    dist = DistributedWeightSync(
+        [client],
+        [1],
+        master_address="127.0.0.1",
+        master_port=free_port(),
+        backend="gloo",
+        device="cpu",
+        bucket_bytes=int(bucket_mb * 2**20),
+    )
     await dist.init_group()
     disk_s, dist_s = [], []
     for step in range(1, repeats + 1):
@@ -69,8 +78,14 @@ def widened(source: Path, out: Path, hidden_size: int | None, layers: int | None
     config = transformers.AutoConfig.from_pretrained(source)
     if hidden_size:
         heads = max(1, hidden_size // config.head_dim)
-        config.update({"hidden_size": hidden_size, "intermediate_size": hidden_size * 11 // 4,
-                       "num_attention_heads": heads, "num_key_value_heads": max(1, heads // 2)})
+        config.update(
+            {
+                "hidden_size": hidden_size,
+                "intermediate_size": hidden_size * 11 // 4,
+                "num_attention_heads": heads,
+                "num_key_value_heads": max(1, heads // 2),
+            }
+        )
     if layers:
         config.num_hidden_layers = layers
         if getattr(config, "layer_types", None):
@@ -94,8 +109,9 @@ def main() -> None:
             model_dir = widened(model_dir, Path(tmp) / "model", args.hidden_size, args.layers)
         server = start_embedded_servers(model_dir, 1, log_dir=tmp, extra={"num_threads": 1}, timeout_s=300)[0]
         try:
-            disk_s, dist_s, nbytes = asyncio.run(measure(server.base_url, model_dir, Path(tmp), args.repeats,
-                                                         args.bucket_mb))
+            disk_s, dist_s, nbytes = asyncio.run(
+                measure(server.base_url, model_dir, Path(tmp), args.repeats, args.bucket_mb)
+            )
         finally:
             server.stop()
     disk, dist = statistics.median(disk_s), statistics.median(dist_s)

@@ -49,7 +49,9 @@ COMMANDS: dict[str, Command] = {
         "rest_megatron.trainer.loop:train_main", "recipe", "train a policy with ResT from a recipe"
     ),
     "plan": Command(
-        "rest_megatron.plan.main:plan_main", "argv", "per-GPU memory of a recipe and a TP/PP/DP layout for N GPUs"
+        "rest_megatron.plan.main:plan_main",
+        "argv",
+        "per-GPU memory of a recipe and a TP/PP/DP layout for N GPUs",
     ),
     "convert to-hf": Command(
         "rest_megatron.convert.cli:to_hf_main", "argv", "Megatron checkpoint -> Hugging Face folder"
@@ -61,11 +63,16 @@ COMMANDS: dict[str, Command] = {
         "rest_megatron.rollout.embedded_server:main", "argv", "run the embedded CPU inference server"
     ),
     "serve-command": Command(
-        "rest_megatron.rollout.launch:serve_command_main", "argv",
+        "rest_megatron.rollout.launch:serve_command_main",
+        "argv",
         "print the inference-server command line of a recipe (what slurm/train.sbatch runs)",
     ),
     "sandbox-server": Command("tools_sandbox.server:main", "argv", "run the tool-execution sandbox service"),
-    "eval": Command("rest_megatron.eval:main", "argv", "evaluate a model on a tool-use benchmark (BFCL, API-Bank, a ToolRL split)"),
+    "eval": Command(
+        "rest_megatron.eval:main",
+        "argv",
+        "evaluate a model on a tool-use benchmark (BFCL, API-Bank, a ToolRL split)",
+    ),
     "data": Command("rest_megatron.data.cli:main", "argv", "inspect and prepare data sets"),
     "doctor": Command("rest_megatron.doctor:main", "argv", "report what this machine can run"),
 }
@@ -113,8 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
             sub = target.add_parser(leaf, help=command.help, description=command.help)
             sub.add_argument("recipe", nargs="?", help="path of a YAML recipe (see recipes/)")
             sub.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. parallel.tp=2")
-            sub.add_argument("--resume", metavar="RUN_DIR", help="continue that run from its latest checkpoint, "
-                             "with the config it saved (key=value overrides still apply)")
+            sub.add_argument(
+                "--resume",
+                metavar="RUN_DIR",
+                help="continue that run from its latest checkpoint, "
+                "with the config it saved (key=value overrides still apply)",
+            )
         else:
             # No option prefix: everything after the subcommand, `--help` too, goes to its own parser.
             sub = target.add_parser(leaf, help=command.help, add_help=False, prefix_chars="\0")
@@ -146,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(function(config if command.kind == "recipe" else list(args.args)) or 0)
 
 
-def _load_recipe(name: str, recipe: str | None, overrides: Sequence[str], *, resume: str | None = None) -> Config | None:
+def _load_recipe(
+    name: str, recipe: str | None, overrides: Sequence[str], *, resume: str | None = None
+) -> Config | None:
     """The validated config, or None after printing the config error (no traceback: it is user input).
 
     With `resume`, the recipe is the run directory's saved config, pinned to that directory and to
@@ -159,9 +172,12 @@ def _load_recipe(name: str, recipe: str | None, overrides: Sequence[str], *, res
             overrides, recipe = [recipe, *overrides], None
         saved = Path(resume) / RESOLVED_CONFIG_NAME
         if recipe is not None or not saved.is_file():
-            problem = (f"give either a recipe or --resume, not both (got {recipe})" if recipe is not None else
-                       f"{saved} does not exist: --resume takes the run directory of an earlier `rest-megatron "
-                       f"{name}` (the folder holding {RESOLVED_CONFIG_NAME} and checkpoints/)")
+            problem = (
+                f"give either a recipe or --resume, not both (got {recipe})"
+                if recipe is not None
+                else f"{saved} does not exist: --resume takes the run directory of an earlier `rest-megatron "
+                f"{name}` (the folder holding {RESOLVED_CONFIG_NAME} and checkpoints/)"
+            )
             print(f"rest-megatron {name}: {problem}", file=sys.stderr)
             return None
         recipe, overrides = str(saved), [f"logging.run_dir={resume}", "checkpoint.resume=auto", *overrides]

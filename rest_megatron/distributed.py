@@ -81,11 +81,17 @@ def init_distributed(
     if backend == "auto":
         backend = "nccl" if compute_device.type == "cuda" else "gloo"
     if backend == "nccl" and compute_device.type != "cuda":
-        raise ValueError("the nccl backend serves only CUDA tensors but the device is cpu; use backend gloo (or auto)")
+        raise ValueError(
+            "the nccl backend serves only CUDA tensors but the device is cpu; use backend gloo (or auto)"
+        )
     global _compute_device
     _compute_device = compute_device
     if not dist.is_initialized():
-        if init_method is None and "MASTER_ADDR" not in os.environ and int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        if (
+            init_method is None
+            and "MASTER_ADDR" not in os.environ
+            and int(os.environ.get("WORLD_SIZE", 1)) == 1
+        ):
             init_method = f"tcp://127.0.0.1:{_free_port()}"  # a lone process outside torchrun
         dist.init_process_group(
             backend=backend,
@@ -124,9 +130,7 @@ def compute_device() -> torch.device:
     return _compute_device if _compute_device is not None else resolve_device("auto")
 
 
-def init_model_parallel(
-    layout: ParallelLayout, *, seed: int = 1234, timeout_s: float | None = None
-) -> None:
+def init_model_parallel(layout: ParallelLayout, *, seed: int = 1234, timeout_s: float | None = None) -> None:
     """(Re)build Megatron's TP/PP/DP groups for `layout` on the initialized world and seed its RNGs.
 
     Destroys any previous model-parallel state first, so a long-lived process (the test harness)

@@ -201,8 +201,12 @@ def check_bfcl() -> Check:
     from tools_sandbox.tools.bfcl import status
 
     installed, detail = status()
-    return Check("bfcl-eval", "ok" if installed else "missing", detail,
-                 "" if installed else "bash scripts/setup.sh installs it (without its dependency tree)")
+    return Check(
+        "bfcl-eval",
+        "ok" if installed else "missing",
+        detail,
+        "" if installed else "bash scripts/setup.sh installs it (without its dependency tree)",
+    )
 
 
 def check_slurm() -> Check:

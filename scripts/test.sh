@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the whole suite: ruff, then pytest. Extra arguments go to pytest.
+# Set up (scripts/setup.sh) and run the whole suite: ruff (format and lint), then pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-echo "[test $(date +%H:%M:%S)] ruff check"
+echo "[test $(date +%H:%M:%S)] ruff format --check, ruff check"
+.venv/bin/ruff format --check .
 .venv/bin/ruff check .
 echo "[test $(date +%H:%M:%S)] pytest"
 status=0

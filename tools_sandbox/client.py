@@ -68,7 +68,9 @@ def _headers(secret: str | None) -> dict[str, str]:
 def _backoff(attempt: int, response: httpx.Response | None) -> float:
     if response is not None and response.status_code == 429:
         try:
-            return min(float(response.headers.get("retry-after", "1")), _MAX_RETRY_SLEEP_S) * random.uniform(0.5, 1.0)
+            return min(float(response.headers.get("retry-after", "1")), _MAX_RETRY_SLEEP_S) * random.uniform(
+                0.5, 1.0
+            )
         except ValueError:
             pass
     return min(0.05 * 2**attempt, _MAX_RETRY_SLEEP_S) * random.uniform(0.5, 1.5)
@@ -85,13 +87,23 @@ def _error_text(response: httpx.Response) -> str:
 class SandboxClient:
     """Async client. Use as `async with`, or call `aclose()` when done."""
 
-    def __init__(self, base_url: str, secret: str | None = None, timeout_s: float = 60.0, max_retries: int = 5,
-                 max_connections: int = 256) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        secret: str | None = None,
+        timeout_s: float = 60.0,
+        max_retries: int = 5,
+        max_connections: int = 256,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=_headers(secret), timeout=timeout_s, trust_env=False,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+            base_url=self.base_url,
+            headers=_headers(secret),
+            timeout=timeout_s,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
 
     async def __aenter__(self) -> SandboxClient:
         return self
@@ -114,12 +126,17 @@ class SandboxClient:
             else:
                 if response.status_code < 400:
                     return response.json()
-                last, last_status = f"HTTP {response.status_code}: {_error_text(response)}", response.status_code
+                last, last_status = (
+                    f"HTTP {response.status_code}: {_error_text(response)}",
+                    response.status_code,
+                )
                 if response.status_code != 429 and response.status_code < 500:
                     raise SandboxError(last, response.status_code)
             if attempt < self.max_retries:
                 await asyncio.sleep(_backoff(attempt, response))
-        raise SandboxError(f"{method} {path} failed after {self.max_retries + 1} attempts; last: {last}", last_status)
+        raise SandboxError(
+            f"{method} {path} failed after {self.max_retries + 1} attempts; last: {last}", last_status
+        )
 
     async def health(self) -> dict:
         """GET /health."""
@@ -143,8 +160,14 @@ class SandboxClient:
         with contextlib.suppress(SandboxError):
             await self._request("DELETE", f"/sessions/{session_id}")
 
-    async def call_tool(self, name: str, arguments: dict, session_id: str | None = None,
-                        timeout_s: float | None = None, config: Any = None) -> ToolResult:
+    async def call_tool(
+        self,
+        name: str,
+        arguments: dict,
+        session_id: str | None = None,
+        timeout_s: float | None = None,
+        config: Any = None,
+    ) -> ToolResult:
         """Call a tool, in a session (its state persists) or stateless (a fresh environment)."""
         body: dict[str, Any] = {"tool": name, "arguments": arguments}
         if timeout_s is not None:
@@ -157,20 +180,38 @@ class SandboxClient:
             reply = await self._request("POST", f"/sessions/{session_id}/call", body)
         return ToolResult(**{k: reply[k] for k in ToolResult.__dataclass_fields__ if k in reply})
 
-    async def run_code(self, code: str, language: str = "python", run_timeout: float = 10.0, stdin: str | None = None,
-                       files: dict[str, str] | None = None, fetch_files: list[str] | None = None,
-                       memory_limit_mb: int = -1) -> dict:
+    async def run_code(
+        self,
+        code: str,
+        language: str = "python",
+        run_timeout: float = 10.0,
+        stdin: str | None = None,
+        files: dict[str, str] | None = None,
+        fetch_files: list[str] | None = None,
+        memory_limit_mb: int = -1,
+    ) -> dict:
         """POST /run_code (SandboxFusion schema); returns the RunCodeResponse as a dict."""
-        return await self._request("POST", "/run_code", {
-            "code": code, "language": language, "run_timeout": run_timeout, "stdin": stdin, "files": files or {},
-            "fetch_files": fetch_files or [], "memory_limit_MB": memory_limit_mb})
+        return await self._request(
+            "POST",
+            "/run_code",
+            {
+                "code": code,
+                "language": language,
+                "run_timeout": run_timeout,
+                "stdin": stdin,
+                "files": files or {},
+                "fetch_files": fetch_files or [],
+                "memory_limit_MB": memory_limit_mb,
+            },
+        )
 
 
 class SyncSandboxClient:
     """The same API, blocking, for scripts and evaluation code without an event loop."""
 
-    def __init__(self, base_url: str, secret: str | None = None, timeout_s: float = 60.0, max_retries: int = 5
-                 ) -> None:
+    def __init__(
+        self, base_url: str, secret: str | None = None, timeout_s: float = 60.0, max_retries: int = 5
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._client = SandboxClient(base_url, secret, timeout_s, max_retries)
 
@@ -203,8 +244,13 @@ class LocalServer:
 
 
 @contextlib.contextmanager
-def local_sandbox_server(args: list[str] | None = None, *, secret: str | None = None, ready_timeout_s: float = 60.0,
-                         log_path: str | None = None) -> Iterator[LocalServer]:
+def local_sandbox_server(
+    args: list[str] | None = None,
+    *,
+    secret: str | None = None,
+    ready_timeout_s: float = 60.0,
+    log_path: str | None = None,
+) -> Iterator[LocalServer]:
     """Start `python -m tools_sandbox.server` on a free 127.0.0.1 port and wait for /health.
 
     Args:
@@ -219,14 +265,30 @@ def local_sandbox_server(args: list[str] | None = None, *, secret: str | None = 
     port_file = os.path.join(workdir, "port")
     log_path = log_path or os.path.join(workdir, "server.log")  # removed with workdir; pass one to keep it
     env = dict(os.environ)
-    argv = [sys.executable, "-m", "tools_sandbox.server", "--host", "127.0.0.1", "--port", "0", "--port-file",
-            port_file, *(args or [])]
+    argv = [
+        sys.executable,
+        "-m",
+        "tools_sandbox.server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--port-file",
+        port_file,
+        *(args or []),
+    ]
     if secret:
         env["TOOLS_SANDBOX_SECRET"] = secret
         argv += ["--secret-env", "TOOLS_SANDBOX_SECRET"]
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                   preexec_fn=die_with_parent)
+        process = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
     try:
         base_url = _wait_ready(process, port_file, log_path, ready_timeout_s)
         yield LocalServer(base_url, int(base_url.rsplit(":", 1)[1]), secret, process)
@@ -248,8 +310,10 @@ def _wait_ready(process: subprocess.Popen, port_file: str, log_path: str, timeou
         time.sleep(0.1)
     tail = open(log_path, errors="replace").read()[-3000:]
     _stop(process)
-    raise RuntimeError(f"the sandbox server did not become healthy within {timeout_s:g} s "
-                       f"(exit status {process.poll()}); its log ends with:\n{tail}")
+    raise RuntimeError(
+        f"the sandbox server did not become healthy within {timeout_s:g} s "
+        f"(exit status {process.poll()}); its log ends with:\n{tail}"
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -260,4 +324,3 @@ def _stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-

@@ -104,8 +104,16 @@ class Executor:
     stdin for its order (the launcher's `deferred` mode). A sandbox is used for one call only.
     """
 
-    def __init__(self, backend: Backend, *, scratch_root: Path | None = None, uid_pool: UidPool | None = None,
-                 limits: Limits | None = None, prestart: int = 2, file_limits: FileLimits | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        scratch_root: Path | None = None,
+        uid_pool: UidPool | None = None,
+        limits: Limits | None = None,
+        prestart: int = 2,
+        file_limits: FileLimits | None = None,
+    ) -> None:
         self.backend = backend
         self.uid_pool = uid_pool
         self.limits = limits or Limits()
@@ -194,8 +202,14 @@ class Executor:
         try:
             argv, env = self.backend.command(launch, seccomp_fd=read_fd)
             return await asyncio.create_subprocess_exec(
-                *argv, env=env, cwd=str(launch.scratch), start_new_session=True, pass_fds=(read_fd,) if read_fd else (),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                *argv,
+                env=env,
+                cwd=str(launch.scratch),
+                start_new_session=True,
+                pass_fds=(read_fd,) if read_fd else (),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
                 limit=line_limit,
             )
         finally:
@@ -210,7 +224,9 @@ class Executor:
             await self.release(uid, None)
             raise
         try:
-            proc = await self.spawn(Launch(scratch=scratch, limits=self.limits, run={"mode": "deferred"}, uid=uid))
+            proc = await self.spawn(
+                Launch(scratch=scratch, limits=self.limits, run={"mode": "deferred"}, uid=uid)
+            )
         except BaseException:
             await self.release(uid, scratch)
             raise
@@ -254,8 +270,15 @@ class Executor:
         raise AssertionError("unreachable")
 
     # -- one-shot calls ----------------------------------------------------------------------------
-    async def run(self, run: dict, limits: Limits, *, files: dict[str, bytes] | None = None,
-                  stdin: bytes | None = None, fetch_files: list[str] | None = None) -> ExecResult:
+    async def run(
+        self,
+        run: dict,
+        limits: Limits,
+        *,
+        files: dict[str, bytes] | None = None,
+        stdin: bytes | None = None,
+        fetch_files: list[str] | None = None,
+    ) -> ExecResult:
         """Run one command to completion in a fresh sandbox.
 
         Args:
@@ -274,24 +297,39 @@ class Executor:
             try:
                 await asyncio.to_thread(write_files, sandbox.scratch, contents, sandbox.uid)
             except OSError as exc:  # e.g. the scratch budget is too small for the files
-                raise ValueError(f"cannot create the request's files ({exc.strerror}); send smaller files "
-                                 "or raise the server's --scratch-mb") from exc
+                raise ValueError(
+                    f"cannot create the request's files ({exc.strerror}); send smaller files "
+                    "or raise the server's --scratch-mb"
+                ) from exc
             if sandbox.proc.returncode is not None:
                 _, stderr = await sandbox.proc.communicate()
-                return ExecResult(status="SandboxError", return_code=sandbox.proc.returncode, stdout="",
-                                  stderr=stderr.decode(errors="replace")[-4000:] or "the sandbox exited at start-up",
-                                  duration_s=0.0)
+                return ExecResult(
+                    status="SandboxError",
+                    return_code=sandbox.proc.returncode,
+                    stdout="",
+                    stderr=stderr.decode(errors="replace")[-4000:] or "the sandbox exited at start-up",
+                    duration_s=0.0,
+                )
             rlimits = limits.rlimits()
-            order = json.dumps({**run, "rlimits": {"cpu": rlimits["cpu"], "as": rlimits["as"]}}).encode() + b"\n"
+            order = (
+                json.dumps({**run, "rlimits": {"cpu": rlimits["cpu"], "as": rlimits["as"]}}).encode() + b"\n"
+            )
             result = await self._communicate(sandbox.proc, order + (stdin or b""), limits)
             if fetch_files:
-                result.files = await asyncio.to_thread(fetch_files_from, sandbox.scratch, fetch_files,
-                                                       self.file_limits.fetch_bytes, limits.file_size_mb << 20)
+                result.files = await asyncio.to_thread(
+                    fetch_files_from,
+                    sandbox.scratch,
+                    fetch_files,
+                    self.file_limits.fetch_bytes,
+                    limits.file_size_mb << 20,
+                )
             return result
         finally:
             await self.teardown(sandbox.proc, sandbox.uid, sandbox.scratch)
 
-    async def _communicate(self, proc: asyncio.subprocess.Process, stdin: bytes, limits: Limits) -> ExecResult:
+    async def _communicate(
+        self, proc: asyncio.subprocess.Process, stdin: bytes, limits: Limits
+    ) -> ExecResult:
         start = time.perf_counter()
         out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
         readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr))
@@ -341,5 +379,11 @@ def _result(rc: int | None, timed_out: bool, out: _Capture, err: _Capture, durat
         status = "SandboxError"
     else:
         status = "Finished"
-    return ExecResult(status=status, return_code=rc, stdout=out.text(), stderr=stderr_text,
-                      duration_s=duration, truncated=bool(out.dropped or err.dropped))
+    return ExecResult(
+        status=status,
+        return_code=rc,
+        stdout=out.text(),
+        stderr=stderr_text,
+        duration_s=duration,
+        truncated=bool(out.dropped or err.dropped),
+    )

@@ -30,12 +30,26 @@ class Metrics:
 
     def __init__(self) -> None:
         self.started = time.time()
-        self.counts: dict[str, int] = {"calls": 0, "failures": 0, "timeouts": 0, "sandbox_errors": 0,
-                                       "rejected": 0, "truncated": 0}
+        self.counts: dict[str, int] = {
+            "calls": 0,
+            "failures": 0,
+            "timeouts": 0,
+            "sandbox_errors": 0,
+            "rejected": 0,
+            "truncated": 0,
+        }
         self.latencies: dict[str, deque[float]] = {}
 
-    def record(self, kind: str, seconds: float, *, ok: bool, timed_out: bool = False,
-               sandbox_error: bool = False, truncated: bool = False) -> None:
+    def record(
+        self,
+        kind: str,
+        seconds: float,
+        *,
+        ok: bool,
+        timed_out: bool = False,
+        sandbox_error: bool = False,
+        truncated: bool = False,
+    ) -> None:
         """Count one finished call of `kind` ("run_code", "call", "session_call", "create_session")."""
         self.counts["calls"] += 1
         self.counts["failures"] += int(not ok)
@@ -58,8 +72,13 @@ class Metrics:
         def rank(q: float) -> float:
             return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] * 1000
 
-        return {"count": len(ordered), "p50_ms": rank(0.5), "p90_ms": rank(0.9), "p99_ms": rank(0.99),
-                "max_ms": ordered[-1] * 1000}
+        return {
+            "count": len(ordered),
+            "p50_ms": rank(0.5),
+            "p90_ms": rank(0.9),
+            "p99_ms": rank(0.99),
+            "max_ms": ordered[-1] * 1000,
+        }
 
     def snapshot(self) -> dict:
         """Everything, JSON-ready. Latency percentiles are over the last WINDOW calls of each kind."""
@@ -67,8 +86,10 @@ class Metrics:
         return {
             "uptime_s": time.time() - self.started,
             **self.counts,
-            "latency": {"all": self.percentiles(everything),
-                        **{kind: self.percentiles(list(w)) for kind, w in self.latencies.items()}},
+            "latency": {
+                "all": self.percentiles(everything),
+                **{kind: self.percentiles(list(w)) for kind, w in self.latencies.items()},
+            },
         }
 
 
@@ -83,7 +104,9 @@ class Admission:
 
     def __init__(self, max_concurrency: int, queue_size: int) -> None:
         if max_concurrency < 1 or queue_size < 0:
-            raise ValueError(f"max_concurrency={max_concurrency} must be >= 1 and queue_size={queue_size} >= 0.")
+            raise ValueError(
+                f"max_concurrency={max_concurrency} must be >= 1 and queue_size={queue_size} >= 0."
+            )
         self.max_concurrency, self.queue_size = max_concurrency, queue_size
         self.running = 0
         self.waiting = 0
@@ -96,8 +119,11 @@ class Admission:
         """Hold one execution slot for `client`; raises Overloaded when the waiting room is full."""
         if self.running >= self.max_concurrency or self.waiting:
             if self.waiting >= self.queue_size:
-                raise Overloaded(f"server busy: {self.running} calls running and {self.waiting} waiting (queue "
-                                 f"size {self.queue_size}); retry later", self.retry_after_s())
+                raise Overloaded(
+                    f"server busy: {self.running} calls running and {self.waiting} waiting (queue "
+                    f"size {self.queue_size}); retry later",
+                    self.retry_after_s(),
+                )
             turn = asyncio.get_running_loop().create_future()
             self._queues.setdefault(client, deque()).append(turn)
             self.waiting += 1

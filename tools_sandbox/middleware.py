@@ -24,9 +24,17 @@ OPEN_PATHS = ("/health",)
 async def send_error(send: Callable, status: int, message: str) -> None:
     """Answer with `{"error": message}` and close the connection."""
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -41,15 +49,21 @@ def secret_matches(headers: list[tuple[bytes, bytes]], secret: str) -> bool:
 class SecretGate:
     """Wrap an ASGI app; refuse every request but `OPEN_PATHS` without the shared secret."""
 
-    MESSAGE = ("missing or wrong shared secret: send 'Authorization: Bearer <secret>' with the value of the "
-               "server's --secret-env variable")
+    MESSAGE = (
+        "missing or wrong shared secret: send 'Authorization: Bearer <secret>' with the value of the "
+        "server's --secret-env variable"
+    )
 
     def __init__(self, app: Callable, secret: str | None) -> None:
         self.app, self.secret = app, secret
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if (self.secret is not None and scope["type"] == "http" and scope.get("path") not in OPEN_PATHS
-                and not secret_matches(scope.get("headers", []), self.secret)):
+        if (
+            self.secret is not None
+            and scope["type"] == "http"
+            and scope.get("path") not in OPEN_PATHS
+            and not secret_matches(scope.get("headers", []), self.secret)
+        ):
             await send_error(send, 401, self.MESSAGE)
             return
         await self.app(scope, receive, send)
@@ -60,8 +74,10 @@ class _Refused(HTTPException):
 
 
 def _too_large(max_bytes: int) -> str:
-    return (f"request body is larger than {max_bytes} bytes; send less (files, code) or raise the server's "
-            "--max-body-mb")
+    return (
+        f"request body is larger than {max_bytes} bytes; send less (files, code) or raise the server's "
+        "--max-body-mb"
+    )
 
 
 def _too_slow(timeout_s: float) -> str:

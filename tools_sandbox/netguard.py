@@ -19,8 +19,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 def guarded_protocol(header_timeout_s: float, max_per_client: int) -> type[H11Protocol]:
     """An h11 protocol class for `uvicorn.Config(http=...)` with these limits (one counter per server)."""
     if header_timeout_s <= 0 or max_per_client < 1:
-        raise ValueError(f"header_timeout_s={header_timeout_s} must be > 0 and max_per_client={max_per_client} "
-                         ">= 1; fix --read-timeout-s / --max-connections-per-client")
+        raise ValueError(
+            f"header_timeout_s={header_timeout_s} must be > 0 and max_per_client={max_per_client} "
+            ">= 1; fix --read-timeout-s / --max-connections-per-client"
+        )
     open_by_client: Counter[str] = Counter()
 
     class GuardedH11Protocol(H11Protocol):

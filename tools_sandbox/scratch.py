@@ -46,21 +46,31 @@ def check_name(name: str, limits: FileLimits) -> tuple[str, ...]:
     try:
         encoded = name.encode()
     except UnicodeEncodeError as exc:
-        raise ValueError(f"file name {name!r} is not valid UTF-8 text ({exc.reason}); use plain names") from None
+        raise ValueError(
+            f"file name {name!r} is not valid UTF-8 text ({exc.reason}); use plain names"
+        ) from None
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if not parts or name.startswith("/") or ".." in parts or "\0" in name:
-        raise ValueError(f"file name {name!r} must be a relative path inside the scratch directory, "
-                         "without '..'; e.g. 'data/input.txt'.")
+        raise ValueError(
+            f"file name {name!r} must be a relative path inside the scratch directory, "
+            "without '..'; e.g. 'data/input.txt'."
+        )
     if len(encoded) > limits.max_path_bytes:
-        raise ValueError(f"file name of {len(encoded)} bytes is over the {limits.max_path_bytes}-byte limit; "
-                         "use shorter paths")
+        raise ValueError(
+            f"file name of {len(encoded)} bytes is over the {limits.max_path_bytes}-byte limit; "
+            "use shorter paths"
+        )
     if len(parts) > limits.max_depth:
-        raise ValueError(f"file name {name[:80]!r}... is {len(parts)} directories deep, over the limit of "
-                         f"{limits.max_depth}; use a flatter layout")
+        raise ValueError(
+            f"file name {name[:80]!r}... is {len(parts)} directories deep, over the limit of "
+            f"{limits.max_depth}; use a flatter layout"
+        )
     long = next((p for p in parts if len(p.encode()) > _NAME_MAX), None)
     if long is not None:
-        raise ValueError(f"a path component of {len(long.encode())} bytes is over the {_NAME_MAX}-byte limit of "
-                         "a file name; use shorter names")
+        raise ValueError(
+            f"a path component of {len(long.encode())} bytes is over the {_NAME_MAX}-byte limit of "
+            "a file name; use shorter names"
+        )
     return parts
 
 
@@ -71,18 +81,24 @@ def check_files(names: list[str], fetch: list[str], limits: FileLimits) -> list[
     """
     for what, given in (("files", names), ("fetch_files", fetch)):
         if len(given) > limits.max_files:
-            raise ValueError(f"{what} has {len(given)} entries, over the limit of {limits.max_files}; send fewer")
+            raise ValueError(
+                f"{what} has {len(given)} entries, over the limit of {limits.max_files}; send fewer"
+            )
     for name in fetch:
         check_name(name, limits)
     components = [check_name(name, limits) for name in names]
     files = set(components)
     if len(files) < len(components):
-        raise ValueError("two entries of files name the same path (e.g. 'a' and './a'); give each file one name")
+        raise ValueError(
+            "two entries of files name the same path (e.g. 'a' and './a'); give each file one name"
+        )
     for parts in components:
         for depth in range(1, len(parts)):
             if parts[:depth] in files:
-                raise ValueError(f"{'/'.join(parts[:depth])!r} is given as a file and as a directory of "
-                                 f"{'/'.join(parts)!r}; give each file a distinct path")
+                raise ValueError(
+                    f"{'/'.join(parts[:depth])!r} is given as a file and as a directory of "
+                    f"{'/'.join(parts)!r}; give each file a distinct path"
+                )
     return components
 
 
@@ -144,13 +160,17 @@ class ScratchSpace:
 
     def __init__(self, root: Path, *, mount: bool | None = None) -> None:
         self.root = root
-        self._libc = ctypes.CDLL(None, use_errno=True) if (os.geteuid() == 0 if mount is None else mount) else None
+        self._libc = (
+            ctypes.CDLL(None, use_errno=True) if (os.geteuid() == 0 if mount is None else mount) else None
+        )
         if self._libc is not None and mount is None:
             probe = Path(tempfile.mkdtemp(prefix="probe-", dir=root))
             try:
                 self.prepare(probe, None, 1)
             except OSError as exc:  # e.g. a container without CAP_SYS_ADMIN
-                log.warning("scratch directories are not size-capped (%s); only RLIMIT_FSIZE bounds one file", exc)
+                log.warning(
+                    "scratch directories are not size-capped (%s); only RLIMIT_FSIZE bounds one file", exc
+                )
                 self._libc = None
             finally:
                 self.remove(probe)

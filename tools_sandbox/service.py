@@ -91,19 +91,34 @@ class _State:
 
     def __init__(self, config: ServiceConfig, backend: Backend | None = None) -> None:
         self.config = config
-        self.backend = backend or select_backend(config.backend, seccomp=config.seccomp, python=config.sandbox_python)
+        self.backend = backend or select_backend(
+            config.backend, seccomp=config.seccomp, python=config.sandbox_python
+        )
         # One uid per running call, live session and pooled worker, plus slack for sweeps in flight.
-        pool_size = 2 * config.max_concurrency + config.max_sessions + config.warm_workers + config.prestart + 64
+        pool_size = (
+            2 * config.max_concurrency + config.max_sessions + config.warm_workers + config.prestart + 64
+        )
         uid_pool = UidPool(config.uid_base, pool_size) if os.geteuid() == 0 else None
         scratch = Path(config.scratch_root) if config.scratch_root else None
-        self.executor = Executor(self.backend, scratch_root=scratch, uid_pool=uid_pool, limits=config.limits,
-                                 prestart=config.prestart)
+        self.executor = Executor(
+            self.backend,
+            scratch_root=scratch,
+            uid_pool=uid_pool,
+            limits=config.limits,
+            prestart=config.prestart,
+        )
         self.uid_pool = uid_pool
         self.registry = builtin_registry(bfcl=config.bfcl)
         self.manager = SessionManager(
-            self.executor, self.registry, config.limits, max_sessions=config.max_sessions,
-            idle_s=config.session_idle_s, lifetime_s=config.session_lifetime_s, session_cpu_s=config.session_cpu_s,
-            warm_workers=config.warm_workers, preload=tuple(bfcl.preload_modules()) if config.bfcl else (),
+            self.executor,
+            self.registry,
+            config.limits,
+            max_sessions=config.max_sessions,
+            idle_s=config.session_idle_s,
+            lifetime_s=config.session_lifetime_s,
+            session_cpu_s=config.session_cpu_s,
+            warm_workers=config.warm_workers,
+            preload=tuple(bfcl.preload_modules()) if config.bfcl else (),
             idle_memory_bytes=config.idle_sessions_mb << 20,
         )
         self.admission = Admission(config.max_concurrency, config.queue_size)
@@ -113,10 +128,22 @@ class _State:
         for spec in self.config.tool_modules:
             found = user.locate(spec)
             reply = await self.manager.describe_module(found.module, found.search_dir)
-            self.registry.register(EnvSpec(reply["name"], "module", tuple(reply["tools"]), module=found.module,
-                                           readonly_paths=(found.search_dir,), sys_path=(found.search_dir,)))
-            log.info("loaded tool module %s as environment %r: %s", spec, reply["name"],
-                     ", ".join(t["name"] for t in reply["tools"]))
+            self.registry.register(
+                EnvSpec(
+                    reply["name"],
+                    "module",
+                    tuple(reply["tools"]),
+                    module=found.module,
+                    readonly_paths=(found.search_dir,),
+                    sys_path=(found.search_dir,),
+                )
+            )
+            log.info(
+                "loaded tool module %s as environment %r: %s",
+                spec,
+                reply["name"],
+                ", ".join(t["name"] for t in reply["tools"]),
+            )
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -128,8 +155,10 @@ def _describe_validation(exc: RequestValidationError) -> str:
     for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
         if err.get("type") == "json_invalid":
-            parts.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', err.get('msg'))}); "
-                         "send a JSON object with Content-Type: application/json")
+            parts.append(
+                f"the body is not valid JSON ({err.get('ctx', {}).get('error', err.get('msg'))}); "
+                "send a JSON object with Content-Type: application/json"
+            )
         else:
             parts.append(f"{where}: {err.get('msg')}")
     return "invalid request: " + "; ".join(parts)
@@ -149,13 +178,21 @@ def _decode_files(encoded: dict[str, str | None]) -> dict[str, bytes]:
         try:
             files[name] = base64.b64decode(content or "", validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"files[{name!r}] is not valid base64 ({exc}); encode file contents with base64") from exc
+            raise ValueError(
+                f"files[{name!r}] is not valid base64 ({exc}); encode file contents with base64"
+            ) from exc
     return files
 
 
 def _outcome(o: ToolOutcome) -> ToolCallResponse:
-    return ToolCallResponse(ok=o.ok, output=o.output, error=o.error, truncated=o.truncated,
-                            timed_out=o.timed_out, duration_s=o.duration_s)
+    return ToolCallResponse(
+        ok=o.ok,
+        output=o.output,
+        error=o.error,
+        truncated=o.truncated,
+        timed_out=o.timed_out,
+        duration_s=o.duration_s,
+    )
 
 
 def create_app(config: ServiceConfig, backend: Backend | None = None) -> FastAPI:
@@ -175,16 +212,26 @@ def create_app(config: ServiceConfig, backend: Backend | None = None) -> FastAPI
             await state.load_user_modules()
             await state.manager.start()
             state.executor.start()
-            log.info("sandbox service ready: backend=%s, max_concurrency=%d, queue=%d, tools=%d",
-                     state.backend.name, config.max_concurrency, config.queue_size, len(state.registry.tool_env))
+            log.info(
+                "sandbox service ready: backend=%s, max_concurrency=%d, queue=%d, tools=%d",
+                state.backend.name,
+                config.max_concurrency,
+                config.queue_size,
+                len(state.registry.tool_env),
+            )
             yield
         finally:
             await state.manager.stop()
             await state.executor.stop()
             await asyncio.to_thread(state.executor.scratch.remove_all)
 
-    app = FastAPI(title="rest-megatron tools_sandbox", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="rest-megatron tools_sandbox",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.add_middleware(BodyGuard, max_bytes=config.max_body_bytes, timeout_s=config.read_timeout_s)
     app.add_middleware(SecretGate, secret=config.secret)  # outermost: before any byte of the body
 
@@ -220,25 +267,36 @@ def create_app(config: ServiceConfig, backend: Backend | None = None) -> FastAPI
     async def _bad(request: Request, exc: ValueError) -> JSONResponse:
         return _error(400, str(exc))
 
-
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
         s = sandbox(request)
         problem = s.executor.start_error
         if problem is None and s.uid_pool is not None and s.uid_pool.free == 0:
             problem = "every sandbox uid is in use"
-        body = {"status": "ok" if problem is None else "unavailable", "can_start": problem is None,
-                "problem": problem, "backend": s.backend.name, "weak_isolation": s.backend.weak,
-                "scratch_capped": s.executor.scratch.capped, "sessions": len(s.manager.sessions),
-                "idle_session_mb": round(s.manager.idle_memory() / (1 << 20), 1),
-                "running": s.admission.running, "queued": s.admission.waiting}
+        body = {
+            "status": "ok" if problem is None else "unavailable",
+            "can_start": problem is None,
+            "problem": problem,
+            "backend": s.backend.name,
+            "weak_isolation": s.backend.weak,
+            "scratch_capped": s.executor.scratch.capped,
+            "sessions": len(s.manager.sessions),
+            "idle_session_mb": round(s.manager.idle_memory() / (1 << 20), 1),
+            "running": s.admission.running,
+            "queued": s.admission.waiting,
+        }
         return JSONResponse(body, status_code=200 if problem is None else 503)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> dict:
         s = sandbox(request)
-        return {**s.metrics.snapshot(), "running": s.admission.running, "queue_depth": s.admission.waiting,
-                "sessions": len(s.manager.sessions), "backend": s.backend.name}
+        return {
+            **s.metrics.snapshot(),
+            "running": s.admission.running,
+            "queue_depth": s.admission.waiting,
+            "sessions": len(s.manager.sessions),
+            "backend": s.backend.name,
+        }
 
     @app.get("/tools")
     async def tools(request: Request) -> dict:
@@ -251,31 +309,56 @@ def create_app(config: ServiceConfig, backend: Backend | None = None) -> FastAPI
         # up /health and the other clients on the event loop.
         body = await _parse_in_thread(request, RunCodeRequest)
         if body.language not in LANGUAGES:
-            raise ValueError(f"language {body.language!r} is not supported here; use one of {', '.join(LANGUAGES)}")
+            raise ValueError(
+                f"language {body.language!r} is not supported here; use one of {', '.join(LANGUAGES)}"
+            )
         files = await asyncio.to_thread(_decode_files, body.files) if body.files else {}
         start = time.perf_counter()
         main = "__main__.py" if body.language == "python" else "__main__.sh"
         files[main] = body.code.encode()
-        run = {"mode": "python", "path": main} if body.language == "python" else {
-            "mode": "exec", "argv": ["/bin/bash", main]}
+        run = (
+            {"mode": "python", "path": main}
+            if body.language == "python"
+            else {"mode": "exec", "argv": ["/bin/bash", main]}
+        )
         limits = s.config.limits.narrowed(wall_s=body.run_timeout, memory_mb=body.memory_limit_MB)
         async with s.admission.slot(client_of(request)):
-            result = await s.executor.run(run, limits, files=files, stdin=(body.stdin or "").encode() or None,
-                                          fetch_files=body.fetch_files)
+            result = await s.executor.run(
+                run,
+                limits,
+                files=files,
+                stdin=(body.stdin or "").encode() or None,
+                fetch_files=body.fetch_files,
+            )
         sandbox_error = result.status == "SandboxError"
         success = result.status == "Finished" and result.return_code == 0
-        s.metrics.record("run_code", time.perf_counter() - start, ok=success, timed_out=result.status == "TimeLimitExceeded",
-                         sandbox_error=sandbox_error, truncated=result.truncated)
+        s.metrics.record(
+            "run_code",
+            time.perf_counter() - start,
+            ok=success,
+            timed_out=result.status == "TimeLimitExceeded",
+            sandbox_error=sandbox_error,
+            truncated=result.truncated,
+        )
         run_result = CommandRunResult(
-            status="Error" if sandbox_error else result.status, execution_time=result.duration_s,
-            return_code=result.return_code, stdout=result.stdout, stderr=result.stderr)
+            status="Error" if sandbox_error else result.status,
+            execution_time=result.duration_s,
+            return_code=result.return_code,
+            stdout=result.stdout,
+            stderr=result.stderr,
+        )
 
         def answer() -> bytes:
-            return RunCodeResponse(
-                status="SandboxError" if sandbox_error else "Success" if success else "Failed",
-                message=result.stderr.strip() if sandbox_error else "", run_result=run_result,
-                files={k: base64.b64encode(v).decode() for k, v in (result.files or {}).items()},
-            ).model_dump_json().encode()
+            return (
+                RunCodeResponse(
+                    status="SandboxError" if sandbox_error else "Success" if success else "Failed",
+                    message=result.stderr.strip() if sandbox_error else "",
+                    run_result=run_result,
+                    files={k: base64.b64encode(v).decode() for k, v in (result.files or {}).items()},
+                )
+                .model_dump_json()
+                .encode()
+            )
 
         return Response(await asyncio.to_thread(answer), media_type="application/json")
 
@@ -284,8 +367,13 @@ def create_app(config: ServiceConfig, backend: Backend | None = None) -> FastAPI
         s, start = sandbox(request), time.perf_counter()
         async with s.admission.slot(client_of(request)):
             outcome = await s.manager.call_stateless(body.tool, body.arguments, body.config, body.timeout_s)
-        s.metrics.record("call", time.perf_counter() - start, ok=outcome.ok, timed_out=outcome.timed_out,
-                         truncated=outcome.truncated)
+        s.metrics.record(
+            "call",
+            time.perf_counter() - start,
+            ok=outcome.ok,
+            timed_out=outcome.timed_out,
+            truncated=outcome.truncated,
+        )
         return _outcome(outcome)
 
     @app.post("/sessions", response_model=CreateSessionResponse)
@@ -294,8 +382,12 @@ def create_app(config: ServiceConfig, backend: Backend | None = None) -> FastAPI
         async with s.admission.slot(client_of(request)):
             session = await s.manager.create(body.tools, body.config)
         s.metrics.record("create_session", time.perf_counter() - start, ok=True)
-        return CreateSessionResponse(session_id=session.id, tools=s.registry.schemas(e.name for e in session.envs),
-                                     idle_timeout_s=s.manager.idle_s, max_lifetime_s=s.manager.lifetime_s)
+        return CreateSessionResponse(
+            session_id=session.id,
+            tools=s.registry.schemas(e.name for e in session.envs),
+            idle_timeout_s=s.manager.idle_s,
+            max_lifetime_s=s.manager.lifetime_s,
+        )
 
     @app.post("/sessions/{session_id}/call", response_model=ToolCallResponse)
     async def session_call(session_id: str, body: ToolCallRequest, request: Request) -> ToolCallResponse:
@@ -306,8 +398,13 @@ def create_app(config: ServiceConfig, backend: Backend | None = None) -> FastAPI
         start = time.perf_counter()
         async with s.admission.slot(client_of(request)):
             outcome = await s.manager.call(session_id, body.tool, body.arguments, body.timeout_s)
-        s.metrics.record("session_call", time.perf_counter() - start, ok=outcome.ok, timed_out=outcome.timed_out,
-                         truncated=outcome.truncated)
+        s.metrics.record(
+            "session_call",
+            time.perf_counter() - start,
+            ok=outcome.ok,
+            timed_out=outcome.timed_out,
+            truncated=outcome.truncated,
+        )
         return _outcome(outcome)
 
     @app.delete("/sessions/{session_id}")

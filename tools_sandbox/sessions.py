@@ -82,9 +82,20 @@ class Session:
 class SessionManager:
     """Creates, serves, reaps and closes sessions; also runs stateless tool calls."""
 
-    def __init__(self, executor: Executor, registry: ToolRegistry, limits: Limits, *, max_sessions: int = 256,
-                 idle_s: float = 300.0, lifetime_s: float = 3600.0, session_cpu_s: int = 600,
-                 warm_workers: int = 2, preload: tuple[str, ...] = (), idle_memory_bytes: int = 4 << 30) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        registry: ToolRegistry,
+        limits: Limits,
+        *,
+        max_sessions: int = 256,
+        idle_s: float = 300.0,
+        lifetime_s: float = 3600.0,
+        session_cpu_s: int = 600,
+        warm_workers: int = 2,
+        preload: tuple[str, ...] = (),
+        idle_memory_bytes: int = 4 << 30,
+    ) -> None:
         self.executor, self.registry, self.limits = executor, registry, limits
         self.max_sessions, self.idle_s, self.lifetime_s = max_sessions, idle_s, lifetime_s
         self.session_cpu_s, self.warm_workers, self.preload = session_cpu_s, warm_workers, list(preload)
@@ -131,9 +142,15 @@ class SessionManager:
         readonly, sys_path = self._readonly_paths()
         if extra_path:
             readonly, sys_path = (*readonly, extra_path), (*sys_path, extra_path)
-        launch = Launch(scratch=scratch, limits=self.limits, uid=uid, cpu_hard_s=self.session_cpu_s,
-                        run={"mode": "worker", "preload": self.preload}, readonly_paths=readonly,
-                        sys_path=sys_path)
+        launch = Launch(
+            scratch=scratch,
+            limits=self.limits,
+            uid=uid,
+            cpu_hard_s=self.session_cpu_s,
+            run={"mode": "worker", "preload": self.preload},
+            readonly_paths=readonly,
+            sys_path=sys_path,
+        )
         try:
             # Replies carry up to output_bytes of text, JSON-escaped (up to 6 bytes per byte).
             proc = await self.executor.spawn(launch, line_limit=6 * self.limits.output_bytes + (1 << 16))
@@ -194,8 +211,10 @@ class SessionManager:
         """
         envs = self.registry.resolve(names)
         if len(self.sessions) >= self.max_sessions:
-            raise SessionLimit(f"{len(self.sessions)} sessions are live (the limit is {self.max_sessions}); "
-                               "close sessions you no longer need, or raise --max-sessions")
+            raise SessionLimit(
+                f"{len(self.sessions)} sessions are live (the limit is {self.max_sessions}); "
+                "close sessions you no longer need, or raise --max-sessions"
+            )
         sandboxed = [env for env in envs if not env.in_service]
         worker = await self._take_worker(sandboxed, config or {}) if sandboxed else None
         session = Session(id=secrets.token_hex(16), envs=envs, worker=worker)
@@ -207,19 +226,27 @@ class SessionManager:
         """The live session `session_id`; SessionNotFound otherwise."""
         session = self.sessions.get(session_id)
         if session is None:
-            raise SessionNotFound(f"no live session {session_id!r}: it was closed, reaped after "
-                                  f"{self.idle_s:g} s idle or {self.lifetime_s:g} s in all, or ended by a "
-                                  "timeout; create a new session")
+            raise SessionNotFound(
+                f"no live session {session_id!r}: it was closed, reaped after "
+                f"{self.idle_s:g} s idle or {self.lifetime_s:g} s in all, or ended by a "
+                "timeout; create a new session"
+            )
         return session
 
-    async def call(self, session_id: str, tool: str, arguments: dict, wall_s: float | None = None) -> ToolOutcome:
+    async def call(
+        self, session_id: str, tool: str, arguments: dict, wall_s: float | None = None
+    ) -> ToolOutcome:
         """Run `tool` in a session. Raises SessionNotFound, or KeyError for a tool not in it."""
         session = self.get(session_id)
         if tool not in session.tools:
-            raise KeyError(f"tool {tool!r} is not in session {session_id}; its tools: {', '.join(session.tools)}")
+            raise KeyError(
+                f"tool {tool!r} is not in session {session_id}; its tools: {', '.join(session.tools)}"
+            )
         async with session.lock:
             if session_id not in self.sessions:
-                raise SessionNotFound(f"session {session_id!r} ended while this call waited; create a new one")
+                raise SessionNotFound(
+                    f"session {session_id!r} ended while this call waited; create a new one"
+                )
             outcome = await self._call_in(session, tool, arguments, wall_s)
             session.last_used = time.monotonic()
         await self._account(session)
@@ -235,12 +262,19 @@ class SessionManager:
             # a few /proc reads: cheaper inline than a hop to a thread
             session.held_bytes = footprint(session.worker.proc.pid, session.worker.scratch)
         while self.idle_memory() > self.idle_memory_bytes:
-            oldest = min((s for s in self.sessions.values() if not s.lock.locked()), key=lambda s: s.last_used)
-            log.info("ending session %s: idle sessions hold %d MiB, over the --idle-sessions-mb cap", oldest.id,
-                     self.idle_memory() >> 20)
+            oldest = min(
+                (s for s in self.sessions.values() if not s.lock.locked()), key=lambda s: s.last_used
+            )
+            log.info(
+                "ending session %s: idle sessions hold %d MiB, over the --idle-sessions-mb cap",
+                oldest.id,
+                self.idle_memory() >> 20,
+            )
             await self.close(oldest.id)
 
-    async def _call_in(self, session: Session, tool: str, arguments: dict, wall_s: float | None) -> ToolOutcome:
+    async def _call_in(
+        self, session: Session, tool: str, arguments: dict, wall_s: float | None
+    ) -> ToolOutcome:
         if self.registry.env_of(tool).in_service:
             return _in_service(tool, arguments)
         outcome, broken = await self._worker_call(session.worker, tool, arguments, wall_s)
@@ -249,8 +283,9 @@ class SessionManager:
             outcome.error = f"{outcome.error}; the session was ended, create a new one"
         return outcome
 
-    async def call_stateless(self, tool: str, arguments: dict, config: Any = None,
-                             wall_s: float | None = None) -> ToolOutcome:
+    async def call_stateless(
+        self, tool: str, arguments: dict, config: Any = None, wall_s: float | None = None
+    ) -> ToolOutcome:
         """Run one call in a fresh environment that is thrown away afterwards."""
         env = self.registry.env_of(tool)
         if env.in_service:
@@ -262,25 +297,41 @@ class SessionManager:
         finally:
             await self._discard(worker)
 
-    async def _worker_call(self, worker: WorkerProcess, tool: str, arguments: dict, wall_s: float | None
-                           ) -> tuple[ToolOutcome, bool]:
+    async def _worker_call(
+        self, worker: WorkerProcess, tool: str, arguments: dict, wall_s: float | None
+    ) -> tuple[ToolOutcome, bool]:
         """One call on a worker: (outcome, True if the worker must be discarded)."""
         start = time.perf_counter()
         wall = min(wall_s or self.limits.wall_s, self.limits.wall_s)
-        message = {"op": "call", "tool": tool, "arguments": arguments, "wall_s": wall,
-                   "cpu_s": self.limits.cpu_s, "output_bytes": self.limits.output_bytes}
+        message = {
+            "op": "call",
+            "tool": tool,
+            "arguments": arguments,
+            "wall_s": wall,
+            "cpu_s": self.limits.cpu_s,
+            "output_bytes": self.limits.output_bytes,
+        }
         try:
             reply = await worker.request(message, wall + _GRACE_S)
         except (asyncio.TimeoutError, RuntimeError) as exc:
             timed_out = isinstance(exc, asyncio.TimeoutError)
-            reason = (f"timeout: the call ran past {wall:g} s and ignored the interrupt" if timed_out
-                      else f"the sandbox failed: {exc}")
-            return ToolOutcome(False, "", reason, timed_out=timed_out, duration_s=time.perf_counter() - start), True
+            reason = (
+                f"timeout: the call ran past {wall:g} s and ignored the interrupt"
+                if timed_out
+                else f"the sandbox failed: {exc}"
+            )
+            return ToolOutcome(
+                False, "", reason, timed_out=timed_out, duration_s=time.perf_counter() - start
+            ), True
         error = reply.get("error")
-        return ToolOutcome(bool(reply.get("ok")), str(reply.get("output") or ""), error,
-                           truncated=bool(reply.get("truncated")),
-                           timed_out=bool(error and str(error).startswith("timeout")),
-                           duration_s=time.perf_counter() - start), False
+        return ToolOutcome(
+            bool(reply.get("ok")),
+            str(reply.get("output") or ""),
+            error,
+            truncated=bool(reply.get("truncated")),
+            timed_out=bool(error and str(error).startswith("timeout")),
+            duration_s=time.perf_counter() - start,
+        ), False
 
     async def describe_module(self, module: str, search_dir: str) -> dict:
         """Import a user tool module in a sandbox that sees `search_dir`; return `{"name", "tools"}`."""
@@ -290,7 +341,9 @@ class SessionManager:
         finally:
             await self._discard(worker)
         if not reply.get("ok"):
-            raise ValueError(f"tool module {module!r} could not be loaded in the sandbox: {reply.get('error')}")
+            raise ValueError(
+                f"tool module {module!r} could not be loaded in the sandbox: {reply.get('error')}"
+            )
         return reply
 
     async def close(self, session_id: str) -> bool:
@@ -312,7 +365,9 @@ class SessionManager:
                 idle = now - session.last_used > self.idle_s and not session.lock.locked()
                 dead = session.worker is not None and session.worker.proc.returncode is not None
                 if expired or idle or dead:
-                    log.info("reaping session %s (%s)", session.id,
-                             "lifetime" if expired else "idle" if idle else "worker exited")
+                    log.info(
+                        "reaping session %s (%s)",
+                        session.id,
+                        "lifetime" if expired else "idle" if idle else "worker exited",
+                    )
                     await self.close(session.id)
-

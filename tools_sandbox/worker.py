@@ -139,7 +139,9 @@ class _Capture:
     def text(self) -> tuple[str, bool]:
         with self.lock:
             out = self.kept.decode("utf-8", errors="replace")
-            return (out + truncation_marker(self.dropped, self.cap) if self.dropped else out), bool(self.dropped)
+            return (out + truncation_marker(self.dropped, self.cap) if self.dropped else out), bool(
+                self.dropped
+            )
 
 
 class PythonEnv:
@@ -222,8 +224,10 @@ def describe(module_name: str) -> dict:
     if environment is not None:
         schemas += [function_schema(getattr(environment, n), n) for n in _public_methods(environment)]
     if not schemas:
-        raise ValueError(f"module {module_name!r} defines no tools; give it TOOLS = [functions] or an "
-                         "ENVIRONMENT class whose public methods are the tools")
+        raise ValueError(
+            f"module {module_name!r} defines no tools; give it TOOLS = [functions] or an "
+            "ENVIRONMENT class whose public methods are the tools"
+        )
     return {"ok": True, "name": getattr(module, "ENV_NAME", module_name.rsplit(".", 1)[-1]), "tools": schemas}
 
 
@@ -258,8 +262,12 @@ class Worker:
             signal.signal(sig, _on_timeout)  # user code may have replaced them in an earlier call
         _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
         if cpu_hard != resource.RLIM_INFINITY and _cpu_used() >= cpu_hard:
-            return {"ok": False, "output": "", "error": f"the session used its {cpu_hard} CPU seconds in all "
-                    "(its processes included); create a new session"}
+            return {
+                "ok": False,
+                "output": "",
+                "error": f"the session used its {cpu_hard} CPU seconds in all "
+                "(its processes included); create a new session",
+            }
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu_soft = int(usage.ru_utime + usage.ru_stime + float(msg.get("cpu_s", 10))) + 1
         if cpu_hard != resource.RLIM_INFINITY:
@@ -285,7 +293,8 @@ class Worker:
         encoded = output.encode()
         if len(encoded) > capture.cap:
             output = encoded[: capture.cap].decode(errors="replace") + truncation_marker(
-                len(encoded) - capture.cap, capture.cap)
+                len(encoded) - capture.cap, capture.cap
+            )
             truncated = True
         if error is not None and len(error) > _MAX_ERROR_CHARS:  # e.g. an exception with a huge message
             error = error[:_MAX_ERROR_CHARS] + " [... error message truncated ...]"

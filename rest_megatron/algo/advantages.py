@@ -69,7 +69,9 @@ def _group_stats(
     index, num_groups = group_index(r.shape[0], group_ids=group_ids, group_size=group_size, device=r.device)
     low = torch.full((num_groups,), float("inf"), dtype=r.dtype, device=r.device)
     r = r - low.scatter_reduce(0, index, r, reduce="amin")[index]
-    count = torch.zeros(num_groups, dtype=torch.float64, device=r.device).index_add_(0, index, torch.ones_like(r))
+    count = torch.zeros(num_groups, dtype=torch.float64, device=r.device).index_add_(
+        0, index, torch.ones_like(r)
+    )
     total = torch.zeros_like(count).index_add_(0, index, r)
     mean = (total / count)[index]  # [N]
     sq = torch.zeros_like(count).index_add_(0, index, (r - mean).square())

@@ -105,7 +105,11 @@ def row_count(loss_mask: torch.Tensor, weights: torch.Tensor | None = None) -> t
 
 @register_aggregation("token-mean-weighted", denominator=weighted_denominator)
 def token_mean_weighted(
-    loss: torch.Tensor, *, loss_mask: torch.Tensor, weights: torch.Tensor, global_denominator: torch.Tensor | float
+    loss: torch.Tensor,
+    *,
+    loss_mask: torch.Tensor,
+    weights: torch.Tensor,
+    global_denominator: torch.Tensor | float,
 ) -> torch.Tensor:
     """ResT's weighted token mean: Σ m·w·L / D, D = Σ m·w over the whole optimizer step."""
     return _safe_divide(_masked(weights.detach() * loss, loss_mask).sum(), global_denominator)
@@ -113,7 +117,11 @@ def token_mean_weighted(
 
 @register_aggregation("token-mean", denominator=token_count)
 def token_mean(
-    loss: torch.Tensor, *, loss_mask: torch.Tensor, weights: torch.Tensor, global_denominator: torch.Tensor | float
+    loss: torch.Tensor,
+    *,
+    loss_mask: torch.Tensor,
+    weights: torch.Tensor,
+    global_denominator: torch.Tensor | float,
 ) -> torch.Tensor:
     """Unweighted token mean: Σ m·L / N, N = number of masked tokens in the step. Weights are ignored."""
     return _safe_divide(_masked(loss, loss_mask).sum(), global_denominator)
@@ -121,7 +129,11 @@ def token_mean(
 
 @register_aggregation("seq-mean-token-mean", denominator=weighted_sequence_count)
 def seq_mean_token_mean(
-    loss: torch.Tensor, *, loss_mask: torch.Tensor, weights: torch.Tensor, global_denominator: torch.Tensor | float
+    loss: torch.Tensor,
+    *,
+    loss_mask: torch.Tensor,
+    weights: torch.Tensor,
+    global_denominator: torch.Tensor | float,
 ) -> torch.Tensor:
     """Σ_b [Σ_t m·w·L / Σ_t m·w] / S, S = number of sequences in the step with Σ_t m·w > 0.
 
@@ -139,7 +151,11 @@ def seq_mean_token_mean(
 
 @register_aggregation("per-microbatch", denominator=row_count, split_invariant=False)
 def per_microbatch(
-    loss: torch.Tensor, *, loss_mask: torch.Tensor, weights: torch.Tensor, global_denominator: torch.Tensor | float
+    loss: torch.Tensor,
+    *,
+    loss_mask: torch.Tensor,
+    weights: torch.Tensor,
+    global_denominator: torch.Tensor | float,
 ) -> torch.Tensor:
     """The authors' code exactly: a weighted mean per micro-batch, scaled by its share of the rows.
 

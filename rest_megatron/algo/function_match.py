@@ -50,7 +50,9 @@ def _call_parts(call: ToolCall | Mapping[str, Any]) -> tuple[str, Mapping[str, A
     return str(call.get("name", "")), arguments if isinstance(arguments, Mapping) else {}
 
 
-def schemas_by_name(tools: Iterable[Mapping[str, Any]] | Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+def schemas_by_name(
+    tools: Iterable[Mapping[str, Any]] | Mapping[str, Any] | None,
+) -> dict[str, Mapping[str, Any]]:
     """{tool name: its "parameters" schema} from a list of (bare or wrapped) function schemas."""
     if tools is None:
         return {}
@@ -66,7 +68,9 @@ def schemas_by_name(tools: Iterable[Mapping[str, Any]] | Mapping[str, Any] | Non
 
 
 def call_matches(
-    predicted: ToolCall | Mapping[str, Any], expected: ToolCall | Mapping[str, Any], schema: Mapping[str, Any] | None = None
+    predicted: ToolCall | Mapping[str, Any],
+    expected: ToolCall | Mapping[str, Any],
+    schema: Mapping[str, Any] | None = None,
 ) -> bool:
     """One call against one expected call; `schema` is the tool's "parameters" JSON schema, if known."""
     pred_name, pred_args = _call_parts(predicted)
@@ -108,9 +112,7 @@ def calls_match(
         return False
     schemas = schemas_by_name(tools)
     if ordered:
-        return all(
-            call_matches(p, e, schemas.get(_call_parts(e)[0])) for p, e in zip(predicted, expected)
-        )
+        return all(call_matches(p, e, schemas.get(_call_parts(e)[0])) for p, e in zip(predicted, expected))
     # ok[i][j]: predicted i matches expected j. Then a perfect bipartite matching (Kuhn's augmenting paths;
     # turns have a handful of calls, so O(n^3) is nothing).
     ok = [[call_matches(p, e, schemas.get(_call_parts(e)[0])) for e in expected] for p in predicted]
@@ -148,9 +150,22 @@ def calls_match(
 # Deviations: strings compare leniently at every depth (BFCL: only at the first level), and parallel calls
 # pair up by a perfect matching (BFCL pairs greedily, which can miss a pairing that exists).
 
-_ANSWER_TYPES: dict[str, type] = {"string": str, "str": str, "any": object, "integer": int, "int": int,
-                                  "float": float, "number": float, "boolean": bool, "bool": bool, "array": list,
-                                  "list": list, "tuple": list, "dict": dict, "object": dict}
+_ANSWER_TYPES: dict[str, type] = {
+    "string": str,
+    "str": str,
+    "any": object,
+    "integer": int,
+    "int": int,
+    "float": float,
+    "number": float,
+    "boolean": bool,
+    "bool": bool,
+    "array": list,
+    "list": list,
+    "tuple": list,
+    "dict": dict,
+    "object": dict,
+}
 _LENIENT_DROP = str.maketrans("", "", " ,./-_*^")
 
 
@@ -168,11 +183,17 @@ def _answer_equal(value: Any, candidate: Any, spec: Mapping[str, Any] | None) ->
         return isinstance(value, Mapping) and _keyed_mismatch(value, candidate) is None
     if isinstance(candidate, (list, tuple)):
         items = spec.get("items") if isinstance(spec.get("items"), Mapping) else None
-        return (isinstance(value, (list, tuple)) and len(value) == len(candidate)
-                and all(_answer_equal(v, c, items) for v, c in zip(value, candidate)))
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(candidate)
+            and all(_answer_equal(v, c, items) for v, c in zip(value, candidate))
+        )
     if isinstance(candidate, Mapping):
-        return (isinstance(value, Mapping) and set(value) == set(candidate)
-                and all(_answer_equal(value[k], c, None) for k, c in candidate.items()))
+        return (
+            isinstance(value, Mapping)
+            and set(value) == set(candidate)
+            and all(_answer_equal(value[k], c, None) for k, c in candidate.items())
+        )
     return values_match(value, candidate)
 
 
@@ -199,7 +220,9 @@ def _items_typed(value: Sequence[Any], allowed: Sequence[Any], item_type: type) 
     return False
 
 
-def allowed_value_mismatch(value: Any, allowed: Sequence[Any], spec: Mapping[str, Any] | None = None) -> str | None:
+def allowed_value_mismatch(
+    value: Any, allowed: Sequence[Any], spec: Mapping[str, Any] | None = None
+) -> str | None:
     """Why `value` is none of the `allowed` values of an argument with schema `spec`, or None if it is one."""
     spec = spec if isinstance(spec, Mapping) else {}
     declared = _ANSWER_TYPES.get(str(spec.get("type")))
@@ -210,8 +233,12 @@ def allowed_value_mismatch(value: Any, allowed: Sequence[Any], spec: Mapping[str
         return f"is {value!r} of type {type(value).__name__}, expected {spec.get('type')}"
     items = spec.get("items") if isinstance(spec.get("items"), Mapping) else {}
     item_type = _ANSWER_TYPES.get(str(items.get("type")))
-    if (declared is list and type(value) is list and item_type not in (None, object, dict)
-            and not _items_typed(value, allowed, item_type)):
+    if (
+        declared is list
+        and type(value) is list
+        and item_type not in (None, object, dict)
+        and not _items_typed(value, allowed, item_type)
+    ):
         return f"is {value!r}, whose elements are not all of type {items.get('type')}"
     if isinstance(value, (list, tuple)) and not value and "" in allowed:
         return None
@@ -220,13 +247,16 @@ def allowed_value_mismatch(value: Any, allowed: Sequence[Any], spec: Mapping[str
     return f"is {value!r}, allowed: {list(allowed)!r}"
 
 
-def allowed_call_mismatch(predicted: ToolCall | Mapping[str, Any], expected: Mapping[str, Mapping[str, Sequence[Any]]],
-                          schema: Mapping[str, Any] | None = None) -> str | None:
+def allowed_call_mismatch(
+    predicted: ToolCall | Mapping[str, Any],
+    expected: Mapping[str, Mapping[str, Sequence[Any]]],
+    schema: Mapping[str, Any] | None = None,
+) -> str | None:
     """Why one call fails one answer-key call `{name: {argument: [allowed]}}`, or None if it passes.
 
     `schema` is the tool's "parameters" schema; without one only the answer key is checked.
     """
-    (exp_name, key), = expected.items()
+    ((exp_name, key),) = expected.items()
     name, arguments = _call_parts(predicted)
     if name != exp_name:
         return f"called {name!r}, expected {exp_name!r}"
@@ -284,7 +314,11 @@ def allowed_calls_mismatch(
         return reasons[0][0]
     for j, exp in enumerate(expected):
         if all(reasons[i][j] is not None for i in range(len(predicted))):
-            same_name = [reasons[i][j] for i in range(len(predicted)) if _call_parts(predicted[i])[0] == next(iter(exp))]
+            same_name = [
+                reasons[i][j]
+                for i in range(len(predicted))
+                if _call_parts(predicted[i])[0] == next(iter(exp))
+            ]
             detail = same_name[0] if same_name else f"no call to {next(iter(exp))!r}"
             return f"expected call {j + 1} matches no predicted call ({detail})"
     return "no one-to-one pairing of predicted and expected calls"

@@ -226,7 +226,9 @@ class _Parser:
     def _char(self, pos: int) -> None:
         ch = self.chars[pos]
         if self._tag or ch == "<":
-            tags = {_TOP: _TOP_TAGS, _THINK: _THINK_TAGS, _CALL: _CALL_TAGS, _RESPONSE: _RESPONSE_TAGS}[self._mode]
+            tags = {_TOP: _TOP_TAGS, _THINK: _THINK_TAGS, _CALL: _CALL_TAGS, _RESPONSE: _RESPONSE_TAGS}[
+                self._mode
+            ]
             candidate = "".join(self.chars[p] for p in self._tag) + ch
             if candidate in tags:
                 for p in [*self._tag, pos]:

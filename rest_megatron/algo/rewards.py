@@ -37,8 +37,13 @@ class RewardFn(Protocol):
     """fn(response, ground_truth, *, step=0, tools=None, **params) -> (reward, components)."""
 
     def __call__(
-        self, response: str | Sequence[str], ground_truth: Any, *, step: int = 0,
-        tools: Sequence[Mapping[str, Any]] | None = None, **params: Any,
+        self,
+        response: str | Sequence[str],
+        ground_truth: Any,
+        *,
+        step: int = 0,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        **params: Any,
     ) -> tuple[float, dict[str, float]]: ...
 
 
@@ -98,11 +103,15 @@ def toolrl_format_ok(response: str, ground_truth: str) -> bool:
 def _ground_truth_calls(ground_truth: str) -> list[dict[str, Any]]:
     parsed = parse_tool_calls(ground_truth)
     if parsed.errors:
-        raise ValueError(f"malformed ground-truth tool call: {parsed.errors[0].message}: {parsed.errors[0].raw!r}")
+        raise ValueError(
+            f"malformed ground-truth tool call: {parsed.errors[0].message}: {parsed.errors[0].raw!r}"
+        )
     return [c.as_dict() for c in parsed.calls if c.block == 0]
 
 
-def toolrl_call_score(gt_calls: Sequence[Mapping[str, Any]], pd_calls: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
+def toolrl_call_score(
+    gt_calls: Sequence[Mapping[str, Any]], pd_calls: Sequence[Mapping[str, Any]]
+) -> tuple[float, float]:
     """(score, max score) of ToolRL's partial credit; an exact match is handled by the caller.
 
     score = match_score(names) + Σ over expected calls of the best unused same-name prediction's
@@ -179,8 +188,10 @@ def toolrl_reward(
     if isinstance(ground_truth, Mapping):
         ground_truth = ground_truth.get("reference")
     if not isinstance(ground_truth, str):
-        raise ValueError("toolrl ground truth is ToolRL's answer string, or a record prepared by `rest-megatron data "
-                         "prepare --format toolrl` (it keeps that string as ground_truth.reference)")
+        raise ValueError(
+            "toolrl ground truth is ToolRL's answer string, or a record prepared by `rest-megatron data "
+            "prepare --format toolrl` (it keeps that string as ground_truth.reference)"
+        )
     turns = as_turns(response)
     response = turns[0] if turns else ""
     step = step + step_origin
@@ -212,7 +223,10 @@ def toolrl_reward(
 
 @register_reward("function_match")
 def function_match_reward(
-    response: str | Sequence[str], ground_truth: Mapping[str, Any], *, step: int = 0,
+    response: str | Sequence[str],
+    ground_truth: Mapping[str, Any],
+    *,
+    step: int = 0,
     tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """1.0 when the calls of all turns match ground_truth["calls"] and no call is malformed, else 0.0."""
@@ -223,7 +237,10 @@ def function_match_reward(
     num_errors = sum(len(p.errors) for p in parsed)
     expected = [c if isinstance(c, ToolCall) else dict(c) for c in ground_truth["calls"]]
     ok = not num_errors and calls_match(
-        made, expected, tools=ground_truth.get("tools") or tools, ordered=bool(ground_truth.get("ordered", False))
+        made,
+        expected,
+        tools=ground_truth.get("tools") or tools,
+        ordered=bool(ground_truth.get("ordered", False)),
     )
     return float(ok), {"match": float(ok), "num_calls": float(len(made)), "num_errors": float(num_errors)}
 
@@ -275,8 +292,11 @@ def answer_matches(predicted: str, expected: str | int | float) -> bool:
 
 @register_reward("answer_match")
 def answer_match_reward(
-    response: str | Sequence[str], ground_truth: str | int | float | Sequence[str | int | float] | Mapping[str, Any],
-    *, step: int = 0, tools: Sequence[Mapping[str, Any]] | None = None,
+    response: str | Sequence[str],
+    ground_truth: str | int | float | Sequence[str | int | float] | Mapping[str, Any],
+    *,
+    step: int = 0,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """1.0 when the final answer matches any accepted answer, else 0.0.
 
@@ -289,12 +309,13 @@ def answer_match_reward(
     response = turns[-1] if turns else ""
     accepted = list(ground_truth) if isinstance(ground_truth, (list, tuple)) else [ground_truth]
     if not accepted or not all(isinstance(a, (str, int, float)) for a in accepted):
-        raise ValueError(f"answer_match ground truth is a string/number or a list of them, got {ground_truth!r}")
+        raise ValueError(
+            f"answer_match ground truth is a string/number or a list of them, got {ground_truth!r}"
+        )
     boxed = _BOXED.findall(response)
     answer = boxed[-1] if boxed else parse_tool_calls(response).answer
     ok = answer is not None and any(answer_matches(answer, a) for a in accepted)
     return float(ok), {"match": float(ok), "has_answer": float(answer is not None)}
-
 
 
 # Rewards defined in their own modules register on import; import them here so `get_reward` sees them.

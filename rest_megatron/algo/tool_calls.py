@@ -65,7 +65,9 @@ class ParsedResponse:
     calls: tuple[ToolCall, ...]
     errors: tuple[ToolCallError, ...]
     think: str | None  # the reasoning text (stripped), None without think tags
-    answer: str | None  # <response> content if tagged, else the text outside think and tool calls; None if empty
+    answer: (
+        str | None
+    )  # <response> content if tagged, else the text outside think and tool calls; None if empty
     num_blocks: int  # number of <tool_call> blocks, closed or not
 
 
@@ -105,7 +107,9 @@ def _make_call(obj: Any, raw: str, block: int) -> ToolCall | ToolCallError:
     if isinstance(arguments, str):
         arguments, err = _loads(arguments) if arguments.strip() else ({}, "")
         if arguments is _NOT_JSON:
-            return ToolCallError(f'"arguments" of {name!r} is a string that is not valid JSON ({err})', raw, block)
+            return ToolCallError(
+                f'"arguments" of {name!r} is a string that is not valid JSON ({err})', raw, block
+            )
     if arguments is None:
         arguments = {}
     if not isinstance(arguments, dict):
@@ -154,7 +158,11 @@ def parse_tool_calls(text: str) -> ParsedResponse:
     rest = body[last_end:]
     if TOOL_CALL_OPEN in rest:
         head, _, tail = rest.partition(TOOL_CALL_OPEN)
-        items.append(ToolCallError(f"unclosed {TOOL_CALL_OPEN}: end each call with {TOOL_CALL_CLOSE}", tail, num_blocks))
+        items.append(
+            ToolCallError(
+                f"unclosed {TOOL_CALL_OPEN}: end each call with {TOOL_CALL_CLOSE}", tail, num_blocks
+            )
+        )
         num_blocks += 1
         rest = head
     outside.append(rest)

@@ -56,7 +56,11 @@ def tool_trajectory_reward(
     else:
         call_score = 0.0 if not made else -1.0
     answer = parsed[-1].answer if parsed else None
-    answer_ok = "answer" in ground_truth and answer is not None and answer_matches(answer, ground_truth["answer"])
+    answer_ok = (
+        "answer" in ground_truth and answer is not None and answer_matches(answer, ground_truth["answer"])
+    )
     components = {"format": 1.0 if well_formed else -1.0, "calls": call_score, "answer": float(answer_ok)}
-    total = format_weight * components["format"] + call_weight * call_score + answer_weight * components["answer"]
+    total = (
+        format_weight * components["format"] + call_weight * call_score + answer_weight * components["answer"]
+    )
     return total, components

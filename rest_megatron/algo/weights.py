@@ -147,7 +147,9 @@ def paper_raw(
         Region.OTHER: gamma_other,
     }
     gammas = torch.tensor(
-        [evaluate(values[Region(r)], step) for r in range(NUM_REGIONS)], dtype=dtype, device=region_mask.device
+        [evaluate(values[Region(r)], step) for r in range(NUM_REGIONS)],
+        dtype=dtype,
+        device=region_mask.device,
     )  # [R]
     return region_max(region_mask, gammas)
 
@@ -282,7 +284,16 @@ def entropy_weights(
 def _tuning_parameters(scheme: TokenWeightFn) -> dict[str, inspect.Parameter]:
     """A registered scheme's own keyword parameters with their defaults: its signature past the inputs
     every scheme receives and the shared clip range."""
-    shared = {"loss_mask", "region_mask", "step", "collision", "entropy", "clip_min", "clip_max", "step_origin"}
+    shared = {
+        "loss_mask",
+        "region_mask",
+        "step",
+        "collision",
+        "entropy",
+        "clip_min",
+        "clip_max",
+        "step_origin",
+    }
     return {name: p for name, p in inspect.signature(scheme).parameters.items() if name not in shared}
 
 
@@ -290,7 +301,9 @@ def _tuning_parameters(scheme: TokenWeightFn) -> dict[str, inspect.Parameter]:
 _PAPER_PARAMETERS = _tuning_parameters(paper_weights)
 _ENTROPY_PARAMETERS = _tuning_parameters(entropy_weights)
 if set(_PAPER_PARAMETERS) & set(_ENTROPY_PARAMETERS):
-    raise TypeError(f"hybrid cannot tell whose parameter {set(_PAPER_PARAMETERS) & set(_ENTROPY_PARAMETERS)} is")
+    raise TypeError(
+        f"hybrid cannot tell whose parameter {set(_PAPER_PARAMETERS) & set(_ENTROPY_PARAMETERS)} is"
+    )
 
 
 @register_token_weights("hybrid")
@@ -313,21 +326,26 @@ def hybrid_weights(
     """
     unknown = sorted(set(params) - set(_PAPER_PARAMETERS) - set(_ENTROPY_PARAMETERS))
     if unknown:
-        raise TypeError(f"hybrid_weights() got unexpected keyword arguments {unknown}; it takes "
-                        f"{', '.join([*_PAPER_PARAMETERS, *_ENTROPY_PARAMETERS])}")
+        raise TypeError(
+            f"hybrid_weights() got unexpected keyword arguments {unknown}; it takes "
+            f"{', '.join([*_PAPER_PARAMETERS, *_ENTROPY_PARAMETERS])}"
+        )
 
     step = step + step_origin
 
     def chosen(parameters: dict[str, inspect.Parameter]) -> dict[str, Any]:
         return {name: params.get(name, p.default) for name, p in parameters.items()}
 
-    entropy_part = entropy_raw(loss_mask, region_mask, step, collision=collision, entropy=entropy,
-                               **chosen(_ENTROPY_PARAMETERS))
+    entropy_part = entropy_raw(
+        loss_mask, region_mask, step, collision=collision, entropy=entropy, **chosen(_ENTROPY_PARAMETERS)
+    )
     region_part = paper_raw(region_mask, step, **chosen(_PAPER_PARAMETERS), dtype=entropy_part.dtype)
     return normalize_weights(region_part * entropy_part, loss_mask, clip_min=clip_min, clip_max=clip_max)
 
 
-_HYBRID_OWN = [p for p in inspect.signature(hybrid_weights).parameters.values() if p.kind is not p.VAR_KEYWORD]
+_HYBRID_OWN = [
+    p for p in inspect.signature(hybrid_weights).parameters.values() if p.kind is not p.VAR_KEYWORD
+]
 hybrid_weights.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     [*_HYBRID_OWN, *_PAPER_PARAMETERS.values(), *_ENTROPY_PARAMETERS.values()]
 )

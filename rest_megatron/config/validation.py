@@ -130,11 +130,24 @@ def _check_registered(config: Config) -> list[str]:
         if name not in names
     ]
     for key, name, names, get, params_key, params, passed in (
-        ("reward.name", config.reward.name, reward_names(), get_reward, "reward.params", config.reward.params,
-         {"response", "ground_truth", "step", "tools"}),
-        ("algorithm.weights", config.algorithm.weights, token_weight_names(), get_token_weights,
-         "algorithm.weights_params", config.algorithm.weights_params,
-         {"loss_mask", "region_mask", "step", "collision", "entropy"}),
+        (
+            "reward.name",
+            config.reward.name,
+            reward_names(),
+            get_reward,
+            "reward.params",
+            config.reward.params,
+            {"response", "ground_truth", "step", "tools"},
+        ),
+        (
+            "algorithm.weights",
+            config.algorithm.weights,
+            token_weight_names(),
+            get_token_weights,
+            "algorithm.weights_params",
+            config.algorithm.weights_params,
+            {"loss_mask", "region_mask", "step", "collision", "entropy"},
+        ),
     ):
         if name not in names:
             errors.append(f"{key}={name!r} is not registered; choose one of {', '.join(sorted(names))}")
@@ -144,8 +157,10 @@ def _check_registered(config: Config) -> list[str]:
             continue
         accepted = sorted(set(signature.parameters) - passed)
         for unknown in sorted(set(params) - set(accepted)):
-            errors.append(f"{params_key} has {unknown!r}, which {key}={name} does not take; it takes: "
-                          f"{', '.join(accepted) or 'nothing'} (write a mapping as {{key: value}}, with a space)")
+            errors.append(
+                f"{params_key} has {unknown!r}, which {key}={name} does not take; it takes: "
+                f"{', '.join(accepted) or 'nothing'} (write a mapping as {{key: value}}, with a space)"
+            )
     return errors
 
 
@@ -217,8 +232,10 @@ def _check_combinations(config: Config) -> list[str]:
             "launch.device=cuda; set rollout.weight_sync=disk, or train on CPU with rollout.engine=embedded"
         )
     if r.engine != "vllm" and (r.vllm or r.vllm_python):
-        errors.append(f"rollout.vllm / rollout.vllm_python configure vLLM servers but rollout.engine={r.engine}; "
-                      "drop them or set rollout.engine=vllm")
+        errors.append(
+            f"rollout.vllm / rollout.vllm_python configure vLLM servers but rollout.engine={r.engine}; "
+            "drop them or set rollout.engine=vllm"
+        )
     if not 0 <= r.max_failed_fraction <= 1:
         errors.append(f"rollout.max_failed_fraction must be in [0, 1], got {r.max_failed_fraction}")
     if r.weight_sync_bucket_mb <= 0:
@@ -240,7 +257,9 @@ def _check_combinations(config: Config) -> list[str]:
 
 def _prepare_hint(config: Config, path: Path) -> str:
     """How to make a missing data file: the `data prepare` command that writes it."""
-    split = f" --split test=0.02 --seed {config.data.seed}" if path.name in ("train.jsonl", "test.jsonl") else ""
+    split = (
+        f" --split test=0.02 --seed {config.data.seed}" if path.name in ("train.jsonl", "test.jsonl") else ""
+    )
     return (
         f"make it with `rest-megatron data prepare --format FORMAT --in SOURCE --out {path.parent}{split}` "
         f"(see `rest-megatron data prepare --help`), or give an existing JSONL file or the built-in "

@@ -49,7 +49,9 @@ def _world() -> Iterator[None]:
         init_distributed()
         yield
         return
-    init_distributed(backend="gloo", device="cpu", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{_free_port()}")
+    init_distributed(
+        backend="gloo", device="cpu", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{_free_port()}"
+    )
     try:
         yield
     finally:
@@ -89,9 +91,13 @@ def from_hf_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="checkpoint root to create (must not exist or be empty)")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
     parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
-    parser.add_argument("--dtype", default="auto", help="auto (the config's dtype), float32, bfloat16 or float16")
     parser.add_argument(
-        "--padded-vocab-multiple", type=int, default=128,
+        "--dtype", default="auto", help="auto (the config's dtype), float32, bfloat16 or float16"
+    )
+    parser.add_argument(
+        "--padded-vocab-multiple",
+        type=int,
+        default=128,
         help="pad the vocabulary to a multiple of this × TP, as the trainer does (default 128)",
     )
     return parser
@@ -112,7 +118,9 @@ def from_hf_main(argv: Sequence[str]) -> int:
     in_this_process = dist.is_initialized() or "WORLD_SIZE" in os.environ or args.tp * args.pp == 1
 
     def run() -> None:
-        _precheck(args.hf, args.out, args.dtype, tp=args.tp, pp=args.pp)  # input errors: before any rank starts
+        _precheck(
+            args.hf, args.out, args.dtype, tp=args.tp, pp=args.pp
+        )  # input errors: before any rank starts
         if in_this_process:
             with _world():
                 result.append(convert_from_hf(args.hf, args.out, **options))
@@ -172,16 +180,25 @@ def to_hf_parser() -> argparse.ArgumentParser:
         "Hugging Face folder: safetensors shards + index, config.json, generation_config.json, tokenizer. "
         "Runs in one process and streams one layer at a time.",
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint root (uses `latest`) or a step_XXXXXXXX directory")
+    parser.add_argument(
+        "--ckpt", required=True, help="checkpoint root (uses `latest`) or a step_XXXXXXXX directory"
+    )
     parser.add_argument("--out", required=True, help="folder to create (must not exist or be empty)")
     parser.add_argument(
-        "--hf-source", default=None,
+        "--hf-source",
+        default=None,
         help="Hugging Face folder the run started from (config + tokenizer); default: the checkpoint's record",
     )
-    parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16 or float16")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB (default 5GB)")
     parser.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        "--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16 or float16"
+    )
+    parser.add_argument(
+        "--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB (default 5GB)"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="show a progress bar (default: when stderr is a terminal)",
     )
     return parser
@@ -196,7 +213,11 @@ def to_hf_main(argv: Sequence[str]) -> int:
 
     def run() -> None:
         plan = plan_export(
-            args.ckpt, args.out, hf_source=args.hf_source, dtype=args.dtype, max_shard_size=args.max_shard_size
+            args.ckpt,
+            args.out,
+            hf_source=args.hf_source,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
         )
         with _world():
             result.append(write_export(plan, progress=args.progress))

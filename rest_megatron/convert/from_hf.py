@@ -64,12 +64,16 @@ def load_hf_into_model(
         rows, *cols = piece.region()
         width = piece.data.shape[1] if piece.data.dim() > 1 else None
         piece.data.copy_(
-            read_rows(weights.read, blocks, rows, cols[0] if cols else None, dtype=piece.data.dtype, width=width)
+            read_rows(
+                weights.read, blocks, rows, cols[0] if cols else None, dtype=piece.data.dtype, width=width
+            )
         )
         count += piece.data.numel()
     unfilled = [name for name, param in gpt.named_parameters() if torch.isnan(param).any()]
     if unfilled:
-        raise RuntimeError(f"no Hugging Face tensor was mapped onto {', '.join(unfilled)}; the adapter is incomplete")
+        raise RuntimeError(
+            f"no Hugging Face tensor was mapped onto {', '.join(unfilled)}; the adapter is incomplete"
+        )
     return count
 
 

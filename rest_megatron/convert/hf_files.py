@@ -81,7 +81,9 @@ def safe_open(path: str | Path, framework: str) -> Any:
 class HFWeights:
     """The safetensors of a Hugging Face folder, validated against its config, read by slice."""
 
-    def __init__(self, model_dir: Path, weight_map: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> None:
+    def __init__(
+        self, model_dir: Path, weight_map: dict[str, str], shapes: dict[str, tuple[int, ...]]
+    ) -> None:
         self.model_dir = model_dir
         self.weight_map = weight_map
         """Tensor name -> shard file name."""
@@ -90,7 +92,9 @@ class HFWeights:
         self._handles: dict[str, Any] = {}
 
     @classmethod
-    def open(cls, model_dir: str | Path, *, spec: ModelSpec | None = None, adapter: Adapter | None = None) -> HFWeights:
+    def open(
+        cls, model_dir: str | Path, *, spec: ModelSpec | None = None, adapter: Adapter | None = None
+    ) -> HFWeights:
         """Index and headers of `model_dir`'s shards; with `spec`, check them against the config."""
         model_dir = Path(model_dir)
         index = model_dir / INDEX
@@ -100,7 +104,9 @@ class HFWeights:
             with safe_open(str(model_dir / SINGLE), "pt") as handle:
                 weight_map = dict.fromkeys(handle.keys(), SINGLE)
         else:
-            found = sorted(p.name for p in model_dir.glob("*.bin")) or sorted(p.name for p in model_dir.iterdir())
+            found = sorted(p.name for p in model_dir.glob("*.bin")) or sorted(
+                p.name for p in model_dir.iterdir()
+            )
             raise ValueError(
                 f"{model_dir} has neither {INDEX} nor {SINGLE} (found: {', '.join(found[:8]) or 'nothing'}); "
                 "only safetensors are read: re-save the model with save_pretrained(..., safe_serialization=True)"

@@ -57,7 +57,9 @@ def iter_hf_tensors(
         for rule in unit.rules:
             parts = holders.get((rule.megatron_key(), unit.layer))
             if not parts:
-                raise RuntimeError(f"no rank holds Megatron tensor {rule.megatron_key()} (layer {unit.layer})")
+                raise RuntimeError(
+                    f"no rank holds Megatron tensor {rule.megatron_key()} (layer {unit.layer})"
+                )
             global_shape, dtype = parts[0][3], parts[0][4]
             full = torch.empty(global_shape, dtype=dtype, device=device) if rank == dst else None
             covered = 0

@@ -131,7 +131,11 @@ def _grouped_qkv(rule: Rule, d: dict[str, int], rows: int, layer: int | None) ->
     q_rows = d["q"] // groups
     blocks: list[Block] = []
     for g in range(groups):
-        blocks += [Block(q, g * q_rows, q_rows), Block(k, g * head_dim, head_dim), Block(v, g * head_dim, head_dim)]
+        blocks += [
+            Block(q, g * q_rows, q_rows),
+            Block(k, g * head_dim, head_dim),
+            Block(v, g * head_dim, head_dim),
+        ]
     return blocks
 
 

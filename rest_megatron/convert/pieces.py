@@ -50,11 +50,19 @@ def local_pieces(model: torch.nn.Module) -> list[Piece]:
         if isinstance(item, ShardedTensorFactory):
             # fc1's swiglu factory splits the local [gate; up] rows into two rectangles (views).
             built = item.build()
-            pending[:0] = list(built.values()) if isinstance(built, dict) else list(built) if isinstance(built, list) else [built]
+            pending[:0] = (
+                list(built.values())
+                if isinstance(built, dict)
+                else list(built)
+                if isinstance(built, list)
+                else [built]
+            )
             continue
         if not isinstance(item, ShardedTensor):
             continue  # ShardedObjects (Transformer Engine's _extra_state) hold no weights
-        assert item.flattened_range is None, f"{item.key}: flattened shards belong to the optimizer, not the model"
+        assert item.flattened_range is None, (
+            f"{item.key}: flattened shards belong to the optimizer, not the model"
+        )
         layered = item.prepend_axis_num == 1
         assert item.prepend_axis_num in (0, 1), item
         pieces.append(

@@ -35,7 +35,18 @@ from rest_megatron.convert.mapping import Unit, describe, dims, split_global, un
 from rest_megatron.model.builder import ModelSpec
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str | int) -> int:
@@ -62,7 +73,9 @@ def locate_checkpoint(path: str | Path) -> Path:
     elif list_checkpoints(path):
         directory = list_checkpoints(path)[-1]
     else:
-        raise ValueError(f"--ckpt {path} holds no checkpoint (no step_* directory); pass the run's checkpoint root")
+        raise ValueError(
+            f"--ckpt {path} holds no checkpoint (no step_* directory); pass the run's checkpoint root"
+        )
     verify_checkpoint(directory)  # CheckpointError names a missing or truncated file
     return directory
 
@@ -106,7 +119,11 @@ class ShardWriter:
         self.total_bytes += size
 
     def _flush(self) -> None:
-        save_file(self.pending, str(self.directory / f"part-{len(self.parts):05d}.safetensors"), metadata={"format": "pt"})
+        save_file(
+            self.pending,
+            str(self.directory / f"part-{len(self.parts):05d}.safetensors"),
+            metadata={"format": "pt"},
+        )
         self.parts.append(list(self.pending))
         self.pending, self.pending_bytes = {}, 0
 
@@ -139,7 +156,11 @@ def _check_metadata(metadata: dict[str, Any], rules: list, spec, source: Path) -
         shape = tuple(metadata[key].global_shape)
         sample = next(iter(rule.hf_shapes(d, 0 if rule.layered else None).values()))
         rows = rule.megatron_rows(d)
-        expected = ((spec.num_layers,) if rule.layered else ()) + (rows if rows is not None else shape[-2],) + sample[1:]
+        expected = (
+            ((spec.num_layers,) if rule.layered else ())
+            + (rows if rows is not None else shape[-2],)
+            + sample[1:]
+        )
         if shape != expected or (rows is None and shape[-2] < spec.vocab_size):
             raise ValueError(
                 f"checkpoint tensor {key} has shape {list(shape)} but {source / 'config.json'} ({facts}) implies "
@@ -148,7 +169,9 @@ def _check_metadata(metadata: dict[str, Any], rules: list, spec, source: Path) -
             )
 
 
-def _load_unit(model_dir: Path, unit: Unit, metadata: dict[str, Any], num_layers: int) -> dict[str, torch.Tensor]:
+def _load_unit(
+    model_dir: Path, unit: Unit, metadata: dict[str, Any], num_layers: int
+) -> dict[str, torch.Tensor]:
     """The global tensors of one unit (for a layer: that layer's slice of each stacked tensor)."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
@@ -163,7 +186,9 @@ def _load_unit(model_dir: Path, unit: Unit, metadata: dict[str, Any], num_layers
             )
         else:
             data = torch.empty(tuple(meta.global_shape), dtype=meta.dtype)
-            request[rule.megatron_key()] = ShardedTensor.from_rank_offsets(rule.megatron_key(), data, replica_id=0)
+            request[rule.megatron_key()] = ShardedTensor.from_rank_offsets(
+                rule.megatron_key(), data, replica_id=0
+            )
     loaded = dist_checkpointing.load(request, str(model_dir), validate_access_integrity=False)
     return {key: tensor[0] if key.startswith("decoder.layers.") else tensor for key, tensor in loaded.items()}
 
@@ -213,8 +238,16 @@ def plan_export(
     metadata = dist_checkpointing.load_tensors_metadata(str(model_dir))
     _check_metadata(metadata, adapter.rules(spec), spec, source)
     return ExportPlan(
-        directory=directory, model_dir=model_dir, source=source, out=out, config=config, spec=spec,
-        adapter=adapter, metadata=metadata, out_dtype=None if dtype == "auto" else DTYPES[dtype], max_bytes=max_bytes,
+        directory=directory,
+        model_dir=model_dir,
+        source=source,
+        out=out,
+        config=config,
+        spec=spec,
+        adapter=adapter,
+        metadata=metadata,
+        out_dtype=None if dtype == "auto" else DTYPES[dtype],
+        max_bytes=max_bytes,
     )
 
 
@@ -262,7 +295,12 @@ def _write_metadata(plan: ExportPlan, staging: Path) -> None:
     written = written.removeprefix("torch.")
     copy_metadata(plan.source, staging, skip=("config.json",))
     # Both spellings: transformers 5 reads `dtype`, 4.x reads `torch_dtype`.
-    config = {**plan.config, "architectures": [plan.adapter.architecture], "dtype": written, "torch_dtype": written}
+    config = {
+        **plan.config,
+        "architectures": [plan.adapter.architecture],
+        "dtype": written,
+        "torch_dtype": written,
+    }
     (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if not (staging / "generation_config.json").is_file():
         generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}

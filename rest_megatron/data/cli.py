@@ -57,19 +57,33 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     prepare_parser.add_argument("--format", required=True, choices=format_names(), help="the input's format")
-    prepare_parser.add_argument("--in", dest="source", required=True, type=Path, metavar="PATH", help="input file (JSONL or a JSON array)")
-    prepare_parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if missing)")
     prepare_parser.add_argument(
-        "--answers", type=Path, metavar="PATH",
+        "--in",
+        dest="source",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="input file (JSONL or a JSON array)",
+    )
+    prepare_parser.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="output directory (created if missing)"
+    )
+    prepare_parser.add_argument(
+        "--answers",
+        type=Path,
+        metavar="PATH",
         help="bfcl only: the possible_answer file (default: possible_answer/<input name> beside the input)",
     )
     prepare_parser.add_argument(
-        "--split", metavar="NAME=FRACTION",
+        "--split",
+        metavar="NAME=FRACTION",
         help="hold out this fraction of the prompts as DIR/NAME.jsonl and write the rest to DIR/train.jsonl "
         "(e.g. test=0.02, as the ResT authors hold out 2%% of ToolRL's rlla_4k)",
     )
     prepare_parser.add_argument("--seed", type=int, help="seed of the --split shuffle (default 0)")
-    inspect_parser = commands.add_parser("inspect", help="count the records of a JSON/JSONL file and show the first")
+    inspect_parser = commands.add_parser(
+        "inspect", help="count the records of a JSON/JSONL file and show the first"
+    )
     inspect_parser.add_argument("path", type=Path, help="a JSONL file or a JSON array")
     return parser
 
@@ -88,7 +102,10 @@ def _print_summary(summary: Summary) -> None:
     for rejected in summary.rejections[:NUM_REJECTIONS_SHOWN]:
         print(f"{summary.input}:{rejected.line}: {rejected.reason}: {rejected.detail}", file=sys.stderr)
     if len(summary.rejections) > NUM_REJECTIONS_SHOWN:
-        print(f"... and {len(summary.rejections) - NUM_REJECTIONS_SHOWN} more in {summary.out_dir / REJECTED_FILE}", file=sys.stderr)
+        print(
+            f"... and {len(summary.rejections) - NUM_REJECTIONS_SHOWN} more in {summary.out_dir / REJECTED_FILE}",
+            file=sys.stderr,
+        )
 
 
 def prepare_main(args: argparse.Namespace) -> int:
@@ -97,7 +114,10 @@ def prepare_main(args: argparse.Namespace) -> int:
         print("rest-megatron data prepare: --answers is only for --format bfcl", file=sys.stderr)
         return EXIT_INPUT
     if args.seed is not None and not args.split:
-        print("rest-megatron data prepare: --seed only seeds --split; add --split test=0.02 or drop --seed", file=sys.stderr)
+        print(
+            "rest-megatron data prepare: --seed only seeds --split; add --split test=0.02 or drop --seed",
+            file=sys.stderr,
+        )
         return EXIT_INPUT
     try:
         split = Split.parse(args.split, args.seed or 0) if args.split else None
@@ -107,7 +127,10 @@ def prepare_main(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     _print_summary(summary)
     if summary.num_written == 0:
-        print(f"rest-megatron data prepare: no valid record in {args.source} (is --format {args.format} right?)", file=sys.stderr)
+        print(
+            f"rest-megatron data prepare: no valid record in {args.source} (is --format {args.format} right?)",
+            file=sys.stderr,
+        )
         return EXIT_NOTHING_VALID
     return EXIT_OK
 
@@ -121,7 +144,10 @@ def inspect_main(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     bad = [item for item in items if isinstance(item, Rejected)]
     good = [item for item in items if not isinstance(item, Rejected)]
-    print(f"{args.path}: {len(good)} records" + (f", {len(bad)} not valid JSON (first at line {bad[0].line})" if bad else ""))
+    print(
+        f"{args.path}: {len(good)} records"
+        + (f", {len(bad)} not valid JSON (first at line {bad[0].line})" if bad else "")
+    )
     if good:
         line, first = good[0]
         print(f"first record (line {line}):")

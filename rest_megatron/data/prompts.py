@@ -52,16 +52,24 @@ def load_prompts(path: str, split: str, seed: int) -> list[Prompt]:
         return [Prompt(s.messages, s.tools, {"calls": s.calls, "answer": s.answer}) for s in samples]
     source = Path(path)
     if not source.is_file():
-        raise ValueError(f"data file {source} not found; set data.train_path/eval_path to a JSONL file that "
-                         "`rest-megatron data prepare` wrote, or to tiny-task")
+        raise ValueError(
+            f"data file {source} not found; set data.train_path/eval_path to a JSONL file that "
+            "`rest-megatron data prepare` wrote, or to tiny-task"
+        )
     prompts, errors = [], []
     for number, line in enumerate(source.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            prompts.append(Prompt(record["messages"], record.get("tools", []), record.get("ground_truth", {}),
-                                  render_tools=bool(record.get("render_tools", True))))
+            prompts.append(
+                Prompt(
+                    record["messages"],
+                    record.get("tools", []),
+                    record.get("ground_truth", {}),
+                    render_tools=bool(record.get("render_tools", True)),
+                )
+            )
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             errors.append(f"{source}:{number}: {type(error).__name__}: {error}")
     if errors:
@@ -77,18 +85,29 @@ def drop_long_prompts(
     """(the prompts of at most `max_tokens` tokens as rendered by `count_tokens`, how many were dropped)."""
     kept = [p for p in prompts if count_tokens(p) <= max_tokens]
     if not kept:
-        raise ValueError(f"every one of the {len(prompts)} prompts is longer than data.max_prompt_tokens="
-                         f"{max_tokens} tokens; raise data.max_prompt_tokens")
+        raise ValueError(
+            f"every one of the {len(prompts)} prompts is longer than data.max_prompt_tokens="
+            f"{max_tokens} tokens; raise data.max_prompt_tokens"
+        )
     return kept, len(prompts) - len(kept)
 
 
 class PromptStream:
     """Batches of prompts by step, reshuffled every epoch, identical across restarts."""
 
-    def __init__(self, prompts: list[Prompt], *, batch_size: int, seed: int, shuffle: bool = True,
-                 num_skipped_long: int = 0) -> None:
+    def __init__(
+        self,
+        prompts: list[Prompt],
+        *,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        num_skipped_long: int = 0,
+    ) -> None:
         if batch_size > len(prompts):
-            raise ValueError(f"data.num_prompts_per_step={batch_size} exceeds the {len(prompts)} prompts available")
+            raise ValueError(
+                f"data.num_prompts_per_step={batch_size} exceeds the {len(prompts)} prompts available"
+            )
         self.prompts, self.batch_size, self.seed, self.shuffle = prompts, batch_size, seed, shuffle
         self.num_skipped_long = num_skipped_long  # prompts of the source left out by `drop_long_prompts`
         self.steps_per_epoch = len(prompts) // batch_size

@@ -14,7 +14,9 @@ import torch
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
 
 
-def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the [start, end) character spans of every assistant turn's content."""
     text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
     spans = []
@@ -23,8 +25,10 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]], tools: list[
             continue
         before = tokenizer.apply_chat_template(messages[:index], tools=tools, tokenize=False) if index else ""
         through = tokenizer.apply_chat_template(messages[: index + 1], tools=tools, tokenize=False)
-        if not text.startswith(through) or not through[len(before):].startswith(ASSISTANT_HEADER):
-            raise ValueError("the chat template does not render conversations prefix by prefix; SFT masking needs it")
+        if not text.startswith(through) or not through[len(before) :].startswith(ASSISTANT_HEADER):
+            raise ValueError(
+                "the chat template does not render conversations prefix by prefix; SFT masking needs it"
+            )
         # The trailing newline after <|im_end|> is formatting, not a target.
         spans.append((len(before) + len(ASSISTANT_HEADER), len(through.rstrip("\n"))))
         _check_turn_rendered(message, index, text[spans[-1][0] : spans[-1][1]])

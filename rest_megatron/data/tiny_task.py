@@ -78,8 +78,14 @@ def _price_sample(rng: random.Random) -> TinyTaskSample:
     results = [str(price) for price in prices] + [str(total)]
     question = "What do " + " and ".join(f"{c} units of {i}" for c, i in zip(counts, items)) + " cost?"
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
-    return TinyTaskSample(question=question, tools=[LOOKUP_TOOL, CALCULATOR_TOOL], calls=calls, results=results,
-                          answer=str(total), messages=messages)
+    return TinyTaskSample(
+        question=question,
+        tools=[LOOKUP_TOOL, CALCULATOR_TOOL],
+        calls=calls,
+        results=results,
+        answer=str(total),
+        messages=messages,
+    )
 
 
 def _sample(rng: random.Random) -> TinyTaskSample:
@@ -98,12 +104,18 @@ def _sample(rng: random.Random) -> TinyTaskSample:
     question = f"What is {question_expr}?"
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
     return TinyTaskSample(
-        question=question, tools=[CALCULATOR_TOOL], calls=calls, results=results, answer=str(value), messages=messages
+        question=question,
+        tools=[CALCULATOR_TOOL],
+        calls=calls,
+        results=results,
+        answer=str(value),
+        messages=messages,
     )
 
 
-def make_tiny_task(seed: int, num_samples: int, split: str = "train", kinds: tuple[str, ...] = KINDS
-                   ) -> list[TinyTaskSample]:
+def make_tiny_task(
+    seed: int, num_samples: int, split: str = "train", kinds: tuple[str, ...] = KINDS
+) -> list[TinyTaskSample]:
     """`num_samples` questions of `split` ("train" or "eval") drawn from `kinds`, deterministic in `seed`."""
     if split not in _SPLIT_SEED_OFFSET:
         raise ValueError(f"split must be one of {sorted(_SPLIT_SEED_OFFSET)}, got {split!r}")
@@ -128,7 +140,9 @@ def demonstration(sample: TinyTaskSample) -> list[dict[str, Any]]:
     """The gold trajectory as chat messages: one call per assistant turn, then the answer."""
     messages = list(sample.messages)
     for call, result in zip(sample.calls, sample.results, strict=True):
-        messages.append({"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]})
+        messages.append(
+            {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]}
+        )
         messages.append({"role": "tool", "content": result})
     messages.append({"role": "assistant", "content": f"The answer is {sample.answer}."})
     return messages

@@ -53,7 +53,7 @@ class ApiBankEntry:
 
 
 def parse_levels(text: str) -> list[int]:
-    """"1,2,3" -> [1, 2, 3].
+    """ "1,2,3" -> [1, 2, 3].
 
     Raises:
         ValueError: a level other than 1, 2 or 3.
@@ -61,7 +61,9 @@ def parse_levels(text: str) -> list[int]:
     levels = []
     for part in (p.strip() for p in text.split(",")):
         if part not in ("1", "2", "3"):
-            raise ValueError(f"unknown API-Bank level {part!r}; use 1, 2 and/or 3, comma-separated (e.g. --levels 1,2,3)")
+            raise ValueError(
+                f"unknown API-Bank level {part!r}; use 1, 2 and/or 3, comma-separated (e.g. --levels 1,2,3)"
+            )
         if int(part) not in levels:
             levels.append(int(part))
     return levels
@@ -75,13 +77,17 @@ def load_level(data_dir: str | Path, level: int, limit: int | None = None) -> li
     """
     path = Path(data_dir) / LEVEL_FILE.format(level=level)
     if not path.is_file():
-        raise ApiBankDataError(f"{path} does not exist; --data must be the folder holding the processed API-Bank "
-                               f"files {LEVEL_FILE.format(level='{1,2,3}')} (ToolRL's release, which the ResT "
-                               "authors evaluate on)")
+        raise ApiBankDataError(
+            f"{path} does not exist; --data must be the folder holding the processed API-Bank "
+            f"files {LEVEL_FILE.format(level='{1,2,3}')} (ToolRL's release, which the ResT "
+            "authors evaluate on)"
+        )
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise ApiBankDataError(f"{path} is not JSON ({exc}); expected the processed level file, a JSON array") from exc
+        raise ApiBankDataError(
+            f"{path} is not JSON ({exc}); expected the processed level file, a JSON array"
+        ) from exc
     if not isinstance(records, list):
         raise ApiBankDataError(f"{path} holds a {type(records).__name__}; expected a JSON array of entries")
     entries = []
@@ -89,19 +95,36 @@ def load_level(data_dir: str | Path, level: int, limit: int | None = None) -> li
         answer = record.get("answer") if isinstance(record, dict) else None
         if isinstance(answer, list) and answer:
             answer = answer[0]
-        if not (isinstance(record, dict) and isinstance(record.get("system"), str)
-                and isinstance(record.get("user"), str) and isinstance(answer, dict)
-                and "name" in answer and "parameters" in answer):
-            raise ApiBankDataError(f"{path} entry {index} is not a processed API-Bank entry: it needs \"system\" "
-                                   "and \"user\" strings and an \"answer\" with \"name\" and \"parameters\"")
-        entries.append(ApiBankEntry(f"Level{level}_{index}", level, record["system"], record["user"],
-                                    answer["name"], answer["parameters"]))
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get("system"), str)
+            and isinstance(record.get("user"), str)
+            and isinstance(answer, dict)
+            and "name" in answer
+            and "parameters" in answer
+        ):
+            raise ApiBankDataError(
+                f'{path} entry {index} is not a processed API-Bank entry: it needs "system" '
+                'and "user" strings and an "answer" with "name" and "parameters"'
+            )
+        entries.append(
+            ApiBankEntry(
+                f"Level{level}_{index}",
+                level,
+                record["system"],
+                record["user"],
+                answer["name"],
+                answer["parameters"],
+            )
+        )
     return entries
 
 
 def prompt_of(entry: ApiBankEntry) -> Prompt:
     """The authors' messages: their system prompt and the user turn, no tools argument."""
-    return Prompt(entry.id, [{"role": "system", "content": entry.system}, {"role": "user", "content": entry.user}])
+    return Prompt(
+        entry.id, [{"role": "system", "content": entry.system}, {"role": "user", "content": entry.user}]
+    )
 
 
 def extract_calls(text: str) -> list[Any]:
@@ -138,8 +161,11 @@ def judge(entry: ApiBankEntry, text: str) -> EntryResult:
     if matches(calls, entry.name, entry.parameters):
         return EntryResult(entry.id, True, None, text)
     expected = json.dumps({"name": entry.name, "parameters": entry.parameters}, ensure_ascii=False)
-    reason = (f"no JSON call found; expected {expected}" if not calls
-              else f"no call equals the reference {expected}; got {json.dumps(calls, ensure_ascii=False)[:300]}")
+    reason = (
+        f"no JSON call found; expected {expected}"
+        if not calls
+        else f"no call equals the reference {expected}; got {json.dumps(calls, ensure_ascii=False)[:300]}"
+    )
     return EntryResult(entry.id, False, reason, text)
 
 

@@ -24,15 +24,27 @@ from typing import Any
 from rest_megatron.eval.bfcl_checker import bfcl
 from rest_megatron.eval.bfcl_data import CATEGORY_FILES
 
-ROWS = [("Overall Acc", "overall"), ("Non-Live AST Acc", "non_live"), ("Non-Live Simple AST", "simple_ast"),
-        ("Non-Live Multiple AST", "multiple"), ("Non-Live Parallel AST", "parallel"),
-        ("Non-Live Parallel Multiple AST", "parallel_multiple"), ("Live Acc", "live"),
-        ("Live Simple AST", "live_simple"), ("Live Multiple AST", "live_multiple"),
-        ("Live Parallel AST", "live_parallel"), ("Live Parallel Multiple AST", "live_parallel_multiple"),
-        ("Multi Turn Acc", "multi_turn"), ("Multi Turn Base", "multi_turn_base"),
-        ("Multi Turn Miss Func", "multi_turn_miss_func"), ("Multi Turn Miss Param", "multi_turn_miss_param"),
-        ("Multi Turn Long Context", "multi_turn_long_context"), ("Agentic Acc", "agentic"),
-        ("Relevance Detection", "relevance"), ("Irrelevance Detection", "irrelevance")]
+ROWS = [
+    ("Overall Acc", "overall"),
+    ("Non-Live AST Acc", "non_live"),
+    ("Non-Live Simple AST", "simple_ast"),
+    ("Non-Live Multiple AST", "multiple"),
+    ("Non-Live Parallel AST", "parallel"),
+    ("Non-Live Parallel Multiple AST", "parallel_multiple"),
+    ("Live Acc", "live"),
+    ("Live Simple AST", "live_simple"),
+    ("Live Multiple AST", "live_multiple"),
+    ("Live Parallel AST", "live_parallel"),
+    ("Live Parallel Multiple AST", "live_parallel_multiple"),
+    ("Multi Turn Acc", "multi_turn"),
+    ("Multi Turn Base", "multi_turn_base"),
+    ("Multi Turn Miss Func", "multi_turn_miss_func"),
+    ("Multi Turn Miss Param", "multi_turn_miss_param"),
+    ("Multi Turn Long Context", "multi_turn_long_context"),
+    ("Agentic Acc", "agentic"),
+    ("Relevance Detection", "relevance"),
+    ("Irrelevance Detection", "irrelevance"),
+]
 """The leaderboard's overall-table columns we can fill, in its order (`COLUMNS_OVERALL`), -> our keys."""
 
 _AGENTIC = ("web_search_base", "web_search_no_snippet", "memory_kv", "memory_vector", "memory_rec_sum")
@@ -48,7 +60,11 @@ def bfcl_scores(categories: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[s
     for ours, theirs in CATEGORY_FILES.items():
         if ours in categories:
             c = categories[ours]
-            score[theirs] = {"accuracy": c["accuracy"], "total_count": c["total"], "display_accuracy": c["accuracy"]}
+            score[theirs] = {
+                "accuracy": c["accuracy"],
+                "total_count": c["total"],
+                "display_accuracy": c["accuracy"],
+            }
         else:
             score[theirs] = {"accuracy": 0, "total_count": 1, "display_accuracy": "N/A"}
     for name in _AGENTIC:
@@ -56,23 +72,38 @@ def bfcl_scores(categories: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[s
     unweighted, weighted = h.calculate_unweighted_accuracy, h.calculate_weighted_accuracy
     simple = unweighted([score["simple_python"], score["simple_java"], score["simple_javascript"]])
     non_live_parts = [simple, score["multiple"], score["parallel"], score["parallel_multiple"]]
-    live_parts = [score[c] for c in ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple")]
-    multi_turn_parts = [score[c] for c in ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param",
-                                          "multi_turn_long_context")]
+    live_parts = [
+        score[c] for c in ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple")
+    ]
+    multi_turn_parts = [
+        score[c]
+        for c in (
+            "multi_turn_base",
+            "multi_turn_miss_func",
+            "multi_turn_miss_param",
+            "multi_turn_long_context",
+        )
+    ]
     groups = {
         "simple_ast": simple,
         "non_live": unweighted(non_live_parts, display_na_if_category_missing=False),
         "live": weighted(live_parts, display_na_if_category_missing=False),
         "multi_turn": unweighted(multi_turn_parts, display_na_if_category_missing=False),
-        "agentic": unweighted([unweighted([score["web_search_base"], score["web_search_no_snippet"]]),
-                               unweighted([score["memory_kv"], score["memory_vector"], score["memory_rec_sum"]])],
-                              display_na_if_category_missing=False),
+        "agentic": unweighted(
+            [
+                unweighted([score["web_search_base"], score["web_search_no_snippet"]]),
+                unweighted([score["memory_kv"], score["memory_vector"], score["memory_rec_sum"]]),
+            ],
+            display_na_if_category_missing=False,
+        ),
         "irrelevance": unweighted([score["irrelevance"], score["live_irrelevance"]]),
         "relevance": score["live_relevance"],
     }
     groups["overall"] = h.calculate_percentage_weighted_accuracy(
         [groups["non_live"], groups["live"], groups["irrelevance"], groups["multi_turn"], groups["agentic"]],
-        [10, 10, 10, 30, 40], display_na_if_category_missing=False)
+        [10, 10, 10, 30, 40],
+        display_na_if_category_missing=False,
+    )
     by_key = {**{ours: score[theirs] for ours, theirs in CATEGORY_FILES.items()}, **groups}
     return {key: by_key[key] for _, key in ROWS}
 

@@ -68,18 +68,36 @@ def bfcl() -> types.SimpleNamespace:
         from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import response_checker, state_checker
         from bfcl_eval.utils import is_empty_output, is_function_calling_format_output
     except ImportError as exc:
-        raise BfclUnavailable(f"bfcl-eval's checker does not import ({exc}); reinstall the `bfcl` extra "
-                              f"(scripts/setup.sh) or `pip install {exc.name}`") from exc
-    helper = _compile_functions(root / "eval_checker" / "eval_runner_helper.py",
-                                ["calculate_weighted_accuracy", "calculate_unweighted_accuracy",
-                                 "calculate_percentage_weighted_accuracy"], {})
-    decoding = _compile_functions(root / "model_handler" / "utils.py",
-                                  ["default_decode_ast_prompting", "ast_parse", "resolve_ast_call",
-                                   "resolve_ast_by_type"], {"ast": ast, "re": re, "ReturnFormat": ReturnFormat})
+        raise BfclUnavailable(
+            f"bfcl-eval's checker does not import ({exc}); reinstall the `bfcl` extra "
+            f"(scripts/setup.sh) or `pip install {exc.name}`"
+        ) from exc
+    helper = _compile_functions(
+        root / "eval_checker" / "eval_runner_helper.py",
+        [
+            "calculate_weighted_accuracy",
+            "calculate_unweighted_accuracy",
+            "calculate_percentage_weighted_accuracy",
+        ],
+        {},
+    )
+    decoding = _compile_functions(
+        root / "model_handler" / "utils.py",
+        ["default_decode_ast_prompting", "ast_parse", "resolve_ast_call", "resolve_ast_by_type"],
+        {"ast": ast, "re": re, "ReturnFormat": ReturnFormat},
+    )
     return types.SimpleNamespace(
-        ast_checker=ast_checker, is_function_calling_format_output=is_function_calling_format_output,
-        is_empty_output=is_empty_output, state_checker=state_checker, response_checker=response_checker,
-        Language=Language, ReturnFormat=ReturnFormat, default_prompts=default_prompts, **helper, **decoding)
+        ast_checker=ast_checker,
+        is_function_calling_format_output=is_function_calling_format_output,
+        is_empty_output=is_empty_output,
+        state_checker=state_checker,
+        response_checker=response_checker,
+        Language=Language,
+        ReturnFormat=ReturnFormat,
+        default_prompts=default_prompts,
+        **helper,
+        **decoding,
+    )
 
 
 def _compile_functions(path: Path, names: list[str], namespace: dict[str, Any]) -> dict[str, Any]:
@@ -88,8 +106,10 @@ def _compile_functions(path: Path, names: list[str], namespace: dict[str, Any]) 
     found = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
     missing = set(names) - {node.name for node in found}
     if missing:
-        raise BfclUnavailable(f"{path} lacks {', '.join(sorted(missing))}; this bfcl-eval release is not the one "
-                              "rest-megatron pins (scripts/setup.sh installs bfcl-eval==2026.3.23)")
+        raise BfclUnavailable(
+            f"{path} lacks {', '.join(sorted(missing))}; this bfcl-eval release is not the one "
+            "rest-megatron pins (scripts/setup.sh installs bfcl-eval==2026.3.23)"
+        )
     namespace = dict(namespace)
     exec(compile(ast.Module(body=found, type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102 - BFCL's code
     return {name: namespace[name] for name in names}
@@ -139,8 +159,9 @@ def language_of(category: str) -> Any:
     return languages.PYTHON
 
 
-def ast_verdict(category: str, functions: list[dict[str, Any]], text: str, answer: list[Any],
-                mode: str = "fc") -> str | None:
+def ast_verdict(
+    category: str, functions: list[dict[str, Any]], text: str, answer: list[Any], mode: str = "fc"
+) -> str | None:
     """BFCL's verdict on an answer-key entry (its runner's `_evaluate_single_ast_entry`): None if correct,
     else BFCL's error text."""
     checker = bfcl()
@@ -164,7 +185,11 @@ def relevance_verdict(category: str, text: str, mode: str = "fc") -> str | None:
     except Exception as exc:  # noqa: BLE001 - a decoding failure is "no call" for BFCL
         made_call, error = False, str(exc)
     if "irrelevance" in category:
-        return "irrelevance_error:decoder_success: a call was decoded although no function fits" if made_call else None
+        return (
+            "irrelevance_error:decoder_success: a call was decoded although no function fits"
+            if made_call
+            else None
+        )
     return None if made_call else f"relevance_error:decoder_failed: no call decoded {error}".rstrip()
 
 

@@ -46,9 +46,12 @@ IRRELEVANCE = frozenset({"irrelevance", "live_irrelevance"})
 """No function fits: correct means no call."""
 RELEVANCE = frozenset({"live_relevance"})
 """Some function fits, with no answer key: correct means at least one call."""
-MULTI_TURN = frozenset({"multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context"})
+MULTI_TURN = frozenset(
+    {"multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context"}
+)
 """Conversations run against BFCL's environment classes; scored by state and execution results."""
 SINGLE_TURN = tuple(c for c in CATEGORY_FILES if c not in MULTI_TURN)
+
 
 class BfclUnavailable(RuntimeError):
     """bfcl-eval (or a data file of it) is not installed; the message says how to install it."""
@@ -79,8 +82,9 @@ def package_dir() -> Path:
     """Where bfcl-eval is installed (found without importing it)."""
     spec = importlib.util.find_spec("bfcl_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise BfclUnavailable("bfcl-eval is not installed; install the `bfcl` extra "
-                              "(`pip install --no-deps bfcl-eval`)")
+        raise BfclUnavailable(
+            "bfcl-eval is not installed; install the `bfcl` extra (`pip install --no-deps bfcl-eval`)"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -93,18 +97,23 @@ def package_version() -> str | None:
 
 
 def parse_categories(text: str) -> list[str]:
-    """"simple,irrelevance" -> ["simple", "irrelevance"]; "all", "single_turn" and "live" expand."""
-    groups = {"all": list(CATEGORY_FILES), "single_turn": list(SINGLE_TURN),
-              "multi_turn": [c for c in CATEGORY_FILES if c in MULTI_TURN],
-              "live": [c for c in CATEGORY_FILES if c.startswith("live_")],
-              "non_live": [c for c in SINGLE_TURN if not c.startswith("live_")]}
+    """ "simple,irrelevance" -> ["simple", "irrelevance"]; "all", "single_turn" and "live" expand."""
+    groups = {
+        "all": list(CATEGORY_FILES),
+        "single_turn": list(SINGLE_TURN),
+        "multi_turn": [c for c in CATEGORY_FILES if c in MULTI_TURN],
+        "live": [c for c in CATEGORY_FILES if c.startswith("live_")],
+        "non_live": [c for c in SINGLE_TURN if not c.startswith("live_")],
+    }
     out: list[str] = []
     for name in (part.strip() for part in text.split(",")):
         if not name:
             continue
         if name not in CATEGORY_FILES and name not in groups:
-            raise ValueError(f"unknown BFCL category {name!r}; use any of {', '.join(CATEGORY_FILES)} "
-                             f"or a group ({', '.join(groups)}), comma-separated")
+            raise ValueError(
+                f"unknown BFCL category {name!r}; use any of {', '.join(CATEGORY_FILES)} "
+                f"or a group ({', '.join(groups)}), comma-separated"
+            )
         out += [c for c in groups.get(name, [name]) if c not in out]
     if not out:
         raise ValueError("no BFCL category given; e.g. --categories simple,irrelevance")
@@ -113,11 +122,16 @@ def parse_categories(text: str) -> list[str]:
 
 def _newest(directory: Path, stem: str) -> Path:
     """BFCL_v<N>_<stem>.json with the highest N (v4 files today, v3 in older releases)."""
-    found = [(int(m.group(1)), p) for p in directory.glob(f"BFCL_v*_{stem}.json")
-             if (m := re.fullmatch(rf"BFCL_v(\d+)_{re.escape(stem)}\.json", p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in directory.glob(f"BFCL_v*_{stem}.json")
+        if (m := re.fullmatch(rf"BFCL_v(\d+)_{re.escape(stem)}\.json", p.name))
+    ]
     if not found:
-        raise BfclUnavailable(f"no BFCL_v*_{stem}.json in {directory}; this bfcl-eval release lacks the category "
-                              "(upgrade bfcl-eval or drop it from --categories)")
+        raise BfclUnavailable(
+            f"no BFCL_v*_{stem}.json in {directory}; this bfcl-eval release lacks the category "
+            "(upgrade bfcl-eval or drop it from --categories)"
+        )
     return max(found)[1]
 
 
@@ -135,17 +149,34 @@ def load_category(category: str, limit: int | None = None) -> list[BfclEntry]:
     stem = CATEGORY_FILES[category]
     _newest(package_dir() / "data", stem)  # a missing file: BfclUnavailable naming the fix
     records = bfcl_utils.load_dataset_entry(stem, include_prereq=False)[:limit]
-    raw = {r["id"]: r for r in bfcl_utils.load_dataset_entry(stem, include_prereq=False,
-                                                              include_language_specific_hint=False)}
+    raw = {
+        r["id"]: r
+        for r in bfcl_utils.load_dataset_entry(
+            stem, include_prereq=False, include_language_specific_hint=False
+        )
+    }
     answers: dict[str, Any] = {}
     if category not in IRRELEVANCE | RELEVANCE:
         answers = {a["id"]: a["ground_truth"] for a in bfcl_utils.load_ground_truth_entry(stem)}
     entries = []
     for record in records:
         if answers and record["id"] not in answers:
-            raise BfclUnavailable(f"BFCL entry {record['id']} has no possible answer; the bfcl-eval data is "
-                                  "inconsistent (reinstall bfcl-eval)")
-        extra = {k: record[k] for k in ("initial_config", "involved_classes", "missed_function") if k in record}
-        entries.append(BfclEntry(record["id"], category, record["question"], record["function"],
-                                 answers.get(record["id"]), extra, raw[record["id"]]["function"]))
+            raise BfclUnavailable(
+                f"BFCL entry {record['id']} has no possible answer; the bfcl-eval data is "
+                "inconsistent (reinstall bfcl-eval)"
+            )
+        extra = {
+            k: record[k] for k in ("initial_config", "involved_classes", "missed_function") if k in record
+        }
+        entries.append(
+            BfclEntry(
+                record["id"],
+                category,
+                record["question"],
+                record["function"],
+                answers.get(record["id"]),
+                extra,
+                raw[record["id"]]["function"],
+            )
+        )
     return entries

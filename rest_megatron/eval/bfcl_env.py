@@ -71,24 +71,32 @@ def load_instances(entry: BfclEntry) -> dict[str, Any]:
         try:
             module = importlib.import_module(f"{MODULE_PREFIX}.{CLASSES[name][0]}")
         except ImportError as exc:
-            raise BfclUnavailable(f"BFCL class {name} cannot be imported ({exc}); install what it needs "
-                                  f"(`pip install {exc.name or 'mpmath'}`)") from exc
+            raise BfclUnavailable(
+                f"BFCL class {name} cannot be imported ({exc}); install what it needs "
+                f"(`pip install {exc.name or 'mpmath'}`)"
+            ) from exc
         instance = getattr(module, name)()
         if name not in STATELESS:
             # BFCL's runner loads long-context scenarios (extra files, longer listings) for that category
-            instance._load_scenario(copy.deepcopy(config.get(name, {})), long_context="long_context" in entry.category)
+            instance._load_scenario(
+                copy.deepcopy(config.get(name, {})), long_context="long_context" in entry.category
+            )
         instances[name] = instance
     return instances
 
 
 def methods_of(instances: Mapping[str, Any]) -> dict[str, Any]:
     """{method name: bound method} over the public methods of the instances (a later class wins a clash)."""
-    return {name: method for instance in instances.values()
-            for name, method in inspect.getmembers(instance, inspect.ismethod) if not name.startswith("_")}
+    return {
+        name: method
+        for instance in instances.values()
+        for name, method in inspect.getmembers(instance, inspect.ismethod)
+        if not name.startswith("_")
+    }
 
 
 def parse_call_string(text: str) -> tuple[str, list[Any], dict[str, Any]]:
-    """"mv(source='a', destination='b')" -> ("mv", [], {...}); literal arguments only (ground truth)."""
+    """ "mv(source='a', destination='b')" -> ("mv", [], {...}); literal arguments only (ground truth)."""
     node = ast.parse(text.strip(), mode="eval").body
     if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
         raise ValueError(f"{text!r} is not a call like name(arg=value)")
@@ -150,8 +158,11 @@ class MultiTurnEpisode:
         """Run one step's calls on the model's environment, in order; returns their results."""
         results = []
         for call in calls:
-            name, arguments = (call.name, call.arguments) if isinstance(call, ToolCall) else (
-                call["name"], call.get("arguments", {}))
+            name, arguments = (
+                (call.name, call.arguments)
+                if isinstance(call, ToolCall)
+                else (call["name"], call.get("arguments", {}))
+            )
             results.append(run_call(self._model_methods, name, arguments, self.call_timeout_s))
         self.model_results += results
         self._calls_this_turn += len(calls)
@@ -169,14 +180,18 @@ class MultiTurnEpisode:
         """
         made, self._calls_this_turn = self._calls_this_turn, 0
         calls = self.truth_calls(turn)
-        truth_results = [run_call(self._truth_methods, c["name"], c["arguments"], self.call_timeout_s) for c in calls]
+        truth_results = [
+            run_call(self._truth_methods, c["name"], c["arguments"], self.call_timeout_s) for c in calls
+        ]
         if not calls:
             return None
         if not made:
             return f"turn {turn}: no tool call, expected {len(calls)} ({', '.join(c['name'] for c in calls)})"
         checker = bfcl()
-        for result in (checker.state_checker(self.model, self.truth),
-                       checker.response_checker(self.model_results, truth_results, turn)):
+        for result in (
+            checker.state_checker(self.model, self.truth),
+            checker.response_checker(self.model_results, truth_results, turn),
+        ):
             if not result["valid"]:
                 return f"turn {turn}: {result['error_type']}: {result['error_message']}"
         return None

@@ -48,17 +48,25 @@ class RunSettings:
     FC handler); "prompting": BFCL's default system prompt lists the docs and replies are Python call lists."""
 
 
-def prompting_messages(messages: list[dict[str, Any]], functions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def prompting_messages(
+    messages: list[dict[str, Any]], functions: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """BFCL's prompting mode (`system_prompt_pre_processing_chat_model` with its default format: Python call
     lists, JSON docs, plain text, classic style): the system prompt first, an existing one appended to it."""
     prompts = bfcl().default_prompts
     style = prompts.PROMPT_STYLE_TEMPLATES["classic"]
     system = prompts.PROMPT_TEMPLATE_MAPPING["plaintext"].format(
-        persona=style["persona"], task=style["task"],
-        tool_call_format=style["tool_call_no_tag"].format(output_format=prompts.OUTPUT_FORMAT_MAPPING["python"],
-                                                          param_types=prompts.PARAM_TYPE_MAPPING["python"]),
+        persona=style["persona"],
+        task=style["task"],
+        tool_call_format=style["tool_call_no_tag"].format(
+            output_format=prompts.OUTPUT_FORMAT_MAPPING["python"],
+            param_types=prompts.PARAM_TYPE_MAPPING["python"],
+        ),
         multiturn_behavior=style["multiturn_behavior"],
-        available_tools=style["available_tools"].format(format="json", functions=json.dumps(functions, indent=4)))
+        available_tools=style["available_tools"].format(
+            format="json", functions=json.dumps(functions, indent=4)
+        ),
+    )
     if messages and messages[0]["role"] == "system":
         return [{"role": "system", "content": system + "\n\n" + messages[0]["content"]}, *messages[1:]]
     return [{"role": "system", "content": system}, *messages]
@@ -99,7 +107,12 @@ class BfclRunner:
         for turn, user_messages in enumerate(entry.turns):
             if str(turn) in held_out:  # BFCL's miss_func: the held-out docs arrive with a fixed user message
                 functions += held_out[str(turn)]
-                user_messages = [{"role": "user", "content": bfcl().default_prompts.DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC}]
+                user_messages = [
+                    {
+                        "role": "user",
+                        "content": bfcl().default_prompts.DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC,
+                    }
+                ]
             messages += user_messages
             transcript.append([])
             for _ in range(self.settings.max_steps):
@@ -127,8 +140,10 @@ class BfclRunner:
                 return await self.multi_turn(entry)
             return await self.single_turn(entry)
         except BadServerReply as exc:
-            raise BadServerReply(f"entry {entry.id}: the server refused the request ({exc}); nothing was "
-                                 "scored (a refusal is not a wrong answer)") from exc
+            raise BadServerReply(
+                f"entry {entry.id}: the server refused the request ({exc}); nothing was "
+                "scored (a refusal is not a wrong answer)"
+            ) from exc
 
     async def run_category(self, category: str, entries: Sequence[BfclEntry]) -> list[EntryResult]:
         """All entries of a category, `concurrency` at a time, results in entry order, with progress lines."""

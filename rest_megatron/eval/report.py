@@ -43,25 +43,41 @@ class Progress:
             self._last = now
             elapsed = max(now - self.started, 1e-9)
             left = (self.total - self.done) * elapsed / self.done
-            print(f"{self.label}: {self.done}/{self.total} done, {self.correct} correct "
-                  f"({100 * self.correct / self.done:.1f}%), {self.done / elapsed:.2f} entries/s, "
-                  f"{_duration(left)} left", file=self.stream, flush=True)
+            print(
+                f"{self.label}: {self.done}/{self.total} done, {self.correct} correct "
+                f"({100 * self.correct / self.done:.1f}%), {self.done / elapsed:.2f} entries/s, "
+                f"{_duration(left)} left",
+                file=self.stream,
+                flush=True,
+            )
 
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
-def build_report(benchmark: str, results: Mapping[str, Sequence[EntryResult]], meta: Mapping[str, Any]) -> dict[str, Any]:
+def build_report(
+    benchmark: str, results: Mapping[str, Sequence[EntryResult]], meta: Mapping[str, Any]
+) -> dict[str, Any]:
     """The report dict (layout in the module docstring), categories in the order given."""
-    categories = {name: {**summarize(entries), "entries": [dataclasses.asdict(e) for e in entries]}
-                  for name, entries in results.items()}
+    categories = {
+        name: {**summarize(entries), "entries": [dataclasses.asdict(e) for e in entries]}
+        for name, entries in results.items()
+    }
     total = sum(c["total"] for c in categories.values())
     correct = sum(c["correct"] for c in categories.values())
     accuracies = [c["accuracy"] for c in categories.values()]
-    overall = {"total": total, "correct": correct, "accuracy": correct / total if total else 0.0,
-               "category_mean": sum(accuracies) / len(accuracies) if accuracies else 0.0}
+    overall = {
+        "total": total,
+        "correct": correct,
+        "accuracy": correct / total if total else 0.0,
+        "category_mean": sum(accuracies) / len(accuracies) if accuracies else 0.0,
+    }
     return {"benchmark": benchmark, "meta": dict(meta), "categories": categories, "overall": overall}
 
 
@@ -71,11 +87,17 @@ def format_table(report: Mapping[str, Any]) -> str:
     overall = report["overall"]
     width = max([len(r[0]) for r in rows] + [len("mean over categories")])
     lines = [f"{'category':<{width}}  {'total':>6}  {'correct':>7}  {'accuracy':>8}"]
-    lines += [f"{name:<{width}}  {total:>6}  {correct:>7}  {100 * acc:>7.1f}%" for name, total, correct, acc in rows]
+    lines += [
+        f"{name:<{width}}  {total:>6}  {correct:>7}  {100 * acc:>7.1f}%" for name, total, correct, acc in rows
+    ]
     lines.append("-" * len(lines[0]))
-    lines.append(f"{'all entries':<{width}}  {overall['total']:>6}  {overall['correct']:>7}  "
-                 f"{100 * overall['accuracy']:>7.1f}%")
-    lines.append(f"{'mean over categories':<{width}}  {'':>6}  {'':>7}  {100 * overall['category_mean']:>7.1f}%")
+    lines.append(
+        f"{'all entries':<{width}}  {overall['total']:>6}  {overall['correct']:>7}  "
+        f"{100 * overall['accuracy']:>7.1f}%"
+    )
+    lines.append(
+        f"{'mean over categories':<{width}}  {'':>6}  {'':>7}  {100 * overall['category_mean']:>7.1f}%"
+    )
     return "\n".join(lines)
 
 

@@ -29,8 +29,10 @@ def resolve_model(model: str) -> Path:
 
 def _reported_folder(server: str) -> str | None:
     """The model folder a running server says it serves, or None if it says nothing useful."""
-    probes = (("/get_model_info", lambda body: body.get("tokenizer_path") or body.get("model_path")),
-              ("/v1/models", lambda body: (body.get("data") or [{}])[0].get("root")))
+    probes = (
+        ("/get_model_info", lambda body: body.get("tokenizer_path") or body.get("model_path")),
+        ("/v1/models", lambda body: (body.get("data") or [{}])[0].get("root")),
+    )
     for path, pick in probes:
         with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError, IndexError, TypeError):
             response = httpx.get(server.rstrip("/") + path, timeout=10.0, trust_env=False)
@@ -56,8 +58,10 @@ def detect_engine(server: str) -> str:
             return "vllm"
     except httpx.HTTPError as exc:
         raise ServerUnavailable(f"no server answers at {server} ({exc}); start it or fix --server") from exc
-    raise ServerUnavailable(f"the server at {server} answers neither /get_model_info (SGLang, embedded) nor "
-                            "/v1/models (vLLM); is it an inference server?")
+    raise ServerUnavailable(
+        f"the server at {server} answers neither /get_model_info (SGLang, embedded) nor "
+        "/v1/models (vLLM); is it an inference server?"
+    )
 
 
 def check_engine(server: str, engine: str | None) -> str:
@@ -71,13 +75,15 @@ def check_engine(server: str, engine: str | None) -> str:
     if engine is None:
         return found
     if (engine == "vllm") != (found == "vllm"):
-        raise ValueError(f"--engine {engine} does not match the server at {server}, which speaks the {found} "
-                         f"protocol; pass --engine {found} (or leave --engine out to detect it)")
+        raise ValueError(
+            f"--engine {engine} does not match the server at {server}, which speaks the {found} "
+            f"protocol; pass --engine {found} (or leave --engine out to detect it)"
+        )
     return engine
 
 
 def resolve_mode(mode: str, tokenizer: Any, model: str) -> str:
-    """"fc" or "prompting" for `--mode`; "auto" picks fc where the chat template renders `tools`.
+    """ "fc" or "prompting" for `--mode`; "auto" picks fc where the chat template renders `tools`.
 
     Raises:
         ValueError: `--mode fc` with a template that drops the tools (the model would see no function).
@@ -86,13 +92,17 @@ def resolve_mode(mode: str, tokenizer: Any, model: str) -> str:
 
     renders = template_renders_tools(tokenizer)
     if mode == "fc" and not renders:
-        raise ValueError(f"the chat template of {model} drops the `tools` argument, so in --mode fc the model "
-                         "would see no function; use --mode prompting (BFCL's system prompt) or --mode auto")
+        raise ValueError(
+            f"the chat template of {model} drops the `tools` argument, so in --mode fc the model "
+            "would see no function; use --mode prompting (BFCL's system prompt) or --mode auto"
+        )
     if mode != "auto":
         return mode
     if not renders:
-        print(f"note: the chat template of {model} does not render tools; using BFCL's prompting mode",
-              file=sys.stderr)
+        print(
+            f"note: the chat template of {model} does not render tools; using BFCL's prompting mode",
+            file=sys.stderr,
+        )
     return "fc" if renders else "prompting"
 
 
@@ -108,13 +118,23 @@ def tokenizer_folder(model: str | None, server: str | None) -> Path:
     reported = _reported_folder(server)
     if reported and (Path(reported) / "config.json").is_file():
         return Path(reported)
-    raise ValueError(f"the server at {server} reports model folder {reported!r}, which is not on this machine; pass "
-                     "--model HF_DIR (a local copy of the model, for its tokenizer and chat template)")
+    raise ValueError(
+        f"the server at {server} reports model folder {reported!r}, which is not on this machine; pass "
+        "--model HF_DIR (a local copy of the model, for its tokenizer and chat template)"
+    )
 
 
 @contextlib.contextmanager
-def inference_server(*, model: Path, server: str | None, engine: str, log_dir: str | None = None,
-                     timeout_s: float = 600.0, tp: int = 1, seed: int | None = None) -> Iterator[str]:
+def inference_server(
+    *,
+    model: Path,
+    server: str | None,
+    engine: str,
+    log_dir: str | None = None,
+    timeout_s: float = 600.0,
+    tp: int = 1,
+    seed: int | None = None,
+) -> Iterator[str]:
     """Yield the base URL to send requests to; a server started here is stopped on exit.
 
     Raises:
@@ -135,8 +155,10 @@ def inference_server(*, model: Path, server: str | None, engine: str, log_dir: s
         rollout = RolloutConfig(engine="sglang", server_tp=tp)
         servers = start_sglang_servers(model, rollout, log_dir=logs, timeout_s=timeout_s)
     else:
-        raise ValueError(f"--engine {engine} is not started by rest-megatron; start it yourself (e.g. `vllm serve "
-                         f"{model}`) and pass --server URL")
+        raise ValueError(
+            f"--engine {engine} is not started by rest-megatron; start it yourself (e.g. `vllm serve "
+            f"{model}`) and pass --server URL"
+        )
     try:
         yield servers[0].base_url
     finally:

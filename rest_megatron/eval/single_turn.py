@@ -32,25 +32,39 @@ Judge = Callable[[Prompt, str], EntryResult]
 """The verdict on one reply (a pure function of the prompt and the model's text)."""
 
 
-async def run_prompts(client: InferenceClient, tokenizer: Any, prompts: Sequence[Prompt], sampling: SamplingParams,
-                      judge: Judge, *, label: str, concurrency: int = 8) -> list[EntryResult]:
+async def run_prompts(
+    client: InferenceClient,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    sampling: SamplingParams,
+    judge: Judge,
+    *,
+    label: str,
+    concurrency: int = 8,
+) -> list[EntryResult]:
     """Generate and judge every prompt, `concurrency` at a time, results in prompt order, with progress lines.
 
     Raises:
         InferenceError: the server failed or refused a request (never scored as a wrong answer).
     """
     renderer = ChatRenderer(tokenizer)
-    sampling = sampling.replace(stop_token_ids=tuple(sorted({*sampling.stop_token_ids, renderer.end_of_turn_id})))
+    sampling = sampling.replace(
+        stop_token_ids=tuple(sorted({*sampling.stop_token_ids, renderer.end_of_turn_id}))
+    )
     progress = Progress(label, len(prompts))
     limit = asyncio.Semaphore(concurrency)
 
     async def one(prompt: Prompt) -> EntryResult:
         async with limit:
             try:
-                generation = await client.generate(renderer.prompt_ids(prompt.messages, prompt.tools), sampling)
+                generation = await client.generate(
+                    renderer.prompt_ids(prompt.messages, prompt.tools), sampling
+                )
             except BadServerReply as exc:
-                raise BadServerReply(f"entry {prompt.id}: the server refused the request ({exc}); nothing was "
-                                     "scored (a refusal is not a wrong answer)") from exc
+                raise BadServerReply(
+                    f"entry {prompt.id}: the server refused the request ({exc}); nothing was "
+                    "scored (a refusal is not a wrong answer)"
+                ) from exc
         result = judge(prompt, renderer.assistant_text(generation.output_ids))
         progress.update(result.correct)
         return result

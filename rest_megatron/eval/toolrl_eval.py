@@ -33,8 +33,10 @@ def load_records(path: str | Path, limit: int | None = None) -> list[tuple[Promp
     """
     path = Path(path)
     if not path.is_file():
-        raise ToolRLDataError(f"{path} does not exist; pass a JSONL written by `rest-megatron data prepare --format "
-                              "toolrl` (its data.jsonl, or test.jsonl of a --split)")
+        raise ToolRLDataError(
+            f"{path} does not exist; pass a JSONL written by `rest-megatron data prepare --format "
+            "toolrl` (its data.jsonl, or test.jsonl of a --split)"
+        )
     out = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -45,11 +47,21 @@ def load_records(path: str | Path, limit: int | None = None) -> list[tuple[Promp
             raise ToolRLDataError(f"{path}:{number} is not JSON ({exc})") from exc
         reference = (record.get("ground_truth") or {}).get("reference") if isinstance(record, dict) else None
         if not isinstance(reference, str) or not isinstance(record.get("messages"), list):
-            raise ToolRLDataError(f"{path}:{number} is not a prepared ToolRL record (it needs messages and "
-                                  "ground_truth.reference); prepare the data with `rest-megatron data prepare "
-                                  "--format toolrl`")
-        out.append((Prompt(str(record.get("id", f"toolrl_{len(out)}")), record["messages"], record.get("tools") or None),
-                    record["ground_truth"]))
+            raise ToolRLDataError(
+                f"{path}:{number} is not a prepared ToolRL record (it needs messages and "
+                "ground_truth.reference); prepare the data with `rest-megatron data prepare "
+                "--format toolrl`"
+            )
+        out.append(
+            (
+                Prompt(
+                    str(record.get("id", f"toolrl_{len(out)}")),
+                    record["messages"],
+                    record.get("tools") or None,
+                ),
+                record["ground_truth"],
+            )
+        )
         if limit is not None and len(out) >= limit:
             break
     if not out:
@@ -62,8 +74,13 @@ def judge(prompt: Prompt, text: str, ground_truth: Any, step: int) -> EntryResul
     reward, parts = get_reward("toolrl")(text, ground_truth, step=step, tools=prompt.tools)
     calls_expected = "<tool_call>" in ground_truth["reference"]
     exact = parts["format"] == evaluate(TOOLRL_FORMAT_MAX, step) and (
-        not calls_expected or parts["correctness"] == evaluate(TOOLRL_CORRECT_MAX, step))
-    reason = None if exact else f"reward {reward:.3f} (format {parts['format']:.3f}, correctness {parts['correctness']:.3f})"
+        not calls_expected or parts["correctness"] == evaluate(TOOLRL_CORRECT_MAX, step)
+    )
+    reason = (
+        None
+        if exact
+        else f"reward {reward:.3f} (format {parts['format']:.3f}, correctness {parts['correctness']:.3f})"
+    )
     return EntryResult(prompt.id, exact, reason, text, score=reward, parts=parts)
 
 

@@ -62,7 +62,9 @@ class ModelSpec:
 def load_hf_config(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
-        raise ValueError(f"{path} not found: model.path must be a Hugging Face model directory with a config.json")
+        raise ValueError(
+            f"{path} not found: model.path must be a Hugging Face model directory with a config.json"
+        )
     return json.loads(path.read_text())
 
 
@@ -87,7 +89,9 @@ def model_spec_from_hf(hf: dict[str, Any]) -> ModelSpec:
             "factor": float(rope_scaling["factor"]),
             "low_freq_factor": float(rope_scaling.get("low_freq_factor", 1.0)),
             "high_freq_factor": float(rope_scaling.get("high_freq_factor", 4.0)),
-            "original_max_position_embeddings": float(rope_scaling.get("original_max_position_embeddings", 8192)),
+            "original_max_position_embeddings": float(
+                rope_scaling.get("original_max_position_embeddings", 8192)
+            ),
         }
     return ModelSpec(
         family=family,
@@ -121,7 +125,9 @@ def llama3_inv_freq(
     wavelen = 2 * math.pi / inv_freq
     low_wavelen = original_max_position_embeddings / low_freq_factor
     high_wavelen = original_max_position_embeddings / high_freq_factor
-    smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (
+        high_freq_factor - low_freq_factor
+    )
     ramp = (1 - smooth) * inv_freq / factor + smooth * inv_freq
     scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
     return torch.where((wavelen >= high_wavelen) & (wavelen <= low_wavelen), ramp, scaled)
@@ -200,7 +206,9 @@ def resolve_transformer_impl(impl: str = "auto", *, gpu: bool | None = None) -> 
     would run without flash attention or THD packing and run out of memory where the plan said it fits.
     """
     if impl not in TRANSFORMER_IMPLS:
-        raise ValueError(f"model.transformer_impl must be one of {', '.join(TRANSFORMER_IMPLS)}, got {impl!r}")
+        raise ValueError(
+            f"model.transformer_impl must be one of {', '.join(TRANSFORMER_IMPLS)}, got {impl!r}"
+        )
     if impl == "auto":
         impl = "transformer_engine" if (torch.cuda.is_available() if gpu is None else gpu) else "local"
     if impl == "transformer_engine":

@@ -177,7 +177,9 @@ def install_cpu_rng_tracker(seed: int) -> None:
     tracker.add("model-parallel-rng", seed + 2718 + parallel_state.get_tensor_model_parallel_rank())
     tracker.add(
         "expert-parallel-rng",
-        seed + 1024 + 100 * parallel_state.get_expert_model_parallel_rank()
+        seed
+        + 1024
+        + 100 * parallel_state.get_expert_model_parallel_rank()
         + parallel_state.get_expert_tensor_parallel_rank(),
     )
     # Activation recomputation snapshots the "CUDA" generator next to the CPU one and restores both

@@ -81,7 +81,9 @@ def _gather_sequence(hidden: Tensor, group: dist.ProcessGroup | None) -> Tensor:
 
 class _FusedOutputTokenStats(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, group, geom, chunk, sequence_parallel, ignore_index, entropy_grad):
+    def forward(
+        ctx, hidden, weight, targets, group, geom, chunk, sequence_parallel, ignore_index, entropy_grad
+    ):
         h = _gather_sequence(hidden, group) if sequence_parallel else hidden  # [T, H]
         T, n = h.shape[0], geom.num_valid
         if targets.shape[0] != T:
@@ -104,9 +106,15 @@ class _FusedOutputTokenStats(torch.autograd.Function):
         )
         ctx.save_for_backward(hidden, weight, targets, max_z, log_s, stats.entropy)
         ctx.geom, ctx.chunk, ctx.group = geom, chunk, group
-        ctx.sequence_parallel, ctx.ignore_index, ctx.entropy_grad = sequence_parallel, ignore_index, entropy_grad
+        ctx.sequence_parallel, ctx.ignore_index, ctx.entropy_grad = (
+            sequence_parallel,
+            ignore_index,
+            entropy_grad,
+        )
         # One call: each call replaces the previous set of non-differentiable outputs.
-        ctx.mark_non_differentiable(*([stats.collision] if entropy_grad else [stats.collision, stats.entropy]))
+        ctx.mark_non_differentiable(
+            *([stats.collision] if entropy_grad else [stats.collision, stats.entropy])
+        )
         return stats.logprob, stats.entropy, stats.collision
 
     @staticmethod
@@ -129,8 +137,14 @@ class _FusedOutputTokenStats(torch.autograd.Function):
             for b0 in range(0, g.shape[0], rows):
                 b, rb = slice(b0, b0 + rows), slice(r0 + b0, r0 + min(b0 + rows, g.shape[0]))
                 g[b] = local_logits_grad(
-                    g[b], max_z[rb], log_s[rb], g_lp[rb], None if g_h is None else g_h[rb], entropy[rb],
-                    idx[rb], is_local[rb],
+                    g[b],
+                    max_z[rb],
+                    log_s[rb],
+                    g_lp[rb],
+                    None if g_h is None else g_h[rb],
+                    entropy[rb],
+                    idx[rb],
+                    is_local[rb],
                 )
             if need_h:
                 torch.mm(g, w, out=grad_h[r])
@@ -193,8 +207,15 @@ def fused_output_token_stats(
     geom = shard_geometry(output_weight_shard.shape[0], tp_group, vocab_size)
     check_targets(targets, vocab_size or output_weight_shard.shape[0] * geom.tp_size, ignore_index)
     logprob, entropy, collision = _FusedOutputTokenStats.apply(
-        hidden.reshape(-1, hidden.shape[-1]), output_weight_shard, targets.reshape(-1).long(), tp_group, geom,
-        chunk_size, sequence_parallel and _tp_active(tp_group), ignore_index, entropy_grad,
+        hidden.reshape(-1, hidden.shape[-1]),
+        output_weight_shard,
+        targets.reshape(-1).long(),
+        tp_group,
+        geom,
+        chunk_size,
+        sequence_parallel and _tp_active(tp_group),
+        ignore_index,
+        entropy_grad,
     )
     shape = targets.shape
     return TokenStats(logprob.view(shape), entropy.view(shape), collision.view(shape))

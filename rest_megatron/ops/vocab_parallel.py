@@ -80,7 +80,9 @@ class ShardGeometry(NamedTuple):
     num_valid: int  # local columns whose global id < vocab_size; the rest are padding
 
 
-def shard_geometry(shard_vocab: int, tp_group: dist.ProcessGroup | None, vocab_size: int | None) -> ShardGeometry:
+def shard_geometry(
+    shard_vocab: int, tp_group: dist.ProcessGroup | None, vocab_size: int | None
+) -> ShardGeometry:
     """Megatron's even split: rank r of the TP group owns global ids [r·V/TP, (r+1)·V/TP)."""
     tp_size = 1 if tp_group is None else dist.get_world_size(tp_group)
     tp_rank = 0 if tp_group is None else dist.get_rank(tp_group)
@@ -169,8 +171,13 @@ def _all_reduce(tensor: Tensor, op: dist.ReduceOp, group: dist.ProcessGroup | No
 
 
 def combine_across_shards(
-    m_local: Tensor, packed: Tensor, is_local: Tensor, targets: Tensor, ignore_index: int,
-    group: dist.ProcessGroup | None, has_columns: bool,
+    m_local: Tensor,
+    packed: Tensor,
+    is_local: Tensor,
+    targets: Tensor,
+    ignore_index: int,
+    group: dist.ProcessGroup | None,
+    has_columns: bool,
 ) -> tuple[TokenStats, Tensor, Tensor]:
     """The two collectives: max, rescale to the global max, packed sum.
 
@@ -198,8 +205,14 @@ def combine_across_shards(
 
 
 def local_logits_grad(
-    z: Tensor, max_z: Tensor, log_s: Tensor, g_lp: Tensor, g_h: Tensor | None, entropy: Tensor | None,
-    idx: Tensor, is_local: Tensor,
+    z: Tensor,
+    max_z: Tensor,
+    log_s: Tensor,
+    g_lp: Tensor,
+    g_h: Tensor | None,
+    entropy: Tensor | None,
+    idx: Tensor,
+    is_local: Tensor,
 ) -> Tensor:
     """d(Σ g_lp·log π(y) + Σ g_h·H)/dz for one block of rows, float32 [b, n].
 
@@ -242,7 +255,9 @@ class _ShardTokenStats(torch.autograd.Function):
         ctx.save_for_backward(logits, targets, max_z, log_s, stats.entropy)
         ctx.geom, ctx.ignore_index, ctx.entropy_grad, ctx.rows = geom, ignore_index, entropy_grad, rows
         # One call: each call replaces the previous set of non-differentiable outputs.
-        ctx.mark_non_differentiable(*([stats.collision] if entropy_grad else [stats.collision, stats.entropy]))
+        ctx.mark_non_differentiable(
+            *([stats.collision] if entropy_grad else [stats.collision, stats.entropy])
+        )
         return stats.logprob, stats.entropy, stats.collision
 
     @staticmethod
@@ -257,8 +272,14 @@ class _ShardTokenStats(torch.autograd.Function):
         for r0 in range(0, logits.shape[0] if n > 0 else 0, ctx.rows):  # n = 0: an all-padding shard
             r = slice(r0, r0 + ctx.rows)
             grad[r, :n] = local_logits_grad(
-                logits[r, :n], max_z[r], log_s[r], g_lp[r], None if g_h is None else g_h[r], entropy[r],
-                idx[r], is_local[r],
+                logits[r, :n],
+                max_z[r],
+                log_s[r],
+                g_lp[r],
+                None if g_h is None else g_h[r],
+                entropy[r],
+                idx[r],
+                is_local[r],
             )
         return grad, None, None, None, None, None, None
 
@@ -298,8 +319,13 @@ def vocab_parallel_token_stats(
     if rows < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     logprob, entropy, collision = _ShardTokenStats.apply(
-        logits_shard.reshape(-1, logits_shard.shape[-1]), targets.reshape(-1).long(), tp_group, geom,
-        ignore_index, entropy_grad, rows,
+        logits_shard.reshape(-1, logits_shard.shape[-1]),
+        targets.reshape(-1).long(),
+        tp_group,
+        geom,
+        ignore_index,
+        entropy_grad,
+        rows,
     )
     shape = targets.shape
     return TokenStats(logprob.view(shape), entropy.view(shape), collision.view(shape))

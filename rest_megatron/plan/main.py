@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="GPUs of the whole job, rollout servers included (default: what the recipe launches)",
     )
-    parser.add_argument("--gpu-mem", type=float, default=80.0, help="memory of one GPU in GiB; an 80 GB H100 has 80 [80]")
+    parser.add_argument(
+        "--gpu-mem", type=float, default=80.0, help="memory of one GPU in GiB; an 80 GB H100 has 80 [80]"
+    )
     parser.add_argument(
         "--headroom",
         type=float,

@@ -125,7 +125,9 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer + self.activations + self.head + self.reference
+        return (
+            self.parameters + self.gradients + self.optimizer + self.activations + self.head + self.reference
+        )
 
 
 def padded_vocab_size(vocab_size: int, tp: int, multiple: int) -> int:

@@ -108,6 +108,7 @@ def format_plan(plan: Plan, *, recipe_path: str, model_source: str, model_name: 
     full = head_bytes(a, best.layout, best.workload, fused=False)
     fused = head_bytes(a, best.layout, best.workload, fused=True)
     tokens = w.micro_batch_size * w.seq_length
+
     def variant(distributed: bool, recompute: bool):
         layout = replace(best.layout, distributed_optimizer=distributed, recompute=recompute)
         return estimate(a, layout, best.workload)

@@ -47,17 +47,32 @@ class AgentSettings:
     between calls), configured by the prompt's `metadata["tool_config"]`."""
 
     def __post_init__(self) -> None:
-        if self.max_turns < 1 or self.max_total_tokens < 1 or self.tool_timeout_s <= 0 or self.max_concurrency < 1:
-            raise ValueError("max_turns, max_total_tokens, max_concurrency must be >= 1 and tool_timeout_s > 0")
+        if (
+            self.max_turns < 1
+            or self.max_total_tokens < 1
+            or self.tool_timeout_s <= 0
+            or self.max_concurrency < 1
+        ):
+            raise ValueError(
+                "max_turns, max_total_tokens, max_concurrency must be >= 1 and tool_timeout_s > 0"
+            )
 
     @classmethod
     def from_config(cls, config: Any) -> AgentSettings:
         """From a `rest_megatron.config.Config` (rollout, data and sandbox sections)."""
         rollout = config.rollout
-        sampling = SamplingParams(temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
-                                  max_new_tokens=rollout.max_new_tokens)
-        return cls(sampling=sampling, max_turns=rollout.max_turns, max_total_tokens=config.data.max_response_tokens,
-                   tool_timeout_s=config.sandbox.wall_seconds)
+        sampling = SamplingParams(
+            temperature=rollout.temperature,
+            top_p=rollout.top_p,
+            top_k=rollout.top_k,
+            max_new_tokens=rollout.max_new_tokens,
+        )
+        return cls(
+            sampling=sampling,
+            max_turns=rollout.max_turns,
+            max_total_tokens=config.data.max_response_tokens,
+            tool_timeout_s=config.sandbox.wall_seconds,
+        )
 
 
 @dataclass(frozen=True)
@@ -82,8 +97,15 @@ class RolloutPrompt:
 class AgentLoop:
     """Runs trajectories against an inference client (a server or a router) and a tool executor."""
 
-    def __init__(self, client: InferenceClient, tokenizer: Any, executor: ToolExecutor, settings: AgentSettings,
-                 *, end_of_turn_token: str | None = None) -> None:
+    def __init__(
+        self,
+        client: InferenceClient,
+        tokenizer: Any,
+        executor: ToolExecutor,
+        settings: AgentSettings,
+        *,
+        end_of_turn_token: str | None = None,
+    ) -> None:
         self.client = client
         self.tokenizer = tokenizer
         self.executor = executor
@@ -96,14 +118,26 @@ class AgentLoop:
     async def run(self, prompt: RolloutPrompt) -> Trajectory:
         """Sample one trajectory to the end."""
         started = time.perf_counter()
-        trajectory = Trajectory(sample_id=prompt.sample_id, messages=list(prompt.messages),
-                                metadata={**prompt.metadata, "weight_versions": [], "servers": [], "timeline": [],
-                                          "started_at": started})
+        trajectory = Trajectory(
+            sample_id=prompt.sample_id,
+            messages=list(prompt.messages),
+            metadata={
+                **prompt.metadata,
+                "weight_versions": [],
+                "servers": [],
+                "timeline": [],
+                "started_at": started,
+            },
+        )
         allowed = tool_names(prompt.tools)
         try:
-            trajectory.append("prompt", self.renderer.prompt_ids(prompt.messages, prompt.template_tools), turn=-1)
-            tagger = RegionTagger(self.tokenizer,
-                                  think_open_at_start=self.renderer.think_open_at_start(prompt.messages, prompt.template_tools))
+            trajectory.append(
+                "prompt", self.renderer.prompt_ids(prompt.messages, prompt.template_tools), turn=-1
+            )
+            tagger = RegionTagger(
+                self.tokenizer,
+                think_open_at_start=self.renderer.think_open_at_start(prompt.messages, prompt.template_tools),
+            )
             session = None
             if self.settings.stateful_tools:
                 try:
@@ -137,16 +171,24 @@ class AgentLoop:
             raise ValueError("stateful_tools needs an executor with sessions (tools_sandbox's SandboxClient)")
         return await self.executor.create_session(allowed, config=prompt.metadata.get("tool_config"))
 
-    async def _turns(self, trajectory: Trajectory, prompt: RolloutPrompt, tagger: RegionTagger,
-                     allowed: list[str], session: str | None) -> None:
+    async def _turns(
+        self,
+        trajectory: Trajectory,
+        prompt: RolloutPrompt,
+        tagger: RegionTagger,
+        allowed: list[str],
+        session: str | None,
+    ) -> None:
         settings = self.settings
         for turn in range(settings.max_turns):
             budget = settings.max_total_tokens - trajectory.response_length
             if budget <= 0:
                 trajectory.finish(TrajectoryStatus.TRUNCATED, "max_total_tokens")
                 return
-            params = self.sampling.replace(max_new_tokens=min(self.sampling.max_new_tokens, budget),
-                                           seed=None if prompt.seed is None else prompt.seed + turn)
+            params = self.sampling.replace(
+                max_new_tokens=min(self.sampling.max_new_tokens, budget),
+                seed=None if prompt.seed is None else prompt.seed + turn,
+            )
             # Per turn: seconds since the trajectory started when generation and tools began/ended.
             timing = {"generate": [self._since(trajectory)]}
             trajectory.metadata["timeline"].append(timing)
@@ -156,16 +198,27 @@ class AgentLoop:
             trajectory.metadata["servers"].append(generation.server)
             tagger.start_turn()
             regions = tagger.feed(generation.output_ids, end_of_turn=True)
-            trajectory.append("assistant", generation.output_ids, logprobs=generation.logprobs, region_masks=regions,
-                              turn=turn)
+            trajectory.append(
+                "assistant",
+                generation.output_ids,
+                logprobs=generation.logprobs,
+                region_masks=regions,
+                turn=turn,
+            )
             text = self.renderer.assistant_text(generation.output_ids)
             trajectory.messages.append({"role": "assistant", "content": text})
             if generation.finish_reason == "abort":
                 trajectory.finish(TrajectoryStatus.ABORTED, f"turn {turn} aborted by {generation.server}")
                 return
             if generation.finish_reason != "stop":
-                reason = "max_total_tokens" if params.max_new_tokens < self.sampling.max_new_tokens else "max_new_tokens"
-                trajectory.finish(TrajectoryStatus.TRUNCATED, f"turn {turn} {generation.finish_reason}: {reason}")
+                reason = (
+                    "max_total_tokens"
+                    if params.max_new_tokens < self.sampling.max_new_tokens
+                    else "max_new_tokens"
+                )
+                trajectory.finish(
+                    TrajectoryStatus.TRUNCATED, f"turn {turn} {generation.finish_reason}: {reason}"
+                )
                 return
             parsed = parse_tool_calls(text)
             if not parsed.calls and not parsed.errors:
@@ -176,13 +229,20 @@ class AgentLoop:
                 return
             timing["tools"] = [self._since(trajectory)]
             tool_messages, records = await execute_turn(
-                self.executor, parsed, allowed=allowed, turn=turn, timeout_s=settings.tool_timeout_s,
-                session_id=session, errors=trajectory.errors)
+                self.executor,
+                parsed,
+                allowed=allowed,
+                turn=turn,
+                timeout_s=settings.tool_timeout_s,
+                session_id=session,
+                errors=trajectory.errors,
+            )
             timing["tools"].append(self._since(trajectory))
             trajectory.tool_calls.extend(records)
             ended = bool(generation.output_ids) and generation.output_ids[-1] == self.renderer.end_of_turn_id
-            ids = self.renderer.tool_turn_ids(trajectory.messages, tool_messages, prompt.template_tools,
-                                              ended_with_end_of_turn=ended)
+            ids = self.renderer.tool_turn_ids(
+                trajectory.messages, tool_messages, prompt.template_tools, ended_with_end_of_turn=ended
+            )
             if trajectory.response_length + len(ids) >= settings.max_total_tokens:
                 trajectory.finish(TrajectoryStatus.TRUNCATED, "max_total_tokens")
                 return

@@ -15,10 +15,18 @@ from __future__ import annotations
 
 from typing import Any
 
-_PROBE_TOOL = {"type": "function", "function": {
-    "name": "probe_tool_4f2a", "description": "Probe whether the chat template lists tools.",
-    "parameters": {"type": "object", "properties": {"probe_arg_9c1e": {"type": "string"}}, "required": []},
-}}
+_PROBE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "probe_tool_4f2a",
+        "description": "Probe whether the chat template lists tools.",
+        "parameters": {
+            "type": "object",
+            "properties": {"probe_arg_9c1e": {"type": "string"}},
+            "required": [],
+        },
+    },
+}
 
 
 def template_renders_tools(tokenizer: Any) -> bool:
@@ -29,7 +37,9 @@ def template_renders_tools(tokenizer: Any) -> bool:
     """
     messages = [{"role": "user", "content": "Hello."}]
     try:
-        text = tokenizer.apply_chat_template(messages, tools=[_PROBE_TOOL], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            messages, tools=[_PROBE_TOOL], tokenize=False, add_generation_prompt=True
+        )
     except Exception:  # noqa: BLE001 - a template that cannot take tools at all does not render them
         return False
     name, argument = _PROBE_TOOL["function"]["name"], "probe_arg_9c1e"
@@ -51,11 +61,17 @@ class ChatRenderer:
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("the tokenizer has no chat template; use a chat/instruct model folder")
 
-    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, *,
-               add_generation_prompt: bool) -> str:
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        *,
+        add_generation_prompt: bool,
+    ) -> str:
         """The chat template's text (transformers 5 returns encodings for tokenize=True, so: text)."""
-        return self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            messages, tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def encode(self, text: str) -> list[int]:
         """Token IDs of template text (special tokens are in the text already)."""
@@ -74,20 +90,30 @@ class ChatRenderer:
         ids = output_ids[:-1] if output_ids and output_ids[-1] == self.end_of_turn_id else output_ids
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    def tool_turn_ids(self, history: list[dict[str, Any]], tool_messages: list[dict[str, Any]],
-                      tools: list[dict[str, Any]] | None, *, ended_with_end_of_turn: bool) -> list[int]:
+    def tool_turn_ids(
+        self,
+        history: list[dict[str, Any]],
+        tool_messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        *,
+        ended_with_end_of_turn: bool,
+    ) -> list[int]:
         """IDs to append after an assistant turn: the rest of its closing, the tool turn(s), and the
         next assistant header. `history` ends with that assistant message."""
         assert history and history[-1]["role"] == "assistant", "the history must end with the assistant turn"
         before = self.render(history, tools, add_generation_prompt=False)
         after = self.render(history + tool_messages, tools, add_generation_prompt=True)
         if not after.startswith(before):
-            raise ValueError("the chat template renders a conversation differently once tool messages follow; "
-                             "the rollout needs a template that renders prefixes stably (Qwen/Hermes ChatML does)")
+            raise ValueError(
+                "the chat template renders a conversation differently once tool messages follow; "
+                "the rollout needs a template that renders prefixes stably (Qwen/Hermes ChatML does)"
+            )
         cut = before.rfind(self.end_of_turn)
         if cut < 0:
-            raise ValueError(f"the template does not end assistant turns with {self.end_of_turn!r}; pass "
-                             "end_of_turn_token to ChatRenderer")
+            raise ValueError(
+                f"the template does not end assistant turns with {self.end_of_turn!r}; pass "
+                "end_of_turn_token to ChatRenderer"
+            )
         closing = before[cut:]
-        rest = closing[len(self.end_of_turn):] if ended_with_end_of_turn else closing
-        return self.encode(rest + after[len(before):])
+        rest = closing[len(self.end_of_turn) :] if ended_with_end_of_turn else closing
+        return self.encode(rest + after[len(before) :])

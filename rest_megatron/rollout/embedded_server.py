@@ -25,17 +25,26 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
     p = argparse.ArgumentParser(prog="rest-megatron rollout-server", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="Hugging Face model folder, or a built-in tiny model name")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=30000, help="port; 0 picks a free one (default 30000)")
     p.add_argument("--port-file", help="write the bound port to this file once listening")
     p.add_argument("--dtype", default="float32", choices=_DTYPES, help="parameter dtype (float32 on CPU)")
     p.add_argument("--max-running-requests", type=int, default=32, help="requests decoded together at most")
-    p.add_argument("--prefix-cache-tokens", type=int, default=32768,
-                   help="tokens of KV kept for prefix reuse across requests; 0 disables the cache")
-    p.add_argument("--return-original-logprob", action="store_true",
-                   default=os.environ.get("SGLANG_RETURN_ORIGINAL_LOGPROB", "").lower() in ("1", "true"),
-                   help="report log softmax of the raw logits at every temperature (SGLang's "
-                        "SGLANG_RETURN_ORIGINAL_LOGPROB); default: of the temperature-scaled logits")
+    p.add_argument(
+        "--prefix-cache-tokens",
+        type=int,
+        default=32768,
+        help="tokens of KV kept for prefix reuse across requests; 0 disables the cache",
+    )
+    p.add_argument(
+        "--return-original-logprob",
+        action="store_true",
+        default=os.environ.get("SGLANG_RETURN_ORIGINAL_LOGPROB", "").lower() in ("1", "true"),
+        help="report log softmax of the raw logits at every temperature (SGLang's "
+        "SGLANG_RETURN_ORIGINAL_LOGPROB); default: of the temperature-scaled logits",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of requests that bring no sampling_seed")
     p.add_argument("--num-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--served-model-name", default=None, help="model name reported by /v1/models")
@@ -51,15 +60,19 @@ def resolve_model(name_or_path: str) -> Path:
         return tiny_model_dir(name_or_path)
     path = Path(name_or_path).expanduser()
     if not (path / "config.json").is_file():
-        raise ValueError(f"--model {name_or_path!r} is not a Hugging Face folder (no config.json) nor one of "
-                         f"{', '.join(TINY_MODELS)}; point it at a folder with config.json, weights and tokenizer")
+        raise ValueError(
+            f"--model {name_or_path!r} is not a Hugging Face folder (no config.json) nor one of "
+            f"{', '.join(TINY_MODELS)}; point it at a folder with config.json, weights and tokenizer"
+        )
     return path
 
 
 def main(argv: list[str]) -> int:
     """Serve until interrupted; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     import torch
     import uvicorn
 
@@ -73,10 +86,18 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"rest-megatron rollout-server: {exc}", file=sys.stderr)
         return 2
-    core = EngineCore(model_dir, dtype=getattr(torch, args.dtype), max_running=args.max_running_requests,
-                      prefix_cache_tokens=args.prefix_cache_tokens)
-    app = create_app(core, original_logprobs=args.return_original_logprob, seed=args.seed,
-                     served_model_name=args.served_model_name)
+    core = EngineCore(
+        model_dir,
+        dtype=getattr(torch, args.dtype),
+        max_running=args.max_running_requests,
+        prefix_cache_tokens=args.prefix_cache_tokens,
+    )
+    app = create_app(
+        core,
+        original_logprobs=args.return_original_logprob,
+        seed=args.seed,
+        served_model_name=args.served_model_name,
+    )
     # Bind the socket ourselves so --port 0 works and the port file is written only once we listen.
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

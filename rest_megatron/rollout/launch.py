@@ -58,12 +58,24 @@ import httpx
 from tools_sandbox.executor import die_with_parent
 
 # Flags the launcher owns: set them through the keyword arguments, not the passthrough mapping.
-_OWNED = {"model_path": "the model path", "host": "host", "port": "port", "tp_size": "rollout.server_tp",
-          "tp": "rollout.server_tp", "enable_deterministic_inference": "rollout.deterministic"}
-_VLLM_OWNED = {"model": "the model path", "host": "host", "port": "port",
-               "tensor_parallel_size": "rollout.server_tp", "tp": "rollout.server_tp", "dtype": "model.dtype",
-               "worker_extension_cls": "the launcher (the weight-update extension, rollout/vllm_worker.py)",
-               "logprobs_mode": "rollout.temperature/top_p/top_k (the launcher picks the mode that matches the trainer)"}
+_OWNED = {
+    "model_path": "the model path",
+    "host": "host",
+    "port": "port",
+    "tp_size": "rollout.server_tp",
+    "tp": "rollout.server_tp",
+    "enable_deterministic_inference": "rollout.deterministic",
+}
+_VLLM_OWNED = {
+    "model": "the model path",
+    "host": "host",
+    "port": "port",
+    "tensor_parallel_size": "rollout.server_tp",
+    "tp": "rollout.server_tp",
+    "dtype": "model.dtype",
+    "worker_extension_cls": "the launcher (the weight-update extension, rollout/vllm_worker.py)",
+    "logprobs_mode": "rollout.temperature/top_p/top_k (the launcher picks the mode that matches the trainer)",
+}
 
 SGLANG_RAW_LOGPROB_ENV = "SGLANG_RETURN_ORIGINAL_LOGPROB"
 """Makes SGLang report untempered log-probs; never set for the servers we launch."""
@@ -80,8 +92,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def passthrough_flags(options: Mapping[str, Any], *, owned: Mapping[str, str] = _OWNED,
-                      section: str = "rollout.sglang") -> list[str]:
+def passthrough_flags(
+    options: Mapping[str, Any], *, owned: Mapping[str, str] = _OWNED, section: str = "rollout.sglang"
+) -> list[str]:
     """`{"mem_fraction_static": 0.7, "enable_metrics": True}` -> `["--mem-fraction-static", "0.7", "--enable-metrics"]`."""
     flags: list[str] = []
     for key, value in options.items():
@@ -128,12 +141,26 @@ def sglang_command(
     extra = dict(extra or {})
     for name, value in (("mem_fraction_static", mem_fraction_static), ("tool_call_parser", tool_call_parser)):
         if value is not None and extra.get(name) not in (None, value):
-            raise ValueError(f"{name} is given twice ({value!r} and rollout.sglang.{name}={extra[name]!r}); keep one")
+            raise ValueError(
+                f"{name} is given twice ({value!r} and rollout.sglang.{name}={extra[name]!r}); keep one"
+            )
         if value is not None:
             extra[name] = value
-    return [python, "-m", "sglang.launch_server", "--model-path", str(model_path), "--host", host,
-            "--port", str(port), "--tp-size", str(tp), *passthrough_flags(extra),
-            *(["--enable-deterministic-inference"] if deterministic else [])]
+    return [
+        python,
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        str(model_path),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--tp-size",
+        str(tp),
+        *passthrough_flags(extra),
+        *(["--enable-deterministic-inference"] if deterministic else []),
+    ]
 
 
 def vllm_logprobs_mode(temperature: float, top_p: float, top_k: int) -> str:
@@ -165,13 +192,27 @@ def vllm_server_args(rollout: Any, *, dtype: str | None = None) -> list[str]:
     from rest_megatron.rollout.clients.vllm import WORKER_EXTENSION
 
     mode = vllm_logprobs_mode(rollout.temperature, rollout.top_p, rollout.top_k)
-    return ["--tensor-parallel-size", str(rollout.server_tp), "--logprobs-mode", mode,
-            "--worker-extension-cls", WORKER_EXTENSION, *(["--dtype", dtype] if dtype else []),
-            *passthrough_flags(rollout.vllm, owned=_VLLM_OWNED, section="rollout.vllm")]
+    return [
+        "--tensor-parallel-size",
+        str(rollout.server_tp),
+        "--logprobs-mode",
+        mode,
+        "--worker-extension-cls",
+        WORKER_EXTENSION,
+        *(["--dtype", dtype] if dtype else []),
+        *passthrough_flags(rollout.vllm, owned=_VLLM_OWNED, section="rollout.vllm"),
+    ]
 
 
-def server_command(rollout: Any, model_path: str | Path, *, port: int, host: str = "127.0.0.1",
-                   python: str = sys.executable, dtype: str | None = None) -> list[str]:
+def server_command(
+    rollout: Any,
+    model_path: str | Path,
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    python: str = sys.executable,
+    dtype: str | None = None,
+) -> list[str]:
     """The argv of one inference server as the recipe's `rollout` section states it (RolloutConfig).
 
     The only builder of server command lines from a config: the trainer's launcher and
@@ -179,28 +220,67 @@ def server_command(rollout: Any, model_path: str | Path, *, port: int, host: str
     """
     if rollout.engine == "sglang":
         # `env -u`: SGLang must report tempered log-probs whatever the caller's environment holds.
-        return ["env", "-u", SGLANG_RAW_LOGPROB_ENV,
-                *sglang_command(model_path, port=port, host=host, tp=rollout.server_tp, extra=rollout.sglang,
-                                deterministic=rollout.deterministic, python=python)]
+        return [
+            "env",
+            "-u",
+            SGLANG_RAW_LOGPROB_ENV,
+            *sglang_command(
+                model_path,
+                port=port,
+                host=host,
+                tp=rollout.server_tp,
+                extra=rollout.sglang,
+                deterministic=rollout.deterministic,
+                python=python,
+            ),
+        ]
     if rollout.engine == "vllm":
         # VLLM_SERVER_DEV_MODE serves /collective_rpc, which the weight-update extension answers through.
-        return ["env", "VLLM_SERVER_DEV_MODE=1", python, "-m", "vllm.entrypoints.openai.api_server",
-                "--model", str(model_path), "--host", host, "--port", str(port),
-                *vllm_server_args(rollout, dtype=dtype)]
+        return [
+            "env",
+            "VLLM_SERVER_DEV_MODE=1",
+            python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model_path),
+            "--host",
+            host,
+            "--port",
+            str(port),
+            *vllm_server_args(rollout, dtype=dtype),
+        ]
     if rollout.engine == "embedded":
         return embedded_command(model_path, port=port, host=host, python=python)
     raise ValueError(f"rollout.engine={rollout.engine!r}: use sglang, vllm or embedded")
 
 
-def embedded_command(model_path: str | Path, *, port: int = 0, host: str = "127.0.0.1",
-                     port_file: str | None = None, extra: Mapping[str, Any] | None = None,
-                     python: str = sys.executable) -> list[str]:
+def embedded_command(
+    model_path: str | Path,
+    *,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    port_file: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    python: str = sys.executable,
+) -> list[str]:
     """The argv that launches one embedded CPU engine (`rest-megatron rollout-server`)."""
-    cmd = [python, "-m", "rest_megatron.rollout.embedded_server", "--model", str(model_path), "--host", host,
-           "--port", str(port)]
+    cmd = [
+        python,
+        "-m",
+        "rest_megatron.rollout.embedded_server",
+        "--model",
+        str(model_path),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     if port_file:
         cmd += ["--port-file", port_file]
-    return cmd + passthrough_flags(extra or {}, owned={"model": "the model path", "host": "host", "port": "port"})
+    return cmd + passthrough_flags(
+        extra or {}, owned={"model": "the model path", "host": "host", "port": "port"}
+    )
 
 
 def vllm_python(configured: str | None) -> str:
@@ -225,8 +305,15 @@ def vllm_env(base: Mapping[str, str], device: str) -> dict[str, str]:
     return env
 
 
-def start_vllm_servers(model_path: str | Path, config: Any, *, log_dir: str | Path, timeout_s: float = 900.0,
-                       env: Mapping[str, str] | None = None, trainer_gpus: int = 0) -> list[ServerProcess]:
+def start_vllm_servers(
+    model_path: str | Path,
+    config: Any,
+    *,
+    log_dir: str | Path,
+    timeout_s: float = 900.0,
+    env: Mapping[str, str] | None = None,
+    trainer_gpus: int = 0,
+) -> list[ServerProcess]:
     """Start `rollout.num_servers` vLLM OpenAI servers for training (Config) and wait for health; on GPUs
     they take this node's GPUs after the trainer's first `trainer_gpus` (`gpu_placement`)."""
     log_dir = Path(log_dir)
@@ -238,17 +325,26 @@ def start_vllm_servers(model_path: str | Path, config: Any, *, log_dir: str | Pa
         import torch
 
         visible = base_env.get("CUDA_VISIBLE_DEVICES")
-        _, placement = gpu_placement(visible, device_count=0 if visible is not None else torch.cuda.device_count(),
-                                     trainer_gpus=trainer_gpus, num_servers=rollout.num_servers,
-                                     server_tp=rollout.server_tp, share=rollout.share_trainer_gpus)
+        _, placement = gpu_placement(
+            visible,
+            device_count=0 if visible is not None else torch.cuda.device_count(),
+            trainer_gpus=trainer_gpus,
+            num_servers=rollout.num_servers,
+            server_tp=rollout.server_tp,
+            share=rollout.share_trainer_gpus,
+        )
 
     def make(index: int) -> ServerProcess:
         port = free_port()
-        cmd = server_command(rollout, model_path, port=port, python=vllm_python(rollout.vllm_python),
-                             dtype=config.model.dtype)
-        server_env = base_env if placement[index] is None else {**base_env, "CUDA_VISIBLE_DEVICES": placement[index]}
-        return ServerProcess(cmd, base_url=f"http://127.0.0.1:{port}", log_path=log_dir / f"vllm-{index}.log",
-                             env=server_env)
+        cmd = server_command(
+            rollout, model_path, port=port, python=vllm_python(rollout.vllm_python), dtype=config.model.dtype
+        )
+        server_env = (
+            base_env if placement[index] is None else {**base_env, "CUDA_VISIBLE_DEVICES": placement[index]}
+        )
+        return ServerProcess(
+            cmd, base_url=f"http://127.0.0.1:{port}", log_path=log_dir / f"vllm-{index}.log", env=server_env
+        )
 
     return _start_all(make, rollout.num_servers, timeout_s)
 
@@ -271,8 +367,16 @@ class ServerProcess:
     port and writes it there (the embedded engine's `--port 0 --port-file`).
     """
 
-    def __init__(self, argv: Sequence[str], *, base_url: str | None = None, port_file: str | None = None,
-                 host: str = "127.0.0.1", log_path: str | Path | None = None, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        base_url: str | None = None,
+        port_file: str | None = None,
+        host: str = "127.0.0.1",
+        log_path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         if (base_url is None) == (port_file is None):
             raise ValueError("give exactly one of base_url (known port) or port_file (server-chosen port)")
         self.argv = list(argv)
@@ -310,8 +414,14 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             # Own session (stopped as a group), and SIGTERM from the kernel if this process dies first.
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                            start_new_session=True, preexec_fn=die_with_parent)
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
 
     def wait_healthy(self, timeout_s: float = 600.0, poll_s: float = 0.2) -> str:
         """Block until GET /health answers 200; returns the base URL.
@@ -324,9 +434,11 @@ class ServerProcess:
         while time.monotonic() < deadline:
             code = self.process.poll()
             if code is not None:
-                raise ServerStartError(f"the server exited with status {code} before becoming healthy "
-                                       f"(command: {' '.join(self.argv)}); {self.log_path} ends with:\n"
-                                       f"{log_tail(self.log_path)}")
+                raise ServerStartError(
+                    f"the server exited with status {code} before becoming healthy "
+                    f"(command: {' '.join(self.argv)}); {self.log_path} ends with:\n"
+                    f"{log_tail(self.log_path)}"
+                )
             if self._base_url is not None or (self.port_file and os.path.exists(self.port_file)):
                 try:
                     if httpx.get(f"{self.base_url}/health", timeout=2.0, trust_env=False).status_code == 200:
@@ -336,8 +448,10 @@ class ServerProcess:
             time.sleep(poll_s)
         tail = log_tail(self.log_path)
         self.stop()
-        raise ServerStartError(f"the server did not become healthy within {timeout_s:g} s (command: "
-                               f"{' '.join(self.argv)}); {self.log_path} ends with:\n{tail}")
+        raise ServerStartError(
+            f"the server did not become healthy within {timeout_s:g} s (command: "
+            f"{' '.join(self.argv)}); {self.log_path} ends with:\n{tail}"
+        )
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the server's process group, then SIGKILL whatever is left after `grace_s`."""
@@ -377,8 +491,14 @@ def _start_all(make: Callable[[int], ServerProcess], count: int, timeout_s: floa
     return servers
 
 
-def start_embedded_servers(model_path: str | Path, num_servers: int, *, log_dir: str | Path,
-                           extra: Mapping[str, Any] | None = None, timeout_s: float = 300.0) -> list[ServerProcess]:
+def start_embedded_servers(
+    model_path: str | Path,
+    num_servers: int,
+    *,
+    log_dir: str | Path,
+    extra: Mapping[str, Any] | None = None,
+    timeout_s: float = 300.0,
+) -> list[ServerProcess]:
     """Start `num_servers` embedded engines on free loopback ports and wait until all are healthy."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -387,14 +507,24 @@ def start_embedded_servers(model_path: str | Path, num_servers: int, *, log_dir:
         port_file = str(log_dir / f"embedded-{index}.port")
         if os.path.exists(port_file):
             os.unlink(port_file)
-        return ServerProcess(embedded_command(model_path, port_file=port_file, extra=extra),
-                             port_file=port_file, log_path=log_dir / f"embedded-{index}.log")
+        return ServerProcess(
+            embedded_command(model_path, port_file=port_file, extra=extra),
+            port_file=port_file,
+            log_path=log_dir / f"embedded-{index}.log",
+        )
 
     return _start_all(make, num_servers, timeout_s)
 
 
-def gpu_placement(visible: str | None, *, device_count: int, trainer_gpus: int, num_servers: int,
-                  server_tp: int, share: bool = False) -> tuple[list[str], list[str]]:
+def gpu_placement(
+    visible: str | None,
+    *,
+    device_count: int,
+    trainer_gpus: int,
+    num_servers: int,
+    server_tp: int,
+    share: bool = False,
+) -> tuple[list[str], list[str]]:
     """Split one node's GPUs: the trainer's ranks take the first `trainer_gpus`, server i the next
     `server_tp` each (with `share`, the servers start from the first GPU, beside the trainer).
 
@@ -411,12 +541,19 @@ def gpu_placement(visible: str | None, *, device_count: int, trainer_gpus: int, 
     Raises:
         ValueError: they do not fit; the message counts what is needed and names the fixes.
     """
-    ids = [i.strip() for i in visible.split(",") if i.strip()] if visible is not None else [
-        str(i) for i in range(device_count)]
+    ids = (
+        [i.strip() for i in visible.split(",") if i.strip()]
+        if visible is not None
+        else [str(i) for i in range(device_count)]
+    )
     first = 0 if share else trainer_gpus
     need = max(trainer_gpus, first + num_servers * server_tp)
     if need > len(ids):
-        seen = f"CUDA_VISIBLE_DEVICES={visible}" if visible is not None else f"{device_count} GPU(s), CUDA_VISIBLE_DEVICES unset"
+        seen = (
+            f"CUDA_VISIBLE_DEVICES={visible}"
+            if visible is not None
+            else f"{device_count} GPU(s), CUDA_VISIBLE_DEVICES unset"
+        )
         shared = " (shared)" if share else ""
         raise ValueError(
             f"{trainer_gpus} trainer GPU(s){shared} + rollout.num_servers={num_servers} × rollout.server_tp={server_tp} "
@@ -424,7 +561,7 @@ def gpu_placement(visible: str | None, *, device_count: int, trainer_gpus: int, 
             "rollout.num_servers or rollout.server_tp, expose more GPUs, set rollout.share_trainer_gpus=true "
             "(servers beside the trainer on the same GPUs), or start the servers elsewhere and give rollout.server_urls"
         )
-    servers = [",".join(ids[first + i * server_tp: first + (i + 1) * server_tp]) for i in range(num_servers)]
+    servers = [",".join(ids[first + i * server_tp : first + (i + 1) * server_tp]) for i in range(num_servers)]
     return ids[:trainer_gpus], servers
 
 
@@ -435,8 +572,15 @@ def local_trainer_gpus(device: str) -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if resolve_device(device).type == "cuda" else 0
 
 
-def start_sglang_servers(model_path: str | Path, rollout: Any, *, log_dir: str | Path, timeout_s: float = 900.0,
-                         env: Mapping[str, str] | None = None, trainer_gpus: int = 0) -> list[ServerProcess]:
+def start_sglang_servers(
+    model_path: str | Path,
+    rollout: Any,
+    *,
+    log_dir: str | Path,
+    timeout_s: float = 900.0,
+    env: Mapping[str, str] | None = None,
+    trainer_gpus: int = 0,
+) -> list[ServerProcess]:
     """Start `rollout.num_servers` SGLang servers (RolloutConfig) on free ports; wait for health.
 
     The servers get this node's GPUs after the trainer's first `trainer_gpus` (`gpu_placement`), server
@@ -454,16 +598,25 @@ def start_sglang_servers(model_path: str | Path, rollout: Any, *, log_dir: str |
         import torch
 
         count = torch.cuda.device_count()
-    _, placement = gpu_placement(visible, device_count=count, trainer_gpus=trainer_gpus,
-                                 num_servers=rollout.num_servers, server_tp=rollout.server_tp,
-                                 share=rollout.share_trainer_gpus)
+    _, placement = gpu_placement(
+        visible,
+        device_count=count,
+        trainer_gpus=trainer_gpus,
+        num_servers=rollout.num_servers,
+        server_tp=rollout.server_tp,
+        share=rollout.share_trainer_gpus,
+    )
     sglang = replace(rollout, engine="sglang")
 
     def make(index: int) -> ServerProcess:
         port = free_port()
         cmd = server_command(sglang, model_path, port=port)
-        return ServerProcess(cmd, base_url=f"http://127.0.0.1:{port}", log_path=log_dir / f"sglang-{index}.log",
-                             env={**base_env, "CUDA_VISIBLE_DEVICES": placement[index]})
+        return ServerProcess(
+            cmd,
+            base_url=f"http://127.0.0.1:{port}",
+            log_path=log_dir / f"sglang-{index}.log",
+            env={**base_env, "CUDA_VISIBLE_DEVICES": placement[index]},
+        )
 
     return _start_all(make, rollout.num_servers, timeout_s)
 
@@ -476,7 +629,9 @@ def serve_command_main(argv: Sequence[str]) -> int:
 
     from rest_megatron.config import ConfigError, RolloutConfig, load_config
 
-    parser = argparse.ArgumentParser(prog="rest-megatron serve-command", description=serve_command_main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="rest-megatron serve-command", description=serve_command_main.__doc__
+    )
     parser.add_argument("recipe", nargs="?", help="recipe YAML (without: the rollout defaults)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
     parser.add_argument("--host", default="127.0.0.1")
@@ -485,7 +640,9 @@ def serve_command_main(argv: Sequence[str]) -> int:
     parser.add_argument("--model", help="instead of model.path")
     parser.add_argument("--tp", type=int, help="instead of rollout.server_tp")
     parser.add_argument("--python", default="python", help="interpreter in the printed command [python]")
-    parser.add_argument("--null", action="store_true", help="NUL after each argument instead of one quoted line")
+    parser.add_argument(
+        "--null", action="store_true", help="NUL after each argument instead of one quoted line"
+    )
     args = parser.parse_intermixed_args(argv)
     changes = {k: v for k, v in (("engine", args.engine), ("server_tp", args.tp)) if v is not None}
     try:
@@ -496,7 +653,9 @@ def serve_command_main(argv: Sequence[str]) -> int:
             rollout, model = RolloutConfig(), args.model
         if model is None:
             raise ConfigError("give --model (there is no recipe to read model.path from)")
-        cmd = server_command(replace(rollout, **changes), model, port=args.port, host=args.host, python=args.python)
+        cmd = server_command(
+            replace(rollout, **changes), model, port=args.port, host=args.host, python=args.python
+        )
     except (ConfigError, ValueError) as err:
         print(f"rest-megatron serve-command: {err}", file=sys.stderr)
         return 2

@@ -38,8 +38,9 @@ class ToolOutcome(Protocol):
 class ToolExecutor(Protocol):
     """Runs one tool call; `tools_sandbox.client.SandboxClient` is one."""
 
-    async def call_tool(self, name: str, arguments: dict, session_id: str | None = None,
-                        timeout_s: float | None = None) -> ToolOutcome: ...
+    async def call_tool(
+        self, name: str, arguments: dict, session_id: str | None = None, timeout_s: float | None = None
+    ) -> ToolOutcome: ...
 
 
 def tool_names(tools: list[dict[str, Any]] | None) -> list[str]:
@@ -52,8 +53,15 @@ def tool_names(tools: list[dict[str, Any]] | None) -> list[str]:
     return names
 
 
-async def _run_call(executor: ToolExecutor, call: ToolCall, *, timeout_s: float, session_id: str | None,
-                    turn: int, errors: list[str]) -> ToolCallRecord:
+async def _run_call(
+    executor: ToolExecutor,
+    call: ToolCall,
+    *,
+    timeout_s: float,
+    session_id: str | None,
+    turn: int,
+    errors: list[str],
+) -> ToolCallRecord:
     started = time.perf_counter()
     try:
         result = await asyncio.wait_for(
@@ -62,15 +70,38 @@ async def _run_call(executor: ToolExecutor, call: ToolCall, *, timeout_s: float,
         )
     except asyncio.TimeoutError:
         message = f"Error: the tool {call.name!r} did not answer within {timeout_s:g} s"
-        return ToolCallRecord(turn, call.name, call.arguments, False, message, error="timeout", timed_out=True,
-                              duration_s=time.perf_counter() - started)
+        return ToolCallRecord(
+            turn,
+            call.name,
+            call.arguments,
+            False,
+            message,
+            error="timeout",
+            timed_out=True,
+            duration_s=time.perf_counter() - started,
+        )
     except Exception as exc:  # noqa: BLE001 - the sandbox failing must not kill the rollout
         errors.append(f"turn {turn}: tool service failed on {call.name!r}: {type(exc).__name__}: {exc}")
         message = f"Error: the tool service failed ({type(exc).__name__}); try again"
-        return ToolCallRecord(turn, call.name, call.arguments, False, message, error=str(exc),
-                              duration_s=time.perf_counter() - started)
-    return ToolCallRecord(turn, call.name, call.arguments, result.ok, result.render(), error=result.error,
-                          timed_out=result.timed_out, duration_s=result.duration_s)
+        return ToolCallRecord(
+            turn,
+            call.name,
+            call.arguments,
+            False,
+            message,
+            error=str(exc),
+            duration_s=time.perf_counter() - started,
+        )
+    return ToolCallRecord(
+        turn,
+        call.name,
+        call.arguments,
+        result.ok,
+        result.render(),
+        error=result.error,
+        timed_out=result.timed_out,
+        duration_s=result.duration_s,
+    )
 
 
 async def execute_turn(
@@ -89,20 +120,31 @@ async def execute_turn(
         allowed: tool names the prompt offered; other names get an "unknown tool" error.
         errors: infrastructure failures are appended here (the trajectory's `errors`).
     """
-    items: list[ToolCall | ToolCallError] = sorted([*parsed.calls, *parsed.errors], key=lambda item: item.block)
+    items: list[ToolCall | ToolCallError] = sorted(
+        [*parsed.calls, *parsed.errors], key=lambda item: item.block
+    )
     jobs = []
     for item in items:
         if isinstance(item, ToolCallError):
-            jobs.append(_done(ToolCallRecord(turn, None, None, False, f"Error: {item.message}", error=item.message)))
+            jobs.append(
+                _done(ToolCallRecord(turn, None, None, False, f"Error: {item.message}", error=item.message))
+            )
         elif item.name not in allowed:
             message = f"unknown tool {item.name!r}; available tools: {', '.join(allowed) or 'none'}"
-            jobs.append(_done(ToolCallRecord(turn, item.name, item.arguments, False, f"Error: {message}", error=message)))
+            jobs.append(
+                _done(
+                    ToolCallRecord(turn, item.name, item.arguments, False, f"Error: {message}", error=message)
+                )
+            )
         else:
-            jobs.append(_run_call(executor, item, timeout_s=timeout_s, session_id=session_id, turn=turn, errors=errors))
+            jobs.append(
+                _run_call(
+                    executor, item, timeout_s=timeout_s, session_id=session_id, turn=turn, errors=errors
+                )
+            )
     records = list(await asyncio.gather(*jobs))
     return [{"role": "tool", "content": record.output} for record in records], records
 
 
 async def _done(record: ToolCallRecord) -> ToolCallRecord:
     return record
-

@@ -112,7 +112,9 @@ class Trajectory:
         n = len(token_ids)
         sampled = kind == "assistant"
         if sampled:
-            assert logprobs is not None and region_masks is not None, "sampled tokens need logprobs and regions"
+            assert logprobs is not None and region_masks is not None, (
+                "sampled tokens need logprobs and regions"
+            )
         else:
             assert logprobs is None and region_masks is None, "only sampled tokens carry logprobs and regions"
             assert kind != "prompt" or not self.token_ids, "the prompt comes first, once"
@@ -206,5 +208,7 @@ def load_jsonl(path: str | Path) -> list[Trajectory]:
             try:
                 out.append(Trajectory.from_dict(json.loads(line)))
             except (ValueError, TypeError, KeyError, AssertionError) as exc:
-                raise ValueError(f"{path}:{number} is not a saved trajectory ({exc}); write it with save_jsonl") from exc
+                raise ValueError(
+                    f"{path}:{number} is not a saved trajectory ({exc}); write it with save_jsonl"
+                ) from exc
     return out

@@ -32,8 +32,12 @@ class WeightUpdateExtension:
         body = json.loads(request)
         rank = int(body["rank_offset"]) + int(getattr(self, "rank", 0))
         self._rest_group = init_custom_process_group(
-            backend=body["backend"], init_method=f"tcp://{body['master_address']}:{int(body['master_port'])}",
-            world_size=int(body["world_size"]), rank=rank, group_name=body["group_name"])
+            backend=body["backend"],
+            init_method=f"tcp://{body['master_address']}:{int(body['master_port'])}",
+            world_size=int(body["world_size"]),
+            rank=rank,
+            group_name=body["group_name"],
+        )
         self._rest_device = torch.device("cpu") if body["backend"] == "gloo" else self.device
         return f"rank {rank} joined {body['group_name']}"
 

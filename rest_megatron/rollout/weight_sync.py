@@ -87,20 +87,27 @@ class DiskWeightSync:
         """Make every server load step `step`'s folder; prune older folders. Returns the folder."""
         folder = self.folder(step)
         if not (folder / "config.json").is_file():
-            raise WeightSyncError(f"{folder} holds no HF export (no config.json); export the weights before pushing")
+            raise WeightSyncError(
+                f"{folder} holds no HF export (no config.json); export the weights before pushing"
+            )
         await self.client.update_weights_from_disk(str(folder), str(step))
         for old in sorted(p for p in self.root.glob("step-*") if p.is_dir())[: -self.num_keep]:
             shutil.rmtree(old, ignore_errors=True)
         return folder
 
 
-async def update_all_from_disk(clients: Sequence[Any], model_path: str, weight_version: str | None = None) -> None:
+async def update_all_from_disk(
+    clients: Sequence[Any], model_path: str, weight_version: str | None = None
+) -> None:
     """`/update_weights_from_disk` on every server at once; WeightSyncError lists the ones that failed."""
-    results = await asyncio.gather(*(c.update_weights_from_disk(model_path, weight_version) for c in clients),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(c.update_weights_from_disk(model_path, weight_version) for c in clients), return_exceptions=True
+    )
     failures = [f"{c.base_url}: {r}" for c, r in zip(clients, results) if isinstance(r, BaseException)]
     if failures:
-        raise WeightSyncError(f"{len(failures)} of {len(clients)} server(s) did not load {model_path}: " + "; ".join(failures))
+        raise WeightSyncError(
+            f"{len(failures)} of {len(clients)} server(s) did not load {model_path}: " + "; ".join(failures)
+        )
 
 
 # ---- naming ---------------------------------------------------------------------------------
@@ -127,8 +134,10 @@ def check_names(sent: Iterable[str], expected: set[str]) -> None:
     unknown = sorted(set(sent) - expected)
     missing = sorted(expected - set(sent))
     if duplicates or unknown or missing:
-        raise ValueError(f"weight names do not match the served model: duplicates {duplicates[:5]}, unknown "
-                         f"{unknown[:5]}, missing {missing[:5]}; fix the Megatron->HF name map in rest_megatron.convert")
+        raise ValueError(
+            f"weight names do not match the served model: duplicates {duplicates[:5]}, unknown "
+            f"{unknown[:5]}, missing {missing[:5]}; fix the Megatron->HF name map in rest_megatron.convert"
+        )
 
 
 # ---- buckets --------------------------------------------------------------------------------
@@ -167,8 +176,9 @@ def plan_buckets(metas: Sequence[TensorMeta], bucket_bytes: int) -> list[list[Te
     return buckets
 
 
-def iter_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int
-                 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
+def iter_buckets(
+    named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int
+) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """The streaming form of `plan_buckets`: holds at most one bucket of tensors at a time."""
     if bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
@@ -190,8 +200,9 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def bucket_payload(metas: Sequence[TensorMeta], *, group_name: str, flush_cache: bool,
-                   weight_version: str | None = None) -> dict[str, Any]:
+def bucket_payload(
+    metas: Sequence[TensorMeta], *, group_name: str, flush_cache: bool, weight_version: str | None = None
+) -> dict[str, Any]:
     """The `/update_weights_from_distributed` body announcing one bucket."""
     payload: dict[str, Any] = {
         "names": [m.name for m in metas],
@@ -217,8 +228,9 @@ def group_layout(server_tps: Sequence[int]) -> tuple[int, list[int]]:
 
 
 # ---- NCCL -----------------------------------------------------------------------------------
-def init_custom_process_group(*, backend: str, init_method: str, world_size: int, rank: int, group_name: str,
-                              timeout_s: float = 600.0) -> Any:
+def init_custom_process_group(
+    *, backend: str, init_method: str, world_size: int, rank: int, group_name: str, timeout_s: float = 600.0
+) -> Any:
     """A process group outside the trainer's default world (the same construction SGLang uses on its
     side of `/init_weights_update_group`, so both ends meet in one TCP store)."""
     from torch.distributed import distributed_c10d as c10d
@@ -228,7 +240,8 @@ def init_custom_process_group(*, backend: str, init_method: str, world_size: int
     store.set_timeout(timeout)
     store = c10d.PrefixStore(group_name, store)
     group, _ = c10d._new_process_group_helper(  # noqa: SLF001 - no public API for a group outside the world
-        world_size, rank, [], c10d.Backend(backend), store, group_name=group_name, timeout=timeout)
+        world_size, rank, [], c10d.Backend(backend), store, group_name=group_name, timeout=timeout
+    )
     c10d._world.pg_group_ranks[group] = {i: i for i in range(world_size)}  # noqa: SLF001
     return group
 
@@ -236,9 +249,18 @@ def init_custom_process_group(*, backend: str, init_method: str, world_size: int
 class DistributedWeightSync:
     """The trainer (rank 0) side of distributed weight sync: SGLang, the embedded engine, vLLM."""
 
-    def __init__(self, clients: Sequence[Any], server_tps: Sequence[int], *, master_address: str, master_port: int,
-                 group_name: str = "rest_megatron_weights", bucket_bytes: int = 512 << 20, backend: str = "nccl",
-                 device: str | torch.device = "cuda") -> None:
+    def __init__(
+        self,
+        clients: Sequence[Any],
+        server_tps: Sequence[int],
+        *,
+        master_address: str,
+        master_port: int,
+        group_name: str = "rest_megatron_weights",
+        bucket_bytes: int = 512 << 20,
+        backend: str = "nccl",
+        device: str | torch.device = "cuda",
+    ) -> None:
         if len(clients) != len(server_tps):
             raise ValueError(f"{len(clients)} servers but {len(server_tps)} TP sizes")
         self.clients = list(clients)
@@ -250,13 +272,25 @@ class DistributedWeightSync:
 
     async def init_group(self) -> None:
         """Every server and the trainer join the group (they rendezvous, so all calls run at once)."""
-        joins = [c.init_weights_update_group(master_address=self.master_address, master_port=self.master_port,
-                                             rank_offset=offset, world_size=self.world_size,
-                                             group_name=self.group_name, backend=self.backend)
-                 for c, offset in zip(self.clients, self.rank_offsets)]
-        trainer = asyncio.to_thread(init_custom_process_group, backend=self.backend, world_size=self.world_size,
-                                    init_method=f"tcp://{self.master_address}:{self.master_port}", rank=0,
-                                    group_name=self.group_name)
+        joins = [
+            c.init_weights_update_group(
+                master_address=self.master_address,
+                master_port=self.master_port,
+                rank_offset=offset,
+                world_size=self.world_size,
+                group_name=self.group_name,
+                backend=self.backend,
+            )
+            for c, offset in zip(self.clients, self.rank_offsets)
+        ]
+        trainer = asyncio.to_thread(
+            init_custom_process_group,
+            backend=self.backend,
+            world_size=self.world_size,
+            init_method=f"tcp://{self.master_address}:{self.master_port}",
+            rank=0,
+            group_name=self.group_name,
+        )
         results = await asyncio.gather(trainer, *joins, return_exceptions=True)
         failures = [str(r) for r in results if isinstance(r, BaseException)]
         if failures:
@@ -267,7 +301,9 @@ class DistributedWeightSync:
         for tensor in tensors:
             torch.distributed.broadcast(tensor.to(self.device).contiguous(), src=0, group=self.group)
 
-    async def push(self, named_tensors: Iterable[tuple[str, torch.Tensor]], weight_version: str | None = None) -> int:
+    async def push(
+        self, named_tensors: Iterable[tuple[str, torch.Tensor]], weight_version: str | None = None
+    ) -> int:
         """Stream HF-named tensors to every server, bucket by bucket; returns the number of buckets."""
         if self.group is None:
             raise WeightSyncError("call init_group() before push()")
@@ -277,12 +313,21 @@ class DistributedWeightSync:
         while bucket is not None:
             following = next(buckets, None)
             metas = [TensorMeta.of(name, tensor) for name, tensor in bucket]
-            payload = bucket_payload(metas, group_name=self.group_name, flush_cache=following is None,
-                                     weight_version=weight_version)
-            receives = asyncio.gather(*(c.update_weights_from_distributed(payload) for c in self.clients),
-                                      return_exceptions=True)
+            payload = bucket_payload(
+                metas,
+                group_name=self.group_name,
+                flush_cache=following is None,
+                weight_version=weight_version,
+            )
+            receives = asyncio.gather(
+                *(c.update_weights_from_distributed(payload) for c in self.clients), return_exceptions=True
+            )
             await asyncio.to_thread(self._broadcast, [tensor for _, tensor in bucket])
-            failures = [f"{c.base_url}: {r}" for c, r in zip(self.clients, await receives) if isinstance(r, BaseException)]
+            failures = [
+                f"{c.base_url}: {r}"
+                for c, r in zip(self.clients, await receives)
+                if isinstance(r, BaseException)
+            ]
             if failures:
                 raise WeightSyncError(f"bucket {count} ({len(metas)} tensors) failed: " + "; ".join(failures))
             bucket, count = following, count + 1

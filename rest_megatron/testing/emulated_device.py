@@ -48,8 +48,13 @@ class DeviceTensor(torch.Tensor):
     @staticmethod
     def __new__(cls, inner: torch.Tensor) -> DeviceTensor:
         tensor = torch.Tensor._make_wrapper_subclass(
-            cls, inner.shape, strides=inner.stride(), storage_offset=inner.storage_offset(),
-            dtype=inner.dtype, device=DEVICE, requires_grad=False,
+            cls,
+            inner.shape,
+            strides=inner.stride(),
+            storage_offset=inner.storage_offset(),
+            dtype=inner.dtype,
+            device=DEVICE,
+            requires_grad=False,
         )
         tensor.inner = inner
         return tensor
@@ -72,7 +77,9 @@ class _Factories(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.Tensor.tolist and isinstance(args[0], DeviceTensor):  # a device-to-host copy, as on CUDA
+        if func is torch.Tensor.tolist and isinstance(
+            args[0], DeviceTensor
+        ):  # a device-to-host copy, as on CUDA
             return args[0].inner.tolist()
         if not _is_device(kwargs.get("device")):
             return func(*args, **kwargs)
@@ -105,7 +112,9 @@ class _Ops(TorchDispatchMode):
                     "the runtime's device"
                 )
         wrapper_of = {id(x.inner): x for x in device_inputs}
-        unwrapped_args, unwrapped_kwargs = tree_map(lambda x: x.inner if isinstance(x, DeviceTensor) else x, (args, kwargs))
+        unwrapped_args, unwrapped_kwargs = tree_map(
+            lambda x: x.inner if isinstance(x, DeviceTensor) else x, (args, kwargs)
+        )
         if to_device:
             unwrapped_kwargs["device"] = torch.device("cpu")
         result = func(*unwrapped_args, **unwrapped_kwargs)

@@ -172,13 +172,19 @@ class GlooPool:
         time.sleep(0.5 if pending else 0.0)
         report = [f"{what} failed on {self.world_size} gloo ranks"]
         for rank, text in sorted(errors.items()):
-            report.append(f"--- rank {rank} raised:\n{text}\n--- rank {rank} stderr tail:\n{self._log_tail(rank)}")
+            report.append(
+                f"--- rank {rank} raised:\n{text}\n--- rank {rank} stderr tail:\n{self._log_tail(rank)}"
+            )
         for rank in sorted(pending):
-            report.append(f"--- rank {rank} did not finish in time; its stacks and stderr:\n{self._log_tail(rank)}")
+            report.append(
+                f"--- rank {rank} did not finish in time; its stacks and stderr:\n{self._log_tail(rank)}"
+            )
         self.close()
         raise DistributedRunError("\n".join(report))
 
-    def run(self, fn: Callable[..., Any], *args: Any, timeout_s: float | None = None, **kwargs: Any) -> list[Any]:
+    def run(
+        self, fn: Callable[..., Any], *args: Any, timeout_s: float | None = None, **kwargs: Any
+    ) -> list[Any]:
         """Run `fn(*args, **kwargs)` on every rank and return the results in rank order."""
         if not self._procs:
             self._start()

@@ -41,11 +41,19 @@ class StageFailed(RuntimeError):
 def gpu_overrides(run_dir: Path, *, sft_steps: int, rl_steps: int, mem_fraction: float) -> list[str]:
     """`key=value` overrides that turn the tiny CPU recipe into the GPU path of the real recipes."""
     return [
-        "model.dtype=bfloat16", "model.transformer_impl=transformer_engine",
-        "launch.device=cuda", "launch.backend=nccl", "launch.nproc_per_node=1",
-        "rollout.engine=sglang", f"rollout.sglang.mem_fraction_static={mem_fraction}",
-        "parallel.pack_sequences=true", f"sft.num_steps={sft_steps}", f"optimizer.num_steps={rl_steps}",
-        "checkpoint.save_interval=1", "logging.eval_interval=0", f"logging.run_dir={run_dir}",
+        "model.dtype=bfloat16",
+        "model.transformer_impl=transformer_engine",
+        "launch.device=cuda",
+        "launch.backend=nccl",
+        "launch.nproc_per_node=1",
+        "rollout.engine=sglang",
+        f"rollout.sglang.mem_fraction_static={mem_fraction}",
+        "parallel.pack_sequences=true",
+        f"sft.num_steps={sft_steps}",
+        f"optimizer.num_steps={rl_steps}",
+        "checkpoint.save_interval=1",
+        "logging.eval_interval=0",
+        f"logging.run_dir={run_dir}",
     ]
 
 
@@ -60,8 +68,12 @@ class PeakMemory:
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-                                     capture_output=True, text=True, timeout=10).stdout
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
                 self.peak_mib = max(self.peak_mib, int(out.split()[0]))
             except (OSError, ValueError, IndexError, subprocess.SubprocessError):
                 return
@@ -78,8 +90,12 @@ class PeakMemory:
 def _train(args: list[str], log: Path, timeout_s: float) -> float:
     started = time.perf_counter()
     with open(log, "a") as handle:
-        code = subprocess.call([sys.executable, "-m", "rest_megatron.cli", "train", *args], stdout=handle,
-                               stderr=subprocess.STDOUT, timeout=timeout_s)
+        code = subprocess.call(
+            [sys.executable, "-m", "rest_megatron.cli", "train", *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+        )
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise StageFailed(f"rest-megatron train exited with {code}; the end of {log}:\n{tail}")
@@ -97,7 +113,10 @@ def _max_weight_change(source: Path, exported: Path) -> float:
     from safetensors import safe_open
 
     change = 0.0
-    with safe_open(str(source / "model.safetensors"), "pt") as a, safe_open(str(exported / "model.safetensors"), "pt") as b:
+    with (
+        safe_open(str(source / "model.safetensors"), "pt") as a,
+        safe_open(str(exported / "model.safetensors"), "pt") as b,
+    ):
         for name in a.keys():
             change = max(change, float((a.get_tensor(name).float() - b.get_tensor(name).float()).abs().max()))
     return change
@@ -127,10 +146,14 @@ def run_stages(work: Path, *, sft_steps: int, rl_steps: int, mem_fraction: float
             seconds = _train([str(RECIPE), *overrides], log, timeout_s)
         steps = [m for m in _metrics(run_dir) if "tokens_per_s" in m]
         if len(steps) < rl_steps:
-            raise StageFailed(f"{len(steps)} of {rl_steps} RL steps trained (the others were skipped: uniform rewards)")
+            raise StageFailed(
+                f"{len(steps)} of {rl_steps} RL steps trained (the others were skipped: uniform rewards)"
+            )
         state["steps"] = steps
         rate = sum(m["tokens_per_s"] for m in steps) / len(steps)
-        return f"{seconds:.0f} s, {rate:.0f} tokens/s (update), peak GPU memory {memory.peak_mib} MiB (device)"
+        return (
+            f"{seconds:.0f} s, {rate:.0f} tokens/s (update), peak GPU memory {memory.peak_mib} MiB (device)"
+        )
 
     def drift() -> str:
         values = [m["logprob_drift"] for m in state["steps"]]
@@ -143,7 +166,9 @@ def run_stages(work: Path, *, sft_steps: int, rl_steps: int, mem_fraction: float
 
         change = _max_weight_change(resolve_model_dir("tiny-qwen3"), run_dir / "hf")
         if not change > 0.0:
-            raise StageFailed("the exported weights equal the HF weights the run started from: nothing was trained")
+            raise StageFailed(
+                "the exported weights equal the HF weights the run started from: nothing was trained"
+            )
         return f"max |exported - loaded| = {change:.3e}"
 
     def checkpoint() -> str:
@@ -157,7 +182,9 @@ def run_stages(work: Path, *, sft_steps: int, rl_steps: int, mem_fraction: float
 
     def resume() -> str:
         with PeakMemory() as memory:
-            seconds = _train(["--resume", str(run_dir), f"optimizer.num_steps={rl_steps + 1}"], log, timeout_s)
+            seconds = _train(
+                ["--resume", str(run_dir), f"optimizer.num_steps={rl_steps + 1}"], log, timeout_s
+            )
         last = max(m.get("step", 0) for m in _metrics(run_dir))
         if last != rl_steps + 1:
             raise StageFailed(f"the resumed run ended at step {last}, expected {rl_steps + 1}")
@@ -173,8 +200,15 @@ def run_stages(work: Path, *, sft_steps: int, rl_steps: int, mem_fraction: float
             raise StageFailed("the exported model gives non-finite logits")
         return f"{run_dir / 'hf'} loads, logits {tuple(logits.shape)} finite"
 
-    for name, check in [("environment", environment), ("train", train), ("drift", drift), ("weights", weights),
-                        ("checkpoint", checkpoint), ("resume", resume), ("export", export)]:
+    for name, check in [
+        ("environment", environment),
+        ("train", train),
+        ("drift", drift),
+        ("weights", weights),
+        ("checkpoint", checkpoint),
+        ("resume", resume),
+        ("export", export),
+    ]:
         stage(name, check)
 
 
@@ -184,7 +218,10 @@ def stage(name: str, check: Callable[[], str]) -> None:
     try:
         figures = check()
     except Exception as error:  # noqa: BLE001 - every failure is reported as this stage's
-        print(f"FAIL {name} ({time.perf_counter() - started:.0f} s): {type(error).__name__}: {error}", flush=True)
+        print(
+            f"FAIL {name} ({time.perf_counter() - started:.0f} s): {type(error).__name__}: {error}",
+            flush=True,
+        )
         raise StageFailed(name) from error
     print(f"PASS {name} ({time.perf_counter() - started:.0f} s): {figures}", flush=True)
 
@@ -195,13 +232,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft-steps", type=int, default=5)
     parser.add_argument("--rl-steps", type=int, default=2)
     parser.add_argument("--mem-fraction", type=float, default=0.3, help="SGLang's share of the one GPU")
-    parser.add_argument("--timeout-s", type=float, default=300.0, help="limit of each `rest-megatron train` run")
+    parser.add_argument(
+        "--timeout-s", type=float, default=300.0, help="limit of each `rest-megatron train` run"
+    )
     args = parser.parse_args(argv)
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu_smoke: no GPU: torch sees no CUDA device, so the GPU path cannot be checked here "
-              "(run it on a machine with one GPU and the gpu extra: EXTRAS=dev,gpu)", file=sys.stderr)
+        print(
+            "gpu_smoke: no GPU: torch sees no CUDA device, so the GPU path cannot be checked here "
+            "(run it on a machine with one GPU and the gpu extra: EXTRAS=dev,gpu)",
+            file=sys.stderr,
+        )
         return NO_GPU_EXIT_CODE
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="gpu-smoke-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -209,8 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.perf_counter()
     try:
-        run_stages(work, sft_steps=args.sft_steps, rl_steps=args.rl_steps, mem_fraction=args.mem_fraction,
-                   timeout_s=args.timeout_s)
+        run_stages(
+            work,
+            sft_steps=args.sft_steps,
+            rl_steps=args.rl_steps,
+            mem_fraction=args.mem_fraction,
+            timeout_s=args.timeout_s,
+        )
     except StageFailed as failed:
         print(f"gpu_smoke: FAILED at stage {failed} after {time.perf_counter() - started:.0f} s", flush=True)
         return 1

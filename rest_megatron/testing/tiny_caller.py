@@ -43,7 +43,9 @@ PYTHON_TOOL: dict[str, Any] = {
 _BROKEN_CALL = '<tool_call>\ncalculator(expression="{expr}")\n</tool_call>'
 
 
-def prompt_messages(sample: TinyTaskSample, mode: str = "normal") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def prompt_messages(
+    sample: TinyTaskSample, mode: str = "normal"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(prompt messages, tool schemas) of `sample` in one of the modes "normal", "broken", "slow"."""
     if mode not in ("normal", "broken", "slow"):
         raise ValueError(f"mode must be normal, broken or slow, got {mode!r}")
@@ -61,16 +63,23 @@ def _conversation(sample: TinyTaskSample, mode: str) -> tuple[list[dict[str, Any
     if mode == "broken":
         text = _BROKEN_CALL.format(expr=sample.calls[0]["arguments"]["expression"])
         error = parse_tool_calls(text).errors[0].message
-        return messages + [{"role": "assistant", "content": text}, {"role": "tool", "content": f"Error: {error}"},
-                           {"role": "assistant", "content": "The answer is unknown."}], tools
+        return messages + [
+            {"role": "assistant", "content": text},
+            {"role": "tool", "content": f"Error: {error}"},
+            {"role": "assistant", "content": "The answer is unknown."},
+        ], tools
     code = f"import time; time.sleep({SLOW_SECONDS}); print({sample.answer})"
     call = {"type": "function", "function": {"name": "python", "arguments": {"code": code}}}
-    return messages + [{"role": "assistant", "content": "", "tool_calls": [call]},
-                       {"role": "tool", "content": f"{sample.answer}\n"},
-                       {"role": "assistant", "content": f"The answer is {sample.answer}."}], tools
+    return messages + [
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": f"{sample.answer}\n"},
+        {"role": "assistant", "content": f"The answer is {sample.answer}."},
+    ], tools
 
 
-def finetune(out_dir: str | Path, *, num_steps: int = 150, batch_size: int = 4, lr: float = 3e-3, seed: int = 0) -> Path:
+def finetune(
+    out_dir: str | Path, *, num_steps: int = 150, batch_size: int = 4, lr: float = 3e-3, seed: int = 0
+) -> Path:
     """Fine-tune tiny-qwen3 into `out_dir` (a complete HF folder) and return it."""
     base = tiny_model_dir("tiny-qwen3")
     tokenizer = transformers.AutoTokenizer.from_pretrained(base)
@@ -85,11 +94,15 @@ def finetune(out_dir: str | Path, *, num_steps: int = 150, batch_size: int = 4, 
             examples.append(tokenize_for_sft(tokenizer, messages, tools))
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.1, 1 - step / num_steps))
+            optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.1, 1 - step / num_steps)
+        )
         model.train()
         for _ in range(num_steps):
-            batch = collate(rng.sample(examples, batch_size), pad_id=tokenizer.pad_token_id or 0,
-                            micro_batch_size=batch_size)[0]
+            batch = collate(
+                rng.sample(examples, batch_size),
+                pad_id=tokenizer.pad_token_id or 0,
+                micro_batch_size=batch_size,
+            )[0]
             logits = model(input_ids=batch["tokens"]).logits.float()  # [B, S, V]
             logprobs = torch.log_softmax(logits, -1).gather(-1, batch["labels"][..., None])[..., 0]
             loss = -(logprobs * batch["loss_mask"]).sum() / batch["loss_mask"].sum()
@@ -107,6 +120,12 @@ def finetune(out_dir: str | Path, *, num_steps: int = 150, batch_size: int = 4, 
 
 def tiny_tool_caller_dir(num_steps: int = 150) -> Path:
     """The cached fine-tuned tiny tool caller (trained on first use, about a minute on one core)."""
-    key = cache_key(version=VERSION, base=str(tiny_model_dir("tiny-qwen3").name), num_steps=num_steps,
-                    slow=SLOW_SECONDS, torch=torch.__version__, transformers=transformers.__version__)
+    key = cache_key(
+        version=VERSION,
+        base=str(tiny_model_dir("tiny-qwen3").name),
+        num_steps=num_steps,
+        slow=SLOW_SECONDS,
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+    )
     return cached_dir(f"tiny-tool-caller-{key}", lambda tmp: finetune(tmp, num_steps=num_steps))

@@ -57,8 +57,16 @@ class PolicyActor:
     """This rank's part of a policy: a DDP-wrapped Megatron GPT chunk, its optimizer and LR schedule."""
 
     def __init__(
-        self, model: torch.nn.Module, optimizer: Any, scheduler: Any, *, vocab_size: int, chunk_size: int = 1024,
-        packed_format: str = "mask", temperature: float = 1.0, device: torch.device | None = None,
+        self,
+        model: torch.nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        *,
+        vocab_size: int,
+        chunk_size: int = 1024,
+        packed_format: str = "mask",
+        temperature: float = 1.0,
+        device: torch.device | None = None,
     ) -> None:
         from rest_megatron.distributed import compute_device
 
@@ -69,7 +77,9 @@ class PolicyActor:
         self.scheduler = scheduler
         self.vocab_size = vocab_size
         self.chunk_size = chunk_size
-        self.packed_format = packed_format  # packed rows attend via "thd" (TE, cu_seqlens) or "mask" (local spec)
+        self.packed_format = (
+            packed_format  # packed rows attend via "thd" (TE, cu_seqlens) or "mask" (local spec)
+        )
         # The rollout's sampling temperature: the policy that generated the data is softmax(logits / T),
         # so that is the policy whose log-probs, entropy and gradient the trainer computes (0: greedy, as 1).
         self.temperature = temperature if temperature > 0 else 1.0
@@ -80,22 +90,33 @@ class PolicyActor:
         return unwrap_ddp(self.model)
 
     # ----------------------------------------------------------------------------------------- stats
-    def stats_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor, *, entropy_grad: bool) -> TokenStats:
+    def stats_from_hidden(
+        self, hidden: torch.Tensor, labels: torch.Tensor, *, entropy_grad: bool
+    ) -> TokenStats:
         """log π(labels), H, Σπ² ([B, S]) of softmax(logits / temperature) from the last stage's hidden
         states [B, S, H], differentiably. The output layer has no bias, so logits / T = (h / T)·Wᵀ."""
         if self.temperature != 1.0:
             hidden = hidden / self.temperature
         return model_token_stats(
-            self.network, hidden, labels, vocab_size=self.vocab_size, chunk_size=self.chunk_size, entropy_grad=entropy_grad
+            self.network,
+            hidden,
+            labels,
+            vocab_size=self.vocab_size,
+            chunk_size=self.chunk_size,
+            entropy_grad=entropy_grad,
         )
 
-    def _run_schedule(self, microbatches: list[MicroBatch], loss_for_batch, *, forward_only: bool) -> list[Any]:
+    def _run_schedule(
+        self, microbatches: list[MicroBatch], loss_for_batch, *, forward_only: bool
+    ) -> list[Any]:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         def forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
             batch = next(data_iterator)
             check_on_device(batch, self.device)
-            with hidden_states_instead_of_logits(self.network) if self.network.post_process else nullcontext():
+            with (
+                hidden_states_instead_of_logits(self.network) if self.network.post_process else nullcontext()
+            ):
                 hidden = model(batch["tokens"], **self._attention_inputs(batch))  # [B, S, H] last stage
             return hidden, lambda output: loss_for_batch(output, batch)
 
@@ -121,10 +142,22 @@ class PolicyActor:
             from megatron.core.packed_seq_params import PackedSeqParams
 
             longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-            params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
-                                     max_seqlen_q=longest, max_seqlen_kv=longest)
-            return {"position_ids": batch["position_ids"], "attention_mask": None, "packed_seq_params": params}
-        return {"position_ids": batch["position_ids"], "attention_mask": packed_causal_mask(cu_seqlens, tokens.shape[1])}
+            params = PackedSeqParams(
+                qkv_format="thd",
+                cu_seqlens_q=cu_seqlens,
+                cu_seqlens_kv=cu_seqlens,
+                max_seqlen_q=longest,
+                max_seqlen_kv=longest,
+            )
+            return {
+                "position_ids": batch["position_ids"],
+                "attention_mask": None,
+                "packed_seq_params": params,
+            }
+        return {
+            "position_ids": batch["position_ids"],
+            "attention_mask": packed_causal_mask(cu_seqlens, tokens.shape[1]),
+        }
 
     @torch.no_grad()
     def token_stats(self, microbatches: list[MicroBatch]) -> list[TokenStats]:
@@ -134,7 +167,10 @@ class PolicyActor:
         self.model.eval()
         outputs = self._run_schedule(
             microbatches,
-            lambda hidden, batch: (hidden.new_zeros((), dtype=torch.float32), {"stats": self.stats_from_hidden(hidden, batch["labels"], entropy_grad=False)}),
+            lambda hidden, batch: (
+                hidden.new_zeros((), dtype=torch.float32),
+                {"stats": self.stats_from_hidden(hidden, batch["labels"], entropy_grad=False)},
+            ),
             forward_only=True,
         )
         self.model.train()
@@ -143,7 +179,9 @@ class PolicyActor:
             if parallel_state.is_pipeline_last_stage():
                 packed = torch.stack(list(outputs[index]["stats"]))  # [3, B, S]
             else:
-                packed = torch.empty((3, *batch["labels"].shape), dtype=torch.float32, device=batch["labels"].device)
+                packed = torch.empty(
+                    (3, *batch["labels"].shape), dtype=torch.float32, device=batch["labels"].device
+                )
             if parallel_state.get_pipeline_model_parallel_world_size() > 1:
                 dist.broadcast(
                     packed,
@@ -175,7 +213,9 @@ class PolicyActor:
             for mb in microbatches
         ]
         # One denominator for the whole update: every micro-batch here, every DP rank.
-        denominator = sum(aggregation.denominator(loss_mask=m, weights=mb["weights"]) for m, mb in zip(masks, microbatches))
+        denominator = sum(
+            aggregation.denominator(loss_mask=m, weights=mb["weights"]) for m, mb in zip(masks, microbatches)
+        )
         denominator = torch.as_tensor(denominator, dtype=torch.float64, device=self.device).clone()
         dist.all_reduce(denominator, group=parallel_state.get_data_parallel_group())
         undo_averaging = len(microbatches) * parallel_state.get_data_parallel_world_size()
@@ -214,7 +254,9 @@ class PolicyActor:
             grad_norm=float(grad_norm or 0.0),
             lr=float(self.optimizer.param_groups[0]["lr"]),
             update_ok=float(bool(update_ok)),
-            tokens_per_s=num_tokens * parallel_state.get_data_parallel_world_size() / (time.perf_counter() - started),
+            tokens_per_s=num_tokens
+            * parallel_state.get_data_parallel_world_size()
+            / (time.perf_counter() - started),
         )
         return metrics
 
@@ -228,7 +270,9 @@ class PolicyActor:
             ops = {"ratio_max": (dist.ReduceOp.MAX, max), "ratio_min": (dist.ReduceOp.MIN, min)}
             for key in keys:
                 op, combine = ops.get(key, (dist.ReduceOp.SUM, sum))
-                value = torch.tensor(combine([float(o[key]) for o in outputs]), dtype=torch.float64, device=self.device)
+                value = torch.tensor(
+                    combine([float(o[key]) for o in outputs]), dtype=torch.float64, device=self.device
+                )
                 dist.all_reduce(value, op=op, group=parallel_state.get_data_parallel_group())
                 reduced[key] = float(value)
             tokens = max(reduced.get("num_tokens", 0.0), 1.0)
@@ -262,7 +306,8 @@ def packed_causal_mask(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
     would alone, wherever it sits in the row.
     """
     segment = torch.repeat_interleave(
-        torch.arange(len(cu_seqlens) - 1, device=cu_seqlens.device), (cu_seqlens[1:] - cu_seqlens[:-1]).long(),
+        torch.arange(len(cu_seqlens) - 1, device=cu_seqlens.device),
+        (cu_seqlens[1:] - cu_seqlens[:-1]).long(),
         output_size=length,
     )
     causal = torch.ones(length, length, dtype=torch.bool, device=cu_seqlens.device).tril()
@@ -296,14 +341,32 @@ def build_actor(
     """
     from rest_megatron.trainer.optimizer import build_optimizer, wrap_ddp
 
-    model = _build_model(spec, tp=tp, pp=pp, dtype=dtype, sequence_parallel=sequence_parallel, recompute=recompute,
-                         padded_vocab_multiple=padded_vocab_multiple, max_sequence_length=max_sequence_length,
-                         megatron_overrides=megatron_overrides, device=device, transformer_impl=transformer_impl)
+    model = _build_model(
+        spec,
+        tp=tp,
+        pp=pp,
+        dtype=dtype,
+        sequence_parallel=sequence_parallel,
+        recompute=recompute,
+        padded_vocab_multiple=padded_vocab_multiple,
+        max_sequence_length=max_sequence_length,
+        megatron_overrides=megatron_overrides,
+        device=device,
+        transformer_impl=transformer_impl,
+    )
     model = wrap_ddp(model, use_distributed_optimizer=settings.use_distributed_optimizer)
     optimizer, scheduler = build_optimizer([model], settings)
     packed_format = "thd" if uses_transformer_engine(model) else "mask"
-    return PolicyActor(model, optimizer, scheduler, vocab_size=spec.vocab_size, chunk_size=chunk_size,
-                       packed_format=packed_format, temperature=temperature, device=device)
+    return PolicyActor(
+        model,
+        optimizer,
+        scheduler,
+        vocab_size=spec.vocab_size,
+        chunk_size=chunk_size,
+        packed_format=packed_format,
+        temperature=temperature,
+        device=device,
+    )
 
 
 def build_reference(spec: Any, hf_dir: str | Path, **layout: Any) -> PolicyActor:
@@ -319,29 +382,55 @@ def build_reference(spec: Any, hf_dir: str | Path, **layout: Any) -> PolicyActor
     model = _build_model(spec, **layout)
     load_hf_into_model(model, spec, HFWeights.open(Path(hf_dir), spec=spec))
     model.requires_grad_(False)
-    return PolicyActor(model, None, None, vocab_size=spec.vocab_size, chunk_size=chunk_size,
-                       packed_format="thd" if uses_transformer_engine(model) else "mask", temperature=temperature,
-                       device=device)
+    return PolicyActor(
+        model,
+        None,
+        None,
+        vocab_size=spec.vocab_size,
+        chunk_size=chunk_size,
+        packed_format="thd" if uses_transformer_engine(model) else "mask",
+        temperature=temperature,
+        device=device,
+    )
 
 
 def _build_model(
-    spec: Any, *, tp: int = 1, pp: int = 1, dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
-    recompute: bool = False, padded_vocab_multiple: int = 128, max_sequence_length: int | None = None,
-    megatron_overrides: dict[str, Any] | None = None, device: torch.device | None = None,
+    spec: Any,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: torch.dtype = torch.float32,
+    sequence_parallel: bool = False,
+    recompute: bool = False,
+    padded_vocab_multiple: int = 128,
+    max_sequence_length: int | None = None,
+    megatron_overrides: dict[str, Any] | None = None,
+    device: torch.device | None = None,
     transformer_impl: str = "auto",
 ) -> torch.nn.Module:
     from rest_megatron.model.builder import build_gpt_model, padded_vocab_size, transformer_config
 
     config = transformer_config(
-        spec, tp=tp, pp=pp, dtype=dtype, sequence_parallel=sequence_parallel, recompute=recompute,
+        spec,
+        tp=tp,
+        pp=pp,
+        dtype=dtype,
+        sequence_parallel=sequence_parallel,
+        recompute=recompute,
         **(megatron_overrides or {}),
     )
     return build_gpt_model(
-        spec, config, padded_vocab=padded_vocab_size(spec.vocab_size, tp, padded_vocab_multiple),
-        max_sequence_length=max_sequence_length, device=device, transformer_impl=transformer_impl,
+        spec,
+        config,
+        padded_vocab=padded_vocab_size(spec.vocab_size, tp, padded_vocab_multiple),
+        max_sequence_length=max_sequence_length,
+        device=device,
+        transformer_impl=transformer_impl,
     )
 
 
 def uses_transformer_engine(model: torch.nn.Module) -> bool:
     """Whether the model's layers are Transformer Engine modules (the GPU spec), which take THD input."""
-    return any(type(m).__module__.startswith("megatron.core.extensions.transformer_engine") for m in model.modules())
+    return any(
+        type(m).__module__.startswith("megatron.core.extensions.transformer_engine") for m in model.modules()
+    )

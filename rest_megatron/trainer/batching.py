@@ -39,7 +39,12 @@ class TrainingSample:
     advantage: float
 
     def __post_init__(self) -> None:
-        lengths = {len(self.token_ids), len(self.loss_mask), len(self.sampling_logprobs), len(self.region_mask)}
+        lengths = {
+            len(self.token_ids),
+            len(self.loss_mask),
+            len(self.sampling_logprobs),
+            len(self.region_mask),
+        }
         assert len(lengths) == 1, f"per-token fields disagree in length: {lengths}"
 
 
@@ -83,23 +88,37 @@ class Share:
 
 
 def split_over_dp(
-    samples: Sequence[TrainingSample], *, dp_size: int, micro_batch_size: int, length: int, packed: bool = False
+    samples: Sequence[TrainingSample],
+    *,
+    dp_size: int,
+    micro_batch_size: int,
+    length: int,
+    packed: bool = False,
 ) -> list[Share]:
     """One update's trajectories split contiguously over DP ranks (the update keeps its global order,
     so the gradient does not depend on the DP size); entry r is DP rank r's share."""
     if not samples:
-        raise ValueError("a training step needs at least one trajectory; check the rollout and dynamic sampling")
+        raise ValueError(
+            "a training step needs at least one trajectory; check the rollout and dynamic sampling"
+        )
     if packed:
         bins = _bins(samples, micro_batch_size * length)
         per_rank = math.ceil(len(bins) / dp_size)
-        return [Share([s for b in bins[r * per_rank : (r + 1) * per_rank] for s in b], per_rank, length)
-                for r in range(dp_size)]
+        return [
+            Share([s for b in bins[r * per_rank : (r + 1) * per_rank] for s in b], per_rank, length)
+            for r in range(dp_size)
+        ]
     per_rank = math.ceil(len(samples) / dp_size / micro_batch_size) * micro_batch_size
     return [Share(list(samples[r * per_rank : (r + 1) * per_rank]), per_rank, length) for r in range(dp_size)]
 
 
 def share_microbatches(
-    share: Share, *, micro_batch_size: int, pad_id: int, packed: bool = False, device: torch.device | str = "cpu"
+    share: Share,
+    *,
+    micro_batch_size: int,
+    pad_id: int,
+    packed: bool = False,
+    device: torch.device | str = "cpu",
 ) -> list[MicroBatch]:
     """A share's micro-batches on `device`: padded rows stacked micro_batch_size at a time, or one packed row each."""
     if packed:
@@ -110,7 +129,10 @@ def share_microbatches(
     rows = [_row(s, share.length, pad_id) for s in share.samples]
     rows += [_padding_row(share.length, pad_id)] * (share.num_rows - len(rows))  # loss_mask 0: trains nothing
     return [
-        to_device({key: torch.stack([row[key] for row in rows[i : i + micro_batch_size]]) for key in rows[0]}, device)
+        to_device(
+            {key: torch.stack([row[key] for row in rows[i : i + micro_batch_size]]) for key in rows[0]},
+            device,
+        )
         for i in range(0, share.num_rows, micro_batch_size)
     ]
 
@@ -132,10 +154,18 @@ def make_microbatches(
 ) -> list[MicroBatch]:
     """This DP rank's micro-batches of the step, on `device`. Rows are padded up so every rank gets the same count."""
     if not samples:
-        raise ValueError("a training step needs at least one trajectory; check the rollout and dynamic sampling")
-    shares = split_over_dp(samples, dp_size=dp_size, micro_batch_size=micro_batch_size,
-                           length=padded_length(samples, length_multiple))
-    return share_microbatches(shares[dp_rank], micro_batch_size=micro_batch_size, pad_id=pad_id, device=device)
+        raise ValueError(
+            "a training step needs at least one trajectory; check the rollout and dynamic sampling"
+        )
+    shares = split_over_dp(
+        samples,
+        dp_size=dp_size,
+        micro_batch_size=micro_batch_size,
+        length=padded_length(samples, length_multiple),
+    )
+    return share_microbatches(
+        shares[dp_rank], micro_batch_size=micro_batch_size, pad_id=pad_id, device=device
+    )
 
 
 def pack_microbatches(
@@ -156,11 +186,19 @@ def pack_microbatches(
     DP ranks, empty rows (loss_mask 0) even out the count.
     """
     if not samples:
-        raise ValueError("a training step needs at least one trajectory; check the rollout and dynamic sampling")
-    shares = split_over_dp(samples, dp_size=dp_size, micro_batch_size=micro_batch_size,
-                           length=padded_length(samples, length_multiple), packed=True)
-    return share_microbatches(shares[dp_rank], micro_batch_size=micro_batch_size, pad_id=pad_id, packed=True,
-                              device=device)
+        raise ValueError(
+            "a training step needs at least one trajectory; check the rollout and dynamic sampling"
+        )
+    shares = split_over_dp(
+        samples,
+        dp_size=dp_size,
+        micro_batch_size=micro_batch_size,
+        length=padded_length(samples, length_multiple),
+        packed=True,
+    )
+    return share_microbatches(
+        shares[dp_rank], micro_batch_size=micro_batch_size, pad_id=pad_id, packed=True, device=device
+    )
 
 
 def _bins(samples: Sequence[TrainingSample], capacity: int) -> list[list[TrainingSample]]:
@@ -193,8 +231,14 @@ def _packed_row(samples: Sequence[TrainingSample], capacity: int, pad_id: int) -
 def _padding_row(length: int, pad_id: int) -> dict[str, torch.Tensor]:
     zeros = torch.zeros(length)
     pad = torch.full((length,), pad_id, dtype=torch.long)
-    return {"tokens": pad, "labels": pad, "loss_mask": zeros, "sampling_logprobs": zeros,
-            "region_mask": torch.zeros(length, dtype=torch.long), "advantages": zeros}
+    return {
+        "tokens": pad,
+        "labels": pad,
+        "loss_mask": zeros,
+        "sampling_logprobs": zeros,
+        "region_mask": torch.zeros(length, dtype=torch.long),
+        "advantages": zeros,
+    }
 
 
 def unpack_rows(values: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

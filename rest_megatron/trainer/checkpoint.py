@@ -136,12 +136,18 @@ def save_checkpoint(
     _start_writer_results_queue()
     # Before its first step an optimizer has no state to save, and a loader would expect Adam moments.
     with_optimizer = optimizer is not None and _optimizer_has_state(optimizer)
-    dist_checkpointing.save(_sharded_state(model, optimizer if with_optimizer else None, is_loading=False),
-                            str(tmp / "model_optim"))
+    dist_checkpointing.save(
+        _sharded_state(model, optimizer if with_optimizer else None, is_loading=False),
+        str(tmp / "model_optim"),
+    )
     torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
     if rank == 0:
-        state = {"step": step, "world_size": dist.get_world_size(), "optimizer_saved": with_optimizer,
-                 **(trainer_state or {})}
+        state = {
+            "step": step,
+            "world_size": dist.get_world_size(),
+            "optimizer_saved": with_optimizer,
+            **(trainer_state or {}),
+        }
         if scheduler is not None:
             state["scheduler"] = scheduler.state_dict()
         torch.save(state, tmp / "trainer_state.pt")
@@ -184,7 +190,9 @@ def verify_checkpoint(directory: str | Path) -> None:
     for name, expected in files.items():
         path = directory / name
         if not path.is_file():
-            raise CheckpointError(f"{path} is missing from checkpoint {directory}; load an earlier checkpoint")
+            raise CheckpointError(
+                f"{path} is missing from checkpoint {directory}; load an earlier checkpoint"
+            )
         size = path.stat().st_size
         if size != expected["bytes"]:
             raise CheckpointError(
@@ -248,7 +256,8 @@ def load_checkpoint(
     # must follow the loaded model, or its first step writes back the weights it was built with.
     with_optimizer = optimizer is not None and state.get("optimizer_saved", True)
     loaded = dist_checkpointing.load(
-        _sharded_state(model, optimizer if with_optimizer else None, is_loading=True), str(directory / "model_optim")
+        _sharded_state(model, optimizer if with_optimizer else None, is_loading=True),
+        str(directory / "model_optim"),
     )
     unwrap_ddp(model).load_state_dict(loaded["model"])
     if with_optimizer:

@@ -46,8 +46,12 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
     cfg, timings, metrics, shares = rt.config, {}, {}, None
     started = time.perf_counter()
     prompts = rt.train_prompts.batch(step)
-    trajectories = generate(rt, prompts, cfg.rollout.num_samples_per_prompt,  # on the driver only
-                            seed=sampling_seed(cfg.data.seed, step))
+    trajectories = generate(
+        rt,
+        prompts,
+        cfg.rollout.num_samples_per_prompt,  # on the driver only
+        seed=sampling_seed(cfg.data.seed, step),
+    )
     timings["time/rollout"] = time.perf_counter() - started
     if rt.is_driver:
         metrics, shares = driver_plan(rt, step, prompts, trajectories)
@@ -55,7 +59,10 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
     if share is None:
         return {**metrics, "skipped": 1.0, **timings}
     started = time.perf_counter()
-    updates = [stages.microbatches(s, cfg.parallel, pad_id=rt.tokenizer.pad_token_id, device=rt.device) for s in share]
+    updates = [
+        stages.microbatches(s, cfg.parallel, pad_id=rt.tokenizer.pad_token_id, device=rt.device)
+        for s in share
+    ]
     everything = [mb for update in updates for mb in update]
     stats = rt.actor.token_stats(everything)  # the old policy: before the first update
     region_metrics = stages.attach_weights(
@@ -73,7 +80,9 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
     return {**metrics, **region_metrics, **update, **timings}
 
 
-def driver_plan(rt: Runtime, step: int, prompts: list, trajectories: list) -> tuple[dict[str, float], list | None]:
+def driver_plan(
+    rt: Runtime, step: int, prompts: list, trajectories: list
+) -> tuple[dict[str, float], list | None]:
     """Driver: score and normalize the step's trajectories and assign them to updates and DP ranks.
     Returns the reward metrics and, per DP rank, its shares (a list of None when the step is skipped)."""
     cfg = rt.config
@@ -85,13 +94,17 @@ def driver_plan(rt: Runtime, step: int, prompts: list, trajectories: list) -> tu
         trajectories, prompts, reward=cfg.reward.name, step=step, params=cfg.reward.params
     )
     advantages, keep = stages.advantages(
-        rewards, group_size=cfg.rollout.num_samples_per_prompt,
-        estimator=cfg.algorithm.advantage, dynamic_sampling=cfg.algorithm.dynamic_sampling,
+        rewards,
+        group_size=cfg.rollout.num_samples_per_prompt,
+        estimator=cfg.algorithm.advantage,
+        dynamic_sampling=cfg.algorithm.dynamic_sampling,
     )
     samples = stages.to_samples(trajectories, advantages, keep)
     metrics = {
-        "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-        **{f"reward/{k}": v for k, v in reward_parts.items()}, "kept_fraction": float(keep.float().mean()),
+        "reward/mean": float(rewards.mean()),
+        "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+        **{f"reward/{k}": v for k, v in reward_parts.items()},
+        "kept_fraction": float(keep.float().mean()),
         **statuses,
     }
     dp = cfg.data_parallel_size(dist.get_world_size())
@@ -100,9 +113,13 @@ def driver_plan(rt: Runtime, step: int, prompts: list, trajectories: list) -> tu
     if not samples or not bool((advantages[keep] != 0).any()):
         return metrics, [None] * dp
     shares = stages.plan_updates(
-        samples, num_updates=cfg.num_updates_per_step // cfg.optimizer.ppo_epochs,
-        seed=stages.update_seed(cfg.data.seed, step), dp_size=dp, micro_batch_size=cfg.parallel.micro_batch_size,
-        length_multiple=8 * cfg.parallel.tp, packed=cfg.parallel.pack_sequences,
+        samples,
+        num_updates=cfg.num_updates_per_step // cfg.optimizer.ppo_epochs,
+        seed=stages.update_seed(cfg.data.seed, step),
+        dp_size=dp,
+        micro_batch_size=cfg.parallel.micro_batch_size,
+        length_multiple=8 * cfg.parallel.tp,
+        packed=cfg.parallel.pack_sequences,
     )
     return metrics, shares
 
@@ -124,8 +141,10 @@ def run(config: Config) -> int:
         for step in range(start_step, config.optimizer.num_steps):
             metrics = rl_step(rt, step)
             done = step + 1
-            if rt.eval_prompts is not None and config.logging.eval_interval and (
-                done % config.logging.eval_interval == 0 or done == config.optimizer.num_steps
+            if (
+                rt.eval_prompts is not None
+                and config.logging.eval_interval
+                and (done % config.logging.eval_interval == 0 or done == config.optimizer.num_steps)
             ):
                 metrics["eval/reward"] = evaluate(rt)
             log(rt, done, metrics)
@@ -156,8 +175,15 @@ def checkpoint_root(rt: Runtime) -> Path:
 
 
 def save(rt: Runtime, step: int) -> None:
-    save_checkpoint(checkpoint_root(rt), step, rt.actor.model, rt.actor.optimizer, rt.actor.scheduler,
-                    {"data_cursor": step, "hf_source": str(rt.hf_dir)}, num_keep_last=rt.config.checkpoint.num_keep_last)
+    save_checkpoint(
+        checkpoint_root(rt),
+        step,
+        rt.actor.model,
+        rt.actor.optimizer,
+        rt.actor.scheduler,
+        {"data_cursor": step, "hf_source": str(rt.hf_dir)},
+        num_keep_last=rt.config.checkpoint.num_keep_last,
+    )
 
 
 def preempted(rt: Runtime) -> bool:
@@ -170,8 +196,12 @@ def preempted(rt: Runtime) -> bool:
 def log(rt: Runtime, step: int, metrics: dict[str, float]) -> None:
     """Record every `logging.log_interval` steps, and always an evaluation and the last step."""
     last = step == rt.config.optimizer.num_steps
-    if rt.logger is not None and (step % rt.config.logging.log_interval == 0 or "eval/reward" in metrics or last):
-        rt.logger.log(step, {**metrics, "data/skipped_long_prompts": float(rt.train_prompts.num_skipped_long)})
+    if rt.logger is not None and (
+        step % rt.config.logging.log_interval == 0 or "eval/reward" in metrics or last
+    ):
+        rt.logger.log(
+            step, {**metrics, "data/skipped_long_prompts": float(rt.train_prompts.num_skipped_long)}
+        )
 
 
 def finish(rt: Runtime) -> None:
@@ -188,9 +218,19 @@ def train_main(config: Config) -> int:
     if "RANK" in os.environ or config.world_size == 1:
         return run(config)
     path = save_config(config, config.logging.run_dir)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={config.launch.nproc_per_node}", "-m", "rest_megatron.trainer.loop", str(path)]
-    return subprocess.call(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={config.launch.nproc_per_node}",
+        "-m",
+        "rest_megatron.trainer.loop",
+        str(path),
+    ]
+    return subprocess.call(
+        command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    )
 
 
 if __name__ == "__main__":

@@ -78,21 +78,37 @@ def start_services(rt: Runtime) -> None:
     logs = rt.run_dir / "logs"
     sandbox_url = cfg.sandbox.url
     if sandbox_url is None:
-        limits = ["--backend", cfg.sandbox.backend, "--cpu-s", str(cfg.sandbox.cpu_seconds),
-                  "--wall-s", str(cfg.sandbox.wall_seconds), "--memory-mb", str(cfg.sandbox.memory_mb),
-                  "--max-concurrency", str(cfg.sandbox.max_concurrency), "--max-processes", str(cfg.sandbox.max_processes),
-                  "--file-size-mb", str(cfg.sandbox.max_file_mb), "--output-bytes", str(cfg.sandbox.max_output_bytes)]
+        limits = [
+            "--backend",
+            cfg.sandbox.backend,
+            "--cpu-s",
+            str(cfg.sandbox.cpu_seconds),
+            "--wall-s",
+            str(cfg.sandbox.wall_seconds),
+            "--memory-mb",
+            str(cfg.sandbox.memory_mb),
+            "--max-concurrency",
+            str(cfg.sandbox.max_concurrency),
+            "--max-processes",
+            str(cfg.sandbox.max_processes),
+            "--file-size-mb",
+            str(cfg.sandbox.max_file_mb),
+            "--output-bytes",
+            str(cfg.sandbox.max_output_bytes),
+        ]
         sandbox_url = rt.services.enter_context(local_sandbox_server(limits)).base_url
     urls = list(cfg.rollout.server_urls)
     if not urls:
         if cfg.rollout.engine == "embedded":
             servers = start_embedded_servers(rt.hf_dir, cfg.rollout.num_servers, log_dir=logs)
         elif cfg.rollout.engine == "vllm":
-            servers = start_vllm_servers(rt.hf_dir, cfg, log_dir=logs,
-                                         trainer_gpus=local_trainer_gpus(cfg.launch.device))
+            servers = start_vllm_servers(
+                rt.hf_dir, cfg, log_dir=logs, trainer_gpus=local_trainer_gpus(cfg.launch.device)
+            )
         else:
-            servers = start_sglang_servers(rt.hf_dir, cfg.rollout, log_dir=logs,
-                                           trainer_gpus=local_trainer_gpus(cfg.launch.device))
+            servers = start_sglang_servers(
+                rt.hf_dir, cfg.rollout, log_dir=logs, trainer_gpus=local_trainer_gpus(cfg.launch.device)
+            )
         for server in servers:
             rt.services.callback(server.stop)
         urls = [server.base_url for server in servers]
@@ -107,26 +123,41 @@ def start_services(rt: Runtime) -> None:
     rt.rollout = RolloutServices(loop, agent, _weight_sync(rt, router, loop), router)
 
 
-def _weight_sync(rt: Runtime, router: Router, loop: asyncio.AbstractEventLoop) -> DiskWeightSync | DistributedWeightSync:
+def _weight_sync(
+    rt: Runtime, router: Router, loop: asyncio.AbstractEventLoop
+) -> DiskWeightSync | DistributedWeightSync:
     """The configured weight sync; the distributed one joins its group with every server now."""
     r = rt.config.rollout
-    if resolve_weight_sync(r.weight_sync, r.engine, str(rt.device.type), own_servers=not r.server_urls) == "disk":
+    if (
+        resolve_weight_sync(r.weight_sync, r.engine, str(rt.device.type), own_servers=not r.server_urls)
+        == "disk"
+    ):
         return DiskWeightSync(router, rt.run_dir / "weights")
-    router.no_return = ("it left the weight-update group (rollout.weight_sync=distributed); restart the run, or "
-                        "use rollout.weight_sync=disk so that returning servers catch up")
+    router.no_return = (
+        "it left the weight-update group (rollout.weight_sync=distributed); restart the run, or "
+        "use rollout.weight_sync=disk so that returning servers catch up"
+    )
     return _join_group(rt, router.clients, loop, "rest_megatron_weights")
 
 
-def _join_group(rt: Runtime, clients: list[Any], loop: asyncio.AbstractEventLoop, name: str) -> DistributedWeightSync:
+def _join_group(
+    rt: Runtime, clients: list[Any], loop: asyncio.AbstractEventLoop, name: str
+) -> DistributedWeightSync:
     """A weight-update group of the trainer's rank 0 and `clients`, joined by all of them."""
     r = rt.config.rollout
     if not clients:
         raise WeightSyncError("no inference server is left to receive the weights; check the servers' logs")
     backend = weight_sync_backend(r.engine, rt.config.launch.device)
-    sync = DistributedWeightSync(clients, [r.server_tp] * len(clients), group_name=name,
-                                 master_address=_address_seen_by(clients[0].base_url), master_port=free_port(),
-                                 bucket_bytes=max(1, int(r.weight_sync_bucket_mb * 2**20)), backend=backend,
-                                 device="cuda" if backend == "nccl" else "cpu")
+    sync = DistributedWeightSync(
+        clients,
+        [r.server_tp] * len(clients),
+        group_name=name,
+        master_address=_address_seen_by(clients[0].base_url),
+        master_port=free_port(),
+        bucket_bytes=max(1, int(r.weight_sync_bucket_mb * 2**20)),
+        backend=backend,
+        device="cuda" if backend == "nccl" else "cpu",
+    )
     loop.run_until_complete(sync.init_group())
     return sync
 
@@ -146,11 +177,21 @@ def sandbox_client(sandbox: SandboxConfig, url: str) -> SandboxClient:
     return SandboxClient(url, os.environ.get(sandbox.secret_env) or None, timeout_s=sandbox.wall_seconds + 30)
 
 
-def _rollout_prompts(prompts: list[Prompt], num_samples: int, tag: str, seed: int | None) -> list[RolloutPrompt]:
+def _rollout_prompts(
+    prompts: list[Prompt], num_samples: int, tag: str, seed: int | None
+) -> list[RolloutPrompt]:
     """One request per sample; seeds 1000 apart leave room for the per-turn offsets."""
-    return [RolloutPrompt(f"{tag}-{i}-{k}", p.messages, p.tools, render_tools=p.render_tools,
-                          seed=None if seed is None else seed + 1000 * (i * num_samples + k))
-            for i, p in enumerate(prompts) for k in range(num_samples)]
+    return [
+        RolloutPrompt(
+            f"{tag}-{i}-{k}",
+            p.messages,
+            p.tools,
+            render_tools=p.render_tools,
+            seed=None if seed is None else seed + 1000 * (i * num_samples + k),
+        )
+        for i, p in enumerate(prompts)
+        for k in range(num_samples)
+    ]
 
 
 def sampling_seed(data_seed: int, step: int) -> int:
@@ -165,7 +206,11 @@ def scatter_to_dp(per_dp_rank: list[Any] | None) -> tuple[Any, int]:
     the bytes this rank received (0 on the driver, which keeps its own)."""
     from megatron.core import parallel_state
 
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
     dp_ranks = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
     dist.all_gather(dp_ranks, torch.tensor([parallel_state.get_data_parallel_rank()], device=device))
     if dist.get_rank() == 0:
@@ -182,8 +227,15 @@ def scatter_to_dp(per_dp_rank: list[Any] | None) -> tuple[Any, int]:
     return pickle.loads(blob.cpu().numpy().tobytes()), size.numel() * size.element_size() + int(size)
 
 
-def generate(rt: Runtime, prompts: list[Prompt], num_samples: int, *, tag: str = "train", agent: AgentLoop | None = None,
-             seed: int | None = None) -> list[Any] | None:
+def generate(
+    rt: Runtime,
+    prompts: list[Prompt],
+    num_samples: int,
+    *,
+    tag: str = "train",
+    agent: AgentLoop | None = None,
+    seed: int | None = None,
+) -> list[Any] | None:
     """Driver: `num_samples` trajectories per prompt (grouped by prompt). Other ranks: None."""
     if not rt.is_driver:
         return None
@@ -197,14 +249,20 @@ def rollout_status_metrics(trajectories: list[Any], max_failed_fraction: float) 
     `max_failed_fraction` of the trajectories failed or were aborted (with the first one's reason)."""
     counts = Counter(t.status for t in trajectories)
     total = max(1, len(trajectories))
-    metrics = {f"rollout/{s.value}_frac": counts[s] / total for s in TrajectoryStatus if s is not TrajectoryStatus.RUNNING}
+    metrics = {
+        f"rollout/{s.value}_frac": counts[s] / total
+        for s in TrajectoryStatus
+        if s is not TrajectoryStatus.RUNNING
+    }
     bad = [t for t in trajectories if t.status in UNTRAINABLE]
     metrics["rollout/untrained_frac"] = len(bad) / total
     if len(bad) / total > max_failed_fraction:
         first = bad[0]
-        raise RolloutFailed(f"{len(bad)} of {len(trajectories)} trajectories failed or were aborted (more than "
-                            f"rollout.max_failed_fraction={max_failed_fraction:g}); the first, {first.sample_id}: "
-                            f"{first.finish_reason}: {'; '.join(first.errors) or 'no error recorded'}")
+        raise RolloutFailed(
+            f"{len(bad)} of {len(trajectories)} trajectories failed or were aborted (more than "
+            f"rollout.max_failed_fraction={max_failed_fraction:g}); the first, {first.sample_id}: "
+            f"{first.finish_reason}: {'; '.join(first.errors) or 'no error recorded'}"
+        )
     return metrics
 
 
@@ -214,12 +272,18 @@ def evaluate(rt: Runtime) -> float:
     greedy = None
     if rt.is_driver:
         settings = rt.rollout.agent.settings
-        greedy = AgentLoop(rt.rollout.agent.client, rt.tokenizer, rt.rollout.agent.executor,
-                           AgentSettings(**{**settings.__dict__, "sampling": settings.sampling.replace(temperature=0.0)}))
+        greedy = AgentLoop(
+            rt.rollout.agent.client,
+            rt.tokenizer,
+            rt.rollout.agent.executor,
+            AgentSettings(**{**settings.__dict__, "sampling": settings.sampling.replace(temperature=0.0)}),
+        )
     trajectories = generate(rt, prompts, 1, tag="eval", agent=greedy)
     if trajectories is None:  # only the driver scores (and logs) the evaluation
         return float("nan")
-    rewards, _ = stages.score(trajectories, prompts, reward=rt.config.reward.name, step=0, params=rt.config.reward.params)
+    rewards, _ = stages.score(
+        trajectories, prompts, reward=rt.config.reward.name, step=0, params=rt.config.reward.params
+    )
     return float(rewards.mean())
 
 
@@ -248,7 +312,10 @@ def sync_weights(rt: Runtime, version: int) -> None:
     (gathered per tensor on the driver) to the servers in broadcast buckets, no file written.
     """
     r = rt.config.rollout
-    if resolve_weight_sync(r.weight_sync, r.engine, str(rt.device.type), own_servers=not r.server_urls) == "disk":
+    if (
+        resolve_weight_sync(r.weight_sync, r.engine, str(rt.device.type), own_servers=not r.server_urls)
+        == "disk"
+    ):
         write_hf_folder(rt, rt.run_dir / "weights" / f"step-{version:08d}")
         if rt.is_driver:
             rt.rollout.loop.run_until_complete(rt.rollout.weight_sync.push(version))
@@ -259,9 +326,13 @@ def sync_weights(rt: Runtime, version: int) -> None:
             live = services.router.live
             if len(live) < len(services.weight_sync.clients):
                 # A broadcast to a group with a dead member would fail: regroup with the servers left.
-                log.warning("servers %s left; the weight-update group is formed again without them",
-                            sorted(services.router.dead))
-                services.weight_sync = _join_group(rt, live, services.loop, f"rest_megatron_weights_{version}")
+                log.warning(
+                    "servers %s left; the weight-update group is formed again without them",
+                    sorted(services.router.dead),
+                )
+                services.weight_sync = _join_group(
+                    rt, live, services.loop, f"rest_megatron_weights_{version}"
+                )
             services.loop.run_until_complete(services.weight_sync.push(tensors, weight_version=str(version)))
         else:
             for _ in tensors:  # collective: the driver gathers each tensor from its holders

@@ -20,7 +20,9 @@ from rest_megatron.algo.regions import Region
 from rest_megatron.algo.weights import primary_region
 
 
-def region_means(values: torch.Tensor, region_mask: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, float]:
+def region_means(
+    values: torch.Tensor, region_mask: torch.Tensor, loss_mask: torch.Tensor
+) -> dict[str, float]:
     """Mean of `values` over trained tokens of each primary region ([B, S] inputs; regions with no token omitted)."""
     primary = primary_region(region_mask)
     out = {}
@@ -32,8 +34,18 @@ def region_means(values: torch.Tensor, region_mask: torch.Tensor, loss_mask: tor
 
 
 CONSOLE_KEYS = (
-    "reward/mean", "eval/reward", "reward/answer", "loss", "entropy", "grad_norm", "clip_frac_low", "clip_frac_high",
-    "logprob_drift", "tokens_per_s", "time/rollout", "time/update",
+    "reward/mean",
+    "eval/reward",
+    "reward/answer",
+    "loss",
+    "entropy",
+    "grad_norm",
+    "clip_frac_low",
+    "clip_frac_high",
+    "logprob_drift",
+    "tokens_per_s",
+    "time/rollout",
+    "time/update",
 )
 """What the one console line per step shows; everything goes to metrics.jsonl."""
 
@@ -41,7 +53,9 @@ CONSOLE_KEYS = (
 class RunLogger:
     """Append-only step log of a run; safe to reopen on resume (it appends)."""
 
-    def __init__(self, run_dir: str | Path, *, wandb_project: str | None = None, config: dict[str, Any] | None = None):
+    def __init__(
+        self, run_dir: str | Path, *, wandb_project: str | None = None, config: dict[str, Any] | None = None
+    ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
@@ -51,7 +65,9 @@ class RunLogger:
             import wandb
 
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-            self._wandb = wandb.init(project=wandb_project, dir=str(self.run_dir), config=config, mode=mode, resume="allow")
+            self._wandb = wandb.init(
+                project=wandb_project, dir=str(self.run_dir), config=config, mode=mode, resume="allow"
+            )
         from rich.console import Console
 
         self.console = Console(highlight=False)
@@ -64,7 +80,9 @@ class RunLogger:
         if self._wandb is not None:
             self._wandb.log(record, step=step)
         shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in CONSOLE_KEYS if k in metrics)
-        by_region = " ".join(f"{k[len('entropy/'):]} {v:.3g}" for k, v in metrics.items() if k.startswith("entropy/"))
+        by_region = " ".join(
+            f"{k[len('entropy/') :]} {v:.3g}" for k, v in metrics.items() if k.startswith("entropy/")
+        )
         if by_region:
             shown += f"  [dim]H by region:[/dim] {by_region}"
         if metrics.get("skipped"):  # rl_step's marker: every advantage was zero
@@ -102,7 +120,7 @@ class RunLogger:
                 axes[0].plot(*zip(*points), style, label=key)
         axes[0].set_title("reward")
         for axis, prefix in ((axes[1], "entropy/"), (axes[2], "weight/")):
-            names = sorted({k[len(prefix):] for r in records for k in r if k.startswith(prefix)})
+            names = sorted({k[len(prefix) :] for r in records for k in r if k.startswith(prefix)})
             for name in names:
                 axis.plot(steps, [r.get(prefix + name, float("nan")) for r in records], label=name)
             axis.set_title(f"{prefix[:-1]} by region")

@@ -64,9 +64,16 @@ def resolve_model_dir(path: str) -> Path:
 def _optimizer_settings(config: Config) -> OptimizerSettings:
     opt = config.optimizer
     return OptimizerSettings(
-        lr=opt.lr, min_lr=opt.min_lr, lr_schedule=opt.lr_schedule, num_warmup_steps=opt.num_warmup_steps,
-        num_steps=opt.num_steps * config.num_updates_per_step, weight_decay=opt.weight_decay,
-        adam_beta1=opt.adam_beta1, adam_beta2=opt.adam_beta2, adam_eps=opt.adam_eps, clip_grad=opt.clip_grad,
+        lr=opt.lr,
+        min_lr=opt.min_lr,
+        lr_schedule=opt.lr_schedule,
+        num_warmup_steps=opt.num_warmup_steps,
+        num_steps=opt.num_steps * config.num_updates_per_step,
+        weight_decay=opt.weight_decay,
+        adam_beta1=opt.adam_beta1,
+        adam_beta2=opt.adam_beta2,
+        adam_eps=opt.adam_eps,
+        clip_grad=opt.clip_grad,
         use_distributed_optimizer=config.parallel.use_distributed_optimizer,
     )
 
@@ -89,15 +96,25 @@ def start_runtime(config: Config) -> Runtime:
     """Initialize this rank: process groups, actor (weights from the HF folder), data, run directory."""
     from transformers import AutoTokenizer
 
-    device = init_distributed(backend=config.launch.backend, device=config.launch.device, timeout_s=config.launch.collective_timeout_s)
+    device = init_distributed(
+        backend=config.launch.backend,
+        device=config.launch.device,
+        timeout_s=config.launch.collective_timeout_s,
+    )
     layout = ParallelLayout(tp=config.parallel.tp, pp=config.parallel.pp)
     init_model_parallel(layout, seed=config.data.seed, timeout_s=config.launch.collective_timeout_s)
     hf_dir = resolve_model_dir(config.model.path)
     spec = model_spec_from_hf(load_hf_config(hf_dir))
     model_layout = dict(
-        tp=layout.tp, pp=layout.pp, dtype=DTYPES[config.model.dtype], sequence_parallel=config.parallel.sequence_parallel,
-        recompute=config.model.recompute_activations, padded_vocab_multiple=config.model.padded_vocab_multiple,
-        megatron_overrides=config.model.megatron, temperature=config.rollout.temperature, device=device,
+        tp=layout.tp,
+        pp=layout.pp,
+        dtype=DTYPES[config.model.dtype],
+        sequence_parallel=config.parallel.sequence_parallel,
+        recompute=config.model.recompute_activations,
+        padded_vocab_multiple=config.model.padded_vocab_multiple,
+        megatron_overrides=config.model.megatron,
+        temperature=config.rollout.temperature,
+        device=device,
         transformer_impl=config.model.transformer_impl,
     )
     actor = build_actor(spec, _optimizer_settings(config), **model_layout)
@@ -108,8 +125,12 @@ def start_runtime(config: Config) -> Runtime:
     objective = PolicyObjective(
         policy_loss=algo.policy_loss,
         policy_loss_params={
-            "clip_low": algo.clip_low, "clip_high": algo.clip_high, "dual_clip": algo.dual_clip,
-            "kl_coef": algo.kl_coef, "kl_type": algo.kl_estimator, "entropy_coef": algo.entropy_coef,
+            "clip_low": algo.clip_low,
+            "clip_high": algo.clip_high,
+            "dual_clip": algo.dual_clip,
+            "kl_coef": algo.kl_coef,
+            "kl_type": algo.kl_estimator,
+            "entropy_coef": algo.entropy_coef,
         },
         aggregation=algo.aggregation,
     )
@@ -120,30 +141,51 @@ def start_runtime(config: Config) -> Runtime:
     def prompt_tokens(prompt: Prompt) -> int:
         return len(renderer.prompt_ids(prompt.messages, prompt.template_tools))
 
-    kept, skipped = drop_long_prompts(load_prompts(data.train_path, "train", data.seed), prompt_tokens,
-                                      data.max_prompt_tokens)
+    kept, skipped = drop_long_prompts(
+        load_prompts(data.train_path, "train", data.seed), prompt_tokens, data.max_prompt_tokens
+    )
     if any(p.template_tools for p in kept) and not template_renders_tools(tokenizer):
-        raise ValueError(f"the chat template of {hf_dir} drops the `tools` it is given, so the model would never "
-                         f"see the tools of {data.train_path}; use a model whose template renders tools (Qwen, "
-                         "Llama 3 instruct) or data whose system prompt lists them (records with render_tools: false)")
-    train = PromptStream(kept, batch_size=data.num_prompts_per_step, seed=data.seed, shuffle=data.shuffle,
-                         num_skipped_long=skipped)
+        raise ValueError(
+            f"the chat template of {hf_dir} drops the `tools` it is given, so the model would never "
+            f"see the tools of {data.train_path}; use a model whose template renders tools (Qwen, "
+            "Llama 3 instruct) or data whose system prompt lists them (records with render_tools: false)"
+        )
+    train = PromptStream(
+        kept,
+        batch_size=data.num_prompts_per_step,
+        seed=data.seed,
+        shuffle=data.shuffle,
+        num_skipped_long=skipped,
+    )
     evaluation = None
     if data.eval_path:
-        held_out, skipped = drop_long_prompts(load_prompts(data.eval_path, "eval", data.seed), prompt_tokens,
-                                              data.max_prompt_tokens)
-        evaluation = PromptStream(held_out, batch_size=len(held_out), seed=data.seed, shuffle=False,
-                                  num_skipped_long=skipped)
+        held_out, skipped = drop_long_prompts(
+            load_prompts(data.eval_path, "eval", data.seed), prompt_tokens, data.max_prompt_tokens
+        )
+        evaluation = PromptStream(
+            held_out, batch_size=len(held_out), seed=data.seed, shuffle=False, num_skipped_long=skipped
+        )
     run_dir = Path(config.logging.run_dir)
     is_driver = dist.get_rank() == 0
     runtime = Runtime(
-        config=config, spec=spec, hf_dir=hf_dir, tokenizer=tokenizer, actor=actor,
-        objective=objective, run_dir=run_dir, train_prompts=train, eval_prompts=evaluation, is_driver=is_driver,
-        reference=reference, device=device,
+        config=config,
+        spec=spec,
+        hf_dir=hf_dir,
+        tokenizer=tokenizer,
+        actor=actor,
+        objective=objective,
+        run_dir=run_dir,
+        train_prompts=train,
+        eval_prompts=evaluation,
+        is_driver=is_driver,
+        reference=reference,
+        device=device,
     )
     if is_driver:
         save_config(config, run_dir)
-        runtime.logger = RunLogger(run_dir, wandb_project=config.logging.wandb_project, config=config_to_dict(config))
+        runtime.logger = RunLogger(
+            run_dir, wandb_project=config.logging.wandb_project, config=config_to_dict(config)
+        )
 
     def request_stop(signum: int, frame: Any) -> None:
         runtime.stop_requested = True

@@ -39,7 +39,9 @@ def replica_loss_sum(losses: list[dict[str, torch.Tensor]], device: torch.device
     return loss_sum / parallel_state.get_tensor_model_parallel_world_size()
 
 
-def sft_train_step(model, optimizer, scheduler, microbatches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+def sft_train_step(
+    model, optimizer, scheduler, microbatches: list[dict[str, torch.Tensor]]
+) -> dict[str, float]:
     """One optimizer step over `microbatches` (dicts of tokens, labels, loss_mask, all [B, S])."""
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -51,7 +53,9 @@ def sft_train_step(model, optimizer, scheduler, microbatches: list[dict[str, tor
 
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
-        positions = torch.arange(batch["tokens"].shape[1], device=batch["tokens"].device).expand_as(batch["tokens"])
+        positions = torch.arange(batch["tokens"].shape[1], device=batch["tokens"].device).expand_as(
+            batch["tokens"]
+        )
         per_token_ce = model(batch["tokens"], positions, None, labels=batch["labels"])  # [B, S]
 
         def loss_func(output: torch.Tensor):

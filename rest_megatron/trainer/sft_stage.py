@@ -24,8 +24,10 @@ def sft_warm_start(rt: Runtime) -> None:
     """
     cfg = rt.config
     if cfg.data.train_path != "tiny-task":
-        raise ValueError("sft.num_steps > 0 needs gold demonstrations, which only data.train_path=tiny-task has; "
-                         "set sft.num_steps=0 or start from an SFT checkpoint")
+        raise ValueError(
+            "sft.num_steps > 0 needs gold demonstrations, which only data.train_path=tiny-task has; "
+            "set sft.num_steps=0 or start from an SFT checkpoint"
+        )
     from megatron.core import parallel_state
 
     samples = make_tiny_task(cfg.data.seed, cfg.sft.num_samples, "train")
@@ -34,17 +36,26 @@ def sft_warm_start(rt: Runtime) -> None:
     rng = random.Random(cfg.data.seed)  # the same draws on every rank; each takes its share
     optimizer, scheduler = build_optimizer(
         [rt.actor.model],
-        OptimizerSettings(lr=cfg.sft.lr, num_steps=cfg.sft.num_steps, num_warmup_steps=min(5, cfg.sft.num_steps - 1),
-                          lr_schedule="cosine", clip_grad=cfg.optimizer.clip_grad),
+        OptimizerSettings(
+            lr=cfg.sft.lr,
+            num_steps=cfg.sft.num_steps,
+            num_warmup_steps=min(5, cfg.sft.num_steps - 1),
+            lr_schedule="cosine",
+            clip_grad=cfg.optimizer.clip_grad,
+        ),
     )
     for step in range(1, cfg.sft.num_steps + 1):
         drawn = rng.sample(examples, min(len(examples), cfg.sft.micro_batch_size * dp))
         local = drawn[rank::dp]
-        microbatches = [to_device(mb, rt.device)
-                        for mb in collate(local, pad_id=rt.tokenizer.pad_token_id, micro_batch_size=len(local))]
+        microbatches = [
+            to_device(mb, rt.device)
+            for mb in collate(local, pad_id=rt.tokenizer.pad_token_id, micro_batch_size=len(local))
+        ]
         metrics = sft_train_step(rt.actor.model, optimizer, scheduler, microbatches)
         if rt.logger is not None and (step % 10 == 0 or step in (1, cfg.sft.num_steps)):
-            rt.logger.console.print(f"sft step {step}/{cfg.sft.num_steps} loss {metrics['loss']:.4f} "
-                                    f"grad_norm {metrics['grad_norm']:.3f} {metrics['tokens_per_s']:.0f} tok/s")
+            rt.logger.console.print(
+                f"sft step {step}/{cfg.sft.num_steps} loss {metrics['loss']:.4f} "
+                f"grad_norm {metrics['grad_norm']:.3f} {metrics['tokens_per_s']:.0f} tok/s"
+            )
     # The RL optimizer's fp32 main params (bf16/fp16) still hold the pre-SFT weights: re-sync them.
     rt.actor.optimizer.reload_model_params()

@@ -61,7 +61,9 @@ def advantages(
     return values, torch.ones(len(rewards), dtype=torch.bool)
 
 
-def to_samples(trajectories: Sequence[Any], advantages: torch.Tensor, keep: torch.Tensor) -> list[TrainingSample]:
+def to_samples(
+    trajectories: Sequence[Any], advantages: torch.Tensor, keep: torch.Tensor
+) -> list[TrainingSample]:
     """The kept trajectories as training samples (non-finite sampling logprobs become 0, masked out).
 
     Failed and aborted trajectories keep their row (their group's advantages already count them) but
@@ -70,20 +72,28 @@ def to_samples(trajectories: Sequence[Any], advantages: torch.Tensor, keep: torc
     samples = []
     for trajectory, advantage, kept in zip(trajectories, advantages.tolist(), keep.tolist()):
         if kept:
-            loss_mask = ([0] * len(trajectory.loss_mask) if trajectory.status in UNTRAINABLE
-                         else trajectory.loss_mask)
-            samples.append(TrainingSample(
-                token_ids=trajectory.token_ids,
-                loss_mask=loss_mask,
-                sampling_logprobs=[lp if m else 0.0 for lp, m in zip(trajectory.logprobs, loss_mask)],
-                region_mask=trajectory.region_masks,
-                advantage=advantage,
-            ))
+            loss_mask = (
+                [0] * len(trajectory.loss_mask) if trajectory.status in UNTRAINABLE else trajectory.loss_mask
+            )
+            samples.append(
+                TrainingSample(
+                    token_ids=trajectory.token_ids,
+                    loss_mask=loss_mask,
+                    sampling_logprobs=[lp if m else 0.0 for lp, m in zip(trajectory.logprobs, loss_mask)],
+                    region_mask=trajectory.region_masks,
+                    advantage=advantage,
+                )
+            )
     return samples
 
 
 def attach_weights(
-    microbatches: list[MicroBatch], stats: list[TokenStats], *, weights: str, params: dict[str, Any], step: int
+    microbatches: list[MicroBatch],
+    stats: list[TokenStats],
+    *,
+    weights: str,
+    params: dict[str, Any],
+    step: int,
 ) -> dict[str, float]:
     """Add old-policy logprobs and ResT token weights to each micro-batch; return region metrics.
 
@@ -95,8 +105,14 @@ def attach_weights(
     for mb, st in zip(microbatches, stats):
         mb["old_logprobs"] = st.logprob
         mb["weights"] = per_trajectory(
-            fn, mb.get("cu_seqlens"), loss_mask=mb["loss_mask"], region_mask=mb["region_mask"],
-            collision=st.collision, entropy=st.entropy, step=step, **params,
+            fn,
+            mb.get("cu_seqlens"),
+            loss_mask=mb["loss_mask"],
+            region_mask=mb["region_mask"],
+            collision=st.collision,
+            entropy=st.entropy,
+            step=step,
+            **params,
         )
         trained = valid_mask(mb["loss_mask"], st.logprob)
         drift.append(((mb["sampling_logprobs"] - st.logprob).abs() * trained)[trained])
@@ -118,12 +134,16 @@ def attach_reference(microbatches: list[MicroBatch], reference_stats: list[Token
         mb["ref_logprobs"] = st.logprob
 
 
-def per_trajectory(weights_fn: Any, cu_seqlens: torch.Tensor | None, *, step: int, **tensors_and_params: Any
-                   ) -> torch.Tensor:
+def per_trajectory(
+    weights_fn: Any, cu_seqlens: torch.Tensor | None, *, step: int, **tensors_and_params: Any
+) -> torch.Tensor:
     """Token weights normalized per trajectory: per row, or per segment of a packed row (`cu_seqlens`)."""
     if cu_seqlens is None:
         return weights_fn(step=step, **tensors_and_params)
-    unpacked = {k: unpack_rows(v, cu_seqlens) if isinstance(v, torch.Tensor) else v for k, v in tensors_and_params.items()}
+    unpacked = {
+        k: unpack_rows(v, cu_seqlens) if isinstance(v, torch.Tensor) else v
+        for k, v in tensors_and_params.items()
+    }
     return pack_rows(weights_fn(step=step, **unpacked), cu_seqlens)
 
 
@@ -134,8 +154,14 @@ def update_seed(data_seed: int, step: int) -> int:
 
 
 def plan_updates(
-    samples: Sequence[TrainingSample], *, num_updates: int, seed: int, dp_size: int, micro_batch_size: int,
-    length_multiple: int, packed: bool,
+    samples: Sequence[TrainingSample],
+    *,
+    num_updates: int,
+    seed: int,
+    dp_size: int,
+    micro_batch_size: int,
+    length_multiple: int,
+    packed: bool,
 ) -> list[list[Share]]:
     """Driver: the step's trajectories shuffled (`seed`) and cut into `num_updates` mini-batches, each split
     over DP ranks. Returns, per DP rank, its share of every update, in update order.
@@ -149,29 +175,53 @@ def plan_updates(
     length = padded_length(samples, length_multiple)
     chunks = [c.tolist() for c in torch.arange(len(shuffled)).tensor_split(min(num_updates, len(shuffled)))]
     per_update = [
-        split_over_dp([shuffled[i] for i in chunk], dp_size=dp_size, micro_batch_size=micro_batch_size,
-                      length=length, packed=packed)
+        split_over_dp(
+            [shuffled[i] for i in chunk],
+            dp_size=dp_size,
+            micro_batch_size=micro_batch_size,
+            length=length,
+            packed=packed,
+        )
         for chunk in chunks
     ]
     return [[update[rank] for update in per_update] for rank in range(dp_size)]
 
 
-def microbatches(share: Share, parallel: Any, *, pad_id: int, device: torch.device | str = "cpu") -> list[MicroBatch]:
+def microbatches(
+    share: Share, parallel: Any, *, pad_id: int, device: torch.device | str = "cpu"
+) -> list[MicroBatch]:
     """This rank's micro-batches of one update on `device`, built from its share only (`parallel`: the
     config's parallel section: micro_batch_size, pack_sequences)."""
-    return share_microbatches(share, micro_batch_size=parallel.micro_batch_size, pad_id=pad_id,
-                              packed=parallel.pack_sequences, device=device)
+    return share_microbatches(
+        share,
+        micro_batch_size=parallel.micro_batch_size,
+        pad_id=pad_id,
+        packed=parallel.pack_sequences,
+        device=device,
+    )
 
 
-def ppo_updates(actor: Any, updates: list[list[MicroBatch]], objective: Any, *, epochs: int) -> dict[str, float]:
+def ppo_updates(
+    actor: Any, updates: list[list[MicroBatch]], objective: Any, *, epochs: int
+) -> dict[str, float]:
     """`epochs` passes over the mini-batches, one optimizer update each (`actor.train_step`: its own
     loss denominator); the step's metrics from `combine_update_metrics`."""
-    return combine_update_metrics([actor.train_step(mbs, objective) for _ in range(epochs) for mbs in updates])
+    return combine_update_metrics(
+        [actor.train_step(mbs, objective) for _ in range(epochs) for mbs in updates]
+    )
 
 
 # Per-update metrics also recorded update by update (`ppo/u<i>/<key>`) and as the last update's value:
 # the first update's ratios are exactly 1, so the mean alone hides how far later updates moved.
-PER_UPDATE_KEYS = ("clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_std", "ratio_max", "ratio_min", "ref_kl")
+PER_UPDATE_KEYS = (
+    "clip_frac_low",
+    "clip_frac_high",
+    "dual_clip_frac",
+    "ratio_std",
+    "ratio_max",
+    "ratio_min",
+    "ref_kl",
+)
 
 
 def combine_update_metrics(per_update: list[dict[str, float]]) -> dict[str, float]:

@@ -83,9 +83,13 @@ def char_spans(text: str, *, first_call_only: bool = True) -> list[tuple[int, in
 def token_slice(offsets: Sequence[tuple[int, int]], lo: int, hi: int, *, mapping: str) -> range:
     """The tokens a character span [lo, hi) is mapped to."""
     if mapping == "overlap":
-        return range(0) if hi <= lo else range(
-            next((i for i, (a, b) in enumerate(offsets) if b > lo), len(offsets)),
-            1 + max((i for i, (a, b) in enumerate(offsets) if a < hi), default=-1),
+        return (
+            range(0)
+            if hi <= lo
+            else range(
+                next((i for i, (a, b) in enumerate(offsets) if b > lo), len(offsets)),
+                1 + max((i for i, (a, b) in enumerate(offsets) if a < hi), default=-1),
+            )
         )
     first = next((i for i, (a, _) in enumerate(offsets) if a >= lo), None)
     if first is None:  # the authors' `next` would raise here; the span maps to nothing

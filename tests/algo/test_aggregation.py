@@ -34,7 +34,9 @@ def _aggregate(name, loss, mask, weights, splits):
     agg = get_aggregation(name)
     chunks = list(zip(loss.split(splits), mask.split(splits), weights.split(splits)))
     denominator = sum(agg.denominator(loss_mask=m, weights=w) for _, m, w in chunks)
-    return sum(agg(lo, loss_mask=m, weights=w, global_denominator=denominator) for lo, m, w in chunks), denominator
+    return sum(
+        agg(lo, loss_mask=m, weights=w, global_denominator=denominator) for lo, m, w in chunks
+    ), denominator
 
 
 @pytest.mark.parametrize("name", sorted(HAND))
@@ -52,7 +54,9 @@ def test_hand_values(name):
 def test_hand_gradients_of_token_mean_weighted():
     # d/dL_t of Σ m·w·L / D is m_t w_t / D: 0.5/4.25, 1.5/4.25, 0 | 2/4.25, 0, 0.25/4.25
     loss = torch.tensor(LOSS, dtype=torch.float64, requires_grad=True)
-    value, _ = _aggregate("token-mean-weighted", loss, torch.tensor(MASK), torch.tensor(WEIGHTS, dtype=torch.float64), [2])
+    value, _ = _aggregate(
+        "token-mean-weighted", loss, torch.tensor(MASK), torch.tensor(WEIGHTS, dtype=torch.float64), [2]
+    )
     value.backward()
     expected = torch.tensor([[0.5, 1.5, 0.0], [2.0, 0.0, 0.25]], dtype=torch.float64) / 4.25
     torch.testing.assert_close(loss.grad, expected)
@@ -78,7 +82,9 @@ def test_weighted_denominator_is_the_masked_weight_sum():
 def test_nothing_to_train_gives_zero_not_nan():
     loss = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     for name in aggregation_names():
-        value, denominator = _aggregate(name, loss, torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.float64), [1, 1])
+        value, denominator = _aggregate(
+            name, loss, torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.float64), [1, 1]
+        )
         assert float(value.detach()) == 0.0, name
         (grad,) = torch.autograd.grad(value, loss)
         assert torch.equal(grad, torch.zeros_like(grad)), name
@@ -98,12 +104,22 @@ def make_batch(seed: int, B: int = 8, T: int = 12, H: int = 6, V: int = 11):
     mask[:, 0] = 0  # a prompt token
     with torch.no_grad():
         probs = torch.softmax(x @ W, dim=-1)
-        old = torch.log(probs).gather(-1, targets[..., None])[..., 0] + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
+        old = torch.log(probs).gather(-1, targets[..., None])[..., 0] + 0.3 * torch.randn(
+            B, T, generator=g, dtype=torch.float64
+        )
         collision = probs.square().sum(-1)
     adv = broadcast_to_tokens(torch.randn(B, generator=g, dtype=torch.float64), mask)
     regions = torch.randint(0, 1 << NUM_REGIONS, (B, T), generator=g)
-    return {"x": x, "W": W, "targets": targets, "mask": mask, "old": old, "adv": adv, "regions": regions,
-            "collision": collision}
+    return {
+        "x": x,
+        "W": W,
+        "targets": targets,
+        "mask": mask,
+        "old": old,
+        "adv": adv,
+        "regions": regions,
+        "collision": collision,
+    }
 
 
 def micro_batch_terms(batch, W, rows, agg_name, weights_name, step=120):
@@ -126,7 +142,9 @@ def step_gradient(batch, agg_name, weights_name, splits):
     """Gradient of the step loss w.r.t. W when the batch rows are cut into micro-batches of these sizes."""
     W = batch["W"].clone().requires_grad_()
     starts = torch.tensor([0, *splits]).cumsum(0).tolist()
-    terms = [micro_batch_terms(batch, W, slice(a, b), agg_name, weights_name) for a, b in zip(starts, starts[1:])]
+    terms = [
+        micro_batch_terms(batch, W, slice(a, b), agg_name, weights_name) for a, b in zip(starts, starts[1:])
+    ]
     denominator = sum(d for d, _ in terms)  # computed once, before the micro-batch loop
     for _, contribution in terms:
         contribution(denominator).backward()  # gradient accumulation, one backward per micro-batch
@@ -143,14 +161,18 @@ def test_gradient_does_not_depend_on_micro_batch_size(agg_name, weights_name):
     reference = step_gradient(batch, agg_name, weights_name, [8])
     assert reference.abs().max() > 1e-3  # a real gradient, not zeros
     for splits in SPLITS[1:]:
-        torch.testing.assert_close(step_gradient(batch, agg_name, weights_name, splits), reference, atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            step_gradient(batch, agg_name, weights_name, splits), reference, atol=1e-6, rtol=0
+        )
 
 
 def test_per_microbatch_gradient_changes_with_micro_batch_size():
     batch = make_batch(seed=7)
     whole = step_gradient(batch, "per-microbatch", "paper", [8])
     # One micro-batch: identical to the global weighted mean (up to the authors' 1e-8 in the denominator).
-    torch.testing.assert_close(whole, step_gradient(batch, "token-mean-weighted", "paper", [8]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        whole, step_gradient(batch, "token-mean-weighted", "paper", [8]), atol=1e-6, rtol=0
+    )
     split = step_gradient(batch, "per-microbatch", "paper", [2, 2, 2, 2])
     assert (split - whole).abs().max() > 1e-3
 
@@ -191,5 +213,7 @@ def test_contract_every_aggregation(name):
 
 
 def test_unknown_aggregation_lists_the_registered_ones():
-    with pytest.raises(ValueError, match="registered: per-microbatch, seq-mean-token-mean, token-mean, token-mean-weighted"):
+    with pytest.raises(
+        ValueError, match="registered: per-microbatch, seq-mean-token-mean, token-mean, token-mean-weighted"
+    ):
         get_aggregation("sum")

@@ -81,15 +81,25 @@ def test_call_matching_with_and_without_schema():
     omits_days = {"name": "get_weather", "arguments": {"city": "Paris", "units": "metric"}}
     assert call_matches(omits_days, expected, schema)
     # ... but not when the expected value differs from the default.
-    assert not call_matches(omits_days, {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}, schema)
+    assert not call_matches(
+        omits_days, {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}, schema
+    )
     # The required parameter can never be omitted.
-    assert not call_matches({"name": "get_weather", "arguments": {"days": 1}}, {"name": "get_weather", "arguments": {"city": "Paris"}}, schema)
+    assert not call_matches(
+        {"name": "get_weather", "arguments": {"days": 1}},
+        {"name": "get_weather", "arguments": {"city": "Paris"}},
+        schema,
+    )
     # An extra optional parameter passes only when it carries the schema default.
     short = {"name": "get_weather", "arguments": {"city": "Paris"}}
     assert call_matches({"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}, short, schema)
     assert not call_matches({"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}, short, schema)
-    assert not call_matches({"name": "get_weather", "arguments": {"city": "Paris", "units": "k"}}, short, schema)
-    assert not call_matches({"name": "get_weather", "arguments": {"city": "Paris", "bogus": 1}}, short, schema)
+    assert not call_matches(
+        {"name": "get_weather", "arguments": {"city": "Paris", "units": "k"}}, short, schema
+    )
+    assert not call_matches(
+        {"name": "get_weather", "arguments": {"city": "Paris", "bogus": 1}}, short, schema
+    )
     # Names must agree; "parameters" is read like "arguments".
     assert not call_matches({"name": "get_time", "arguments": {"city": "Paris"}}, short)
     assert call_matches({"name": "get_weather", "parameters": {"city": "Paris"}}, short)
@@ -128,18 +138,40 @@ def test_parsed_calls_match_dicts():
         '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "days": 2.0}}</tool_call>'
         '<tool_call>{"name": "get_time", "arguments": {"tz": "CET"}}</tool_call>'
     )
-    expected = [{"name": "get_time", "arguments": {"tz": "CET"}}, {"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}}]
+    expected = [
+        {"name": "get_time", "arguments": {"tz": "CET"}},
+        {"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}},
+    ]
     assert calls_match(list(parsed.calls), expected, tools=[WEATHER, TIME])
 
 
 # --- answer keys with allowed values (BFCL's possible answers) ----------------------------------------------
 
-AREA = {"name": "area", "parameters": {"type": "dict", "required": ["base", "height"], "properties": {
-    "base": {"type": "integer"}, "height": {"type": "float"}, "unit": {"type": "string"},
-    "exact": {"type": "boolean"}, "dims": {"type": "array", "items": {"type": "string"}},
-    "box": {"type": "dict", "properties": {"w": {"type": "integer"}, "h": {"type": "integer"}}}}}}
-AREA_KEY = {"area": {"base": [10], "height": [5.0, 5.5], "unit": ["m", "meters", ""], "exact": ["", True],
-                     "dims": [["x", "y"], ""], "box": [{"w": [1], "h": [2, ""]}, ""]}}
+AREA = {
+    "name": "area",
+    "parameters": {
+        "type": "dict",
+        "required": ["base", "height"],
+        "properties": {
+            "base": {"type": "integer"},
+            "height": {"type": "float"},
+            "unit": {"type": "string"},
+            "exact": {"type": "boolean"},
+            "dims": {"type": "array", "items": {"type": "string"}},
+            "box": {"type": "dict", "properties": {"w": {"type": "integer"}, "h": {"type": "integer"}}},
+        },
+    },
+}
+AREA_KEY = {
+    "area": {
+        "base": [10],
+        "height": [5.0, 5.5],
+        "unit": ["m", "meters", ""],
+        "exact": ["", True],
+        "dims": [["x", "y"], ""],
+        "box": [{"w": [1], "h": [2, ""]}, ""],
+    }
+}
 
 
 @pytest.mark.parametrize(
@@ -173,14 +205,27 @@ def test_normalize_answer_string():
 
 def test_allowed_call_mismatch_reasons():
     schema = AREA["parameters"]
-    assert allowed_call_mismatch({"name": "area", "arguments": {"base": 10, "height": 5}}, AREA_KEY, schema) is None
-    full = {"base": 10, "height": 5.5, "unit": "Meters", "exact": True, "dims": ["x", "y"], "box": {"w": 1, "h": 2}}
+    assert (
+        allowed_call_mismatch({"name": "area", "arguments": {"base": 10, "height": 5}}, AREA_KEY, schema)
+        is None
+    )
+    full = {
+        "base": 10,
+        "height": 5.5,
+        "unit": "Meters",
+        "exact": True,
+        "dims": ["x", "y"],
+        "box": {"w": 1, "h": 2},
+    }
     assert allowed_call_mismatch({"name": "area", "arguments": full}, AREA_KEY, schema) is None
     cases = {
         "called 'volume'": {"name": "volume", "arguments": {"base": 10, "height": 5}},
         "required argument 'height' is missing": {"name": "area", "arguments": {"base": 10}},
         "argument 'base' is 11": {"name": "area", "arguments": {"base": 11, "height": 5}},
-        "unexpected argument 'color'": {"name": "area", "arguments": {"base": 10, "height": 5, "color": "red"}},
+        "unexpected argument 'color'": {
+            "name": "area",
+            "arguments": {"base": 10, "height": 5, "color": "red"},
+        },
         "argument 'exact' is False": {"name": "area", "arguments": {"base": 10, "height": 5, "exact": False}},
     }
     for expected_reason, call in cases.items():
@@ -188,8 +233,9 @@ def test_allowed_call_mismatch_reasons():
         assert reason is not None and expected_reason in reason, (expected_reason, reason)
     # An answer-key argument without "" must be given even when the schema calls it optional.
     key = {"area": {"base": [10], "height": [5], "unit": ["m"]}}
-    assert "argument 'unit' is missing" in allowed_call_mismatch({"name": "area", "arguments": {"base": 10, "height": 5}},
-                                                                 key, schema)
+    assert "argument 'unit' is missing" in allowed_call_mismatch(
+        {"name": "area", "arguments": {"base": 10, "height": 5}}, key, schema
+    )
     # Without a schema only the answer key is checked.
     assert allowed_call_mismatch({"name": "area", "arguments": {"base": 10, "height": 5}}, AREA_KEY) is None
 
@@ -200,10 +246,14 @@ def test_allowed_calls_mismatch_pairs_parallel_calls_in_any_order():
     two = {"name": "area", "arguments": {"base": 2, "height": 2}}
     assert allowed_calls_mismatch([two, one], key, tools=[AREA]) is None
     assert "expected 2 call(s), got 3" in allowed_calls_mismatch([two, one, one], key, tools=[AREA])
-    assert "expected call 2 matches no predicted call" in allowed_calls_mismatch([one, one], key, tools=[AREA])
+    assert "expected call 2 matches no predicted call" in allowed_calls_mismatch(
+        [one, one], key, tools=[AREA]
+    )
     # One expected call: the reason is that call's own.
     wrong = {"name": "volume", "arguments": {"base": 1, "height": 1}}
     assert allowed_calls_mismatch([wrong], key[:1], tools=[AREA]) == "called 'volume', expected 'area'"
-    parsed = parse_tool_calls('<tool_call>{"name": "area", "arguments": {"base": 2, "height": 2}}</tool_call>\n'
-                              '<tool_call>{"name": "area", "arguments": {"base": 1, "height": 1.0}}</tool_call>')
+    parsed = parse_tool_calls(
+        '<tool_call>{"name": "area", "arguments": {"base": 2, "height": 2}}</tool_call>\n'
+        '<tool_call>{"name": "area", "arguments": {"base": 1, "height": 1.0}}</tool_call>'
+    )
     assert allowed_calls_mismatch(list(parsed.calls), key, tools=[AREA]) is None

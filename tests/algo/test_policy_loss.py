@@ -32,7 +32,9 @@ def _hand_inputs(dtype=torch.float64):
 
 def test_ppo_clip_by_hand_values_gradients_and_metrics():
     logp, old, adv, mask = _hand_inputs()
-    loss, metrics = get_policy_loss("ppo_clip")(logprobs=logp, old_logprobs=old, advantages=adv, loss_mask=mask)
+    loss, metrics = get_policy_loss("ppo_clip")(
+        logprobs=logp, old_logprobs=old, advantages=adv, loss_mask=mask
+    )
     torch.testing.assert_close(loss[0], torch.tensor(HAND_LOSS, dtype=torch.float64))
     loss.sum().backward()
     torch.testing.assert_close(logp.grad[0], torch.tensor(HAND_GRAD, dtype=torch.float64))
@@ -41,8 +43,16 @@ def test_ppo_clip_by_hand_values_gradients_and_metrics():
     # Σ(log π_old − log π_θ) = −ln(1.1·1.5·0.5·2·4·0.5·1) = −ln 3.3 = −1.193922;
     # Σρ² = 1.21+2.25+0.25+4+16+0.25+1 = 24.96.
     expected = {
-        "num_tokens": 7.0, "clip_frac_low_sum": 1.0, "clip_frac_high_sum": 1.0, "dual_clip_frac_sum": 1.0,
-        "ratio_sum": 10.6, "ratio_sq_sum": 24.96, "ratio_max": 4.0, "ratio_min": 0.5, "pg_loss_sum": 3.8, "ppo_kl_sum": -1.193922,
+        "num_tokens": 7.0,
+        "clip_frac_low_sum": 1.0,
+        "clip_frac_high_sum": 1.0,
+        "dual_clip_frac_sum": 1.0,
+        "ratio_sum": 10.6,
+        "ratio_sq_sum": 24.96,
+        "ratio_max": 4.0,
+        "ratio_min": 0.5,
+        "pg_loss_sum": 3.8,
+        "ppo_kl_sum": -1.193922,
     }
     assert set(metrics) == set(expected)
     for key, value in expected.items():
@@ -60,7 +70,9 @@ def test_dual_clip_off_and_asymmetric_clip():
     assert float(loss.detach()[0, 1]) == pytest.approx(-3.0)
     assert float(metrics["dual_clip_frac_sum"]) == 0.0 and float(metrics["clip_frac_high_sum"]) == 0.0
     with pytest.raises(ValueError, match="dual_clip must be > 1"):
-        get_policy_loss("ppo_clip")(logprobs=logp, old_logprobs=old, advantages=adv, loss_mask=mask, dual_clip=1.0)
+        get_policy_loss("ppo_clip")(
+            logprobs=logp, old_logprobs=old, advantages=adv, loss_mask=mask, dual_clip=1.0
+        )
 
 
 @pytest.mark.parametrize(
@@ -79,8 +91,13 @@ def test_kl_term_by_hand(kl_type, value, grad):
     # Inside the loss with Â = 0 only the KL term is left, scaled by its coefficient.
     logp.grad = None
     loss, metrics = get_policy_loss("ppo_clip")(
-        logprobs=logp, old_logprobs=logp.detach(), advantages=torch.zeros(1, 1, dtype=torch.float64),
-        loss_mask=torch.ones(1, 1), ref_logprobs=ref, kl_coef=0.1, kl_type=kl_type,
+        logprobs=logp,
+        old_logprobs=logp.detach(),
+        advantages=torch.zeros(1, 1, dtype=torch.float64),
+        loss_mask=torch.ones(1, 1),
+        ref_logprobs=ref,
+        kl_coef=0.1,
+        kl_type=kl_type,
     )
     assert float(loss.detach()) == pytest.approx(0.1 * value, abs=1e-7)
     assert float(metrics["ref_kl_sum"]) == pytest.approx(value, abs=1e-6)
@@ -93,8 +110,12 @@ def test_entropy_bonus_by_hand():
     logp = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
     ent = torch.tensor([[1.5, 0.25]], dtype=torch.float64, requires_grad=True)
     loss, metrics = get_policy_loss("ppo_clip")(
-        logprobs=logp, old_logprobs=logp.detach(), advantages=torch.zeros(1, 2, dtype=torch.float64),
-        loss_mask=torch.ones(1, 2), entropy=ent, entropy_coef=0.01,
+        logprobs=logp,
+        old_logprobs=logp.detach(),
+        advantages=torch.zeros(1, 2, dtype=torch.float64),
+        loss_mask=torch.ones(1, 2),
+        entropy=ent,
+        entropy_coef=0.01,
     )
     torch.testing.assert_close(loss, torch.tensor([[-0.015, -0.0025]], dtype=torch.float64))
     loss.sum().backward()
@@ -105,9 +126,13 @@ def test_entropy_bonus_by_hand():
 def test_missing_inputs_for_optional_terms_raise():
     logp, old, adv, mask = _hand_inputs()
     with pytest.raises(ValueError, match="ref_logprobs"):
-        get_policy_loss("ppo_clip")(logprobs=logp, old_logprobs=old, advantages=adv, loss_mask=mask, kl_coef=0.1)
+        get_policy_loss("ppo_clip")(
+            logprobs=logp, old_logprobs=old, advantages=adv, loss_mask=mask, kl_coef=0.1
+        )
     with pytest.raises(ValueError, match="entropy"):
-        get_policy_loss("ppo_clip")(logprobs=logp, old_logprobs=old, advantages=adv, loss_mask=mask, entropy_coef=0.1)
+        get_policy_loss("ppo_clip")(
+            logprobs=logp, old_logprobs=old, advantages=adv, loss_mask=mask, entropy_coef=0.1
+        )
     with pytest.raises(ValueError, match="kl_type"):
         kl_estimate(logp, old, "k9")
 
@@ -143,7 +168,13 @@ def test_matches_float64_reference_values_and_gradients(seed):
     mask = (torch.rand(B, T, generator=g) < 0.8).long()
     params = dict(clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.05, kl_type="k3", entropy_coef=0.01)
     loss, _ = get_policy_loss("ppo_clip")(
-        logprobs=logp, old_logprobs=old, advantages=adv, loss_mask=mask, ref_logprobs=ref, entropy=ent, **params
+        logprobs=logp,
+        old_logprobs=old,
+        advantages=adv,
+        loss_mask=mask,
+        ref_logprobs=ref,
+        entropy=ent,
+        **params,
     )
     loss.sum().backward()
     for b in range(B):
@@ -152,8 +183,16 @@ def test_matches_float64_reference_values_and_gradients(seed):
                 assert loss[b, t] == 0 and logp.grad[b, t] == 0 and ent.grad[b, t] == 0
                 continue
             value, g_lp, g_h = _ref_token(
-                float(logp.detach()[b, t]), float(old[b, t]), float(adv[b, t]), float(ref[b, t]), float(ent.detach()[b, t]),
-                0.2, 0.28, 3.0, 0.05, 0.01,
+                float(logp.detach()[b, t]),
+                float(old[b, t]),
+                float(adv[b, t]),
+                float(ref[b, t]),
+                float(ent.detach()[b, t]),
+                0.2,
+                0.28,
+                3.0,
+                0.05,
+                0.01,
             )
             assert float(loss.detach()[b, t]) == pytest.approx(value, abs=1e-12)
             assert float(logp.grad[b, t]) == pytest.approx(g_lp, abs=1e-12)
@@ -166,7 +205,9 @@ def test_float32_close_to_float64():
     lp64 = (old + torch.randn(4, 64, generator=g, dtype=torch.float64) * 0.3).requires_grad_()
     adv = torch.randn(4, 64, generator=g, dtype=torch.float64)
     lp32 = lp64.detach().float().requires_grad_()
-    l64, _ = get_policy_loss("ppo_clip")(logprobs=lp64, old_logprobs=old, advantages=adv, loss_mask=torch.ones(4, 64))
+    l64, _ = get_policy_loss("ppo_clip")(
+        logprobs=lp64, old_logprobs=old, advantages=adv, loss_mask=torch.ones(4, 64)
+    )
     l32, _ = get_policy_loss("ppo_clip")(
         logprobs=lp32, old_logprobs=old.float(), advantages=adv.float(), loss_mask=torch.ones(4, 64)
     )
@@ -213,8 +254,11 @@ def test_non_finite_old_logprobs_leave_the_loss_and_its_count():
 def test_log_ratio_clamp_keeps_everything_finite():
     logp = torch.tensor([[50.0, -80.0]], dtype=torch.float64, requires_grad=True)
     loss, metrics = get_policy_loss("ppo_clip")(
-        logprobs=logp, old_logprobs=torch.zeros(1, 2, dtype=torch.float64),
-        advantages=torch.tensor([[-1.0, 1.0]], dtype=torch.float64), loss_mask=torch.ones(1, 2), dual_clip=None,
+        logprobs=logp,
+        old_logprobs=torch.zeros(1, 2, dtype=torch.float64),
+        advantages=torch.tensor([[-1.0, 1.0]], dtype=torch.float64),
+        loss_mask=torch.ones(1, 2),
+        dual_clip=None,
     )
     # Token 0: log ratio 50 clamps to 20, Â = −1: L = max(e^20, 1.2) = e^20 (no dual clip here).
     # Token 1: log ratio −80 clamps to −20, Â = +1: L = max(−e^−20, −0.8) = −e^−20.
@@ -242,7 +286,9 @@ def test_contract_every_policy_loss(name):
     adv_leaf = adv.clone().requires_grad_()
     mask = (torch.rand(B, T, generator=g) < 0.75).long()
     mask[1, 2] = mask[2, 4] = 1
-    loss, metrics = get_policy_loss(name)(logprobs=logp, old_logprobs=old_leaf, advantages=adv_leaf, loss_mask=mask)
+    loss, metrics = get_policy_loss(name)(
+        logprobs=logp, old_logprobs=old_leaf, advantages=adv_leaf, loss_mask=mask
+    )
     assert loss.shape == (B, T) and loss.dtype == logp.dtype
     assert torch.isfinite(loss).all()
     invalid = ~valid_mask(mask, old)
@@ -271,22 +317,38 @@ def test_kl_term_shares_the_updates_weighted_denominator(kl_type):
     batches = []
     for rows in (2, 3):
         old = -torch.rand(rows, 9, generator=g, dtype=torch.float64) * 3
-        batches.append({
-            "old": old, "logp": old + torch.randn(rows, 9, generator=g, dtype=torch.float64) * 0.2,
-            "ref": old + torch.randn(rows, 9, generator=g, dtype=torch.float64) * 0.5,
-            "adv": torch.randn(rows, 1, generator=g, dtype=torch.float64).expand(rows, 9),
-            "mask": (torch.rand(rows, 9, generator=g) < 0.7).float(),
-            "weights": torch.rand(rows, 9, generator=g, dtype=torch.float64) * 2,
-        })
-    denominator = sum(aggregation.denominator(loss_mask=b["mask"] > 0, weights=b["weights"].float()) for b in batches)
+        batches.append(
+            {
+                "old": old,
+                "logp": old + torch.randn(rows, 9, generator=g, dtype=torch.float64) * 0.2,
+                "ref": old + torch.randn(rows, 9, generator=g, dtype=torch.float64) * 0.5,
+                "adv": torch.randn(rows, 1, generator=g, dtype=torch.float64).expand(rows, 9),
+                "mask": (torch.rand(rows, 9, generator=g) < 0.7).float(),
+                "weights": torch.rand(rows, 9, generator=g, dtype=torch.float64) * 2,
+            }
+        )
+    denominator = sum(
+        aggregation.denominator(loss_mask=b["mask"] > 0, weights=b["weights"].float()) for b in batches
+    )
     total = 0.0
     for b in batches:
         loss, _ = get_policy_loss("ppo_clip")(
-            logprobs=b["logp"].float(), old_logprobs=b["old"].float(), advantages=b["adv"].float(), loss_mask=b["mask"],
-            ref_logprobs=b["ref"].float(), kl_coef=beta, kl_type=kl_type,
+            logprobs=b["logp"].float(),
+            old_logprobs=b["old"].float(),
+            advantages=b["adv"].float(),
+            loss_mask=b["mask"],
+            ref_logprobs=b["ref"].float(),
+            kl_coef=beta,
+            kl_type=kl_type,
         )
-        total += float(aggregation(loss, loss_mask=b["mask"] > 0, weights=b["weights"].float(),
-                                   global_denominator=torch.as_tensor(denominator, dtype=torch.float32)))
+        total += float(
+            aggregation(
+                loss,
+                loss_mask=b["mask"] > 0,
+                weights=b["weights"].float(),
+                global_denominator=torch.as_tensor(denominator, dtype=torch.float32),
+            )
+        )
     numerator, weight_sum = 0.0, 0.0
     for b in batches:
         for index in zip(*torch.nonzero(b["mask"], as_tuple=True)):

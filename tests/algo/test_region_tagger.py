@@ -108,8 +108,19 @@ def test_exact_character_labels_of_a_toolrl_turn() -> None:
 
 def test_calls_of_a_json_list_are_all_labelled() -> None:
     text = '<tool_call>[{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}]</tool_call>'
-    expected = [("<tool_call>", F), ('[{"name": "', X), ("a", N), ('", "arguments": ', X), ('{"x": 1}', A),
-                ('}, {"name": "', X), ("b", N), ('", "arguments": ', X), ("{}", A), ("}]", X), ("</tool_call>", F)]
+    expected = [
+        ("<tool_call>", F),
+        ('[{"name": "', X),
+        ("a", N),
+        ('", "arguments": ', X),
+        ('{"x": 1}', A),
+        ('}, {"name": "', X),
+        ("b", N),
+        ('", "arguments": ', X),
+        ("{}", A),
+        ("}]", X),
+        ("</tool_call>", F),
+    ]
     assert char_labels(encode(text)) == [label for t, label in expected for _ in t]
 
 

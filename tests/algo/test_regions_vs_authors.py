@@ -28,11 +28,30 @@ DISTINCT = {"format": 1.0, "name": 2.0, "args": 3.0, "reasoning": 4.0}
 
 def paper_gammas(step: int) -> dict[str, float]:
     """The authors' constants at their step `step`."""
-    return {"format": 1.0, "name": 1.2, "args": min(0.6 + 0.002 * step, 1.2), "reasoning": min(0.6 + 0.002 * step, 1.0)}
+    return {
+        "format": 1.0,
+        "name": 1.2,
+        "args": min(0.6 + 0.002 * step, 1.2),
+        "reasoning": min(0.6 + 0.002 * step, 1.0),
+    }
 
 
 NUM_RESPONSES = 240
-_WORDS = ["weather", "Paris", "the", "call", "3 < 4", "é", "中文", "a-b", "x_y", "ok.", "100%", "😀", "new\nline"]
+_WORDS = [
+    "weather",
+    "Paris",
+    "the",
+    "call",
+    "3 < 4",
+    "é",
+    "中文",
+    "a-b",
+    "x_y",
+    "ok.",
+    "100%",
+    "😀",
+    "new\nline",
+]
 _NAMES = ["get_weather", "search", "calc.add", "lookup_price", "f", "翻译", "send_email_v2"]
 _KEYS = ["city", "q", "limit", "units", "ids", "deep", "flag", "ä"]
 _SPACES = ["", " ", "\n", "\n\n", "  \n", "\t", " \n "]
@@ -56,8 +75,9 @@ def _value(rng: random.Random, depth: int = 0) -> object:
 def _call(rng: random.Random, key: str) -> str:
     args = {k: _value(rng) for k in rng.sample(_KEYS, rng.randint(0, 3))}
     separators = rng.choice([(", ", ": "), (",", ":"), (", ", ":")])
-    return json.dumps({"name": rng.choice(_NAMES), key: args}, ensure_ascii=rng.random() < 0.3,
-                      separators=separators)
+    return json.dumps(
+        {"name": rng.choice(_NAMES), key: args}, ensure_ascii=rng.random() < 0.3, separators=separators
+    )
 
 
 def _prose(rng: random.Random) -> str:
@@ -71,8 +91,14 @@ def make_response(rng: random.Random, fmt: str) -> str:
     if fmt == "toolrl":
         if rng.random() < 0.8:
             calls = [_call(rng, "parameters") for _ in range(rng.randint(1, 3))]
-            parts += ["<tool_call>", rng.choice(["\n", "", " \n"]), "\n".join(calls), rng.choice(["\n", ""]),
-                      "</tool_call>", rng.choice(_SPACES)]
+            parts += [
+                "<tool_call>",
+                rng.choice(["\n", "", " \n"]),
+                "\n".join(calls),
+                rng.choice(["\n", ""]),
+                "</tool_call>",
+                rng.choice(_SPACES),
+            ]
         if rng.random() < 0.5 or len(parts) < 5:
             parts += ["<response>", _prose(rng), "</response>"]
     else:
@@ -106,14 +132,25 @@ def open_block_start(text: str) -> int:
         if pos >= 0 and text.find(_CLOSERS[opener], pos) < 0:
             starts.append(pos)
     cut = text.rfind("<")
-    if cut >= 0 and any(tag.startswith(text[cut:]) and tag != text[cut:] for tag in [*_OPENERS, *_CLOSERS.values()]):
+    if cut >= 0 and any(
+        tag.startswith(text[cut:]) and tag != text[cut:] for tag in [*_OPENERS, *_CLOSERS.values()]
+    ):
         starts.append(cut)
     return min(starts)
 
 
 def our_raw_weights(masks: torch.Tensor, gammas: dict[str, float]) -> list[float]:
-    raw = paper_raw(masks, 0, gamma_format=gammas["format"], gamma_name=gammas["name"], gamma_args=gammas["args"],
-                    gamma_reasoning=gammas["reasoning"], gamma_answer=0.0, gamma_other=0.0, dtype=torch.float64)
+    raw = paper_raw(
+        masks,
+        0,
+        gamma_format=gammas["format"],
+        gamma_name=gammas["name"],
+        gamma_args=gammas["args"],
+        gamma_reasoning=gammas["reasoning"],
+        gamma_answer=0.0,
+        gamma_other=0.0,
+        dtype=torch.float64,
+    )
     return raw[0].tolist()
 
 
@@ -142,8 +179,10 @@ def corpus(tokenizer: object) -> list[tuple[str, list[int], list[tuple[int, int]
 def test_regions_agree_with_the_authors_except_where_documented(name: str) -> None:
     tokenizer = TOKENIZERS[name]()
     counts = {"tokens": 0, "agree": 0, "mapping": 0, "later_calls": 0, "open_block": 0}
-    responses = [(text, torch.tensor([tag_regions(ids, tokenizer)]), offsets, truncated)
-                 for text, ids, offsets, truncated in corpus(tokenizer)]
+    responses = [
+        (text, torch.tensor([tag_regions(ids, tokenizer)]), offsets, truncated)
+        for text, ids, offsets, truncated in corpus(tokenizer)
+    ]
     for gammas in (DISTINCT, paper_gammas(1), paper_gammas(105)):
         for text, masks, offsets, truncated in responses:
             ours = our_raw_weights(masks, gammas)

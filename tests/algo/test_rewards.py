@@ -67,7 +67,10 @@ def test_toolrl_unscheduled_constants_and_order_of_parallel_calls():
     # but the partial credit is full: names 1 (multisets), f 1 + 2, g 1 -> 5/5 -> 3.
     swapped = '<think>t</think><tool_call>\n{"name": "g", "arguments": {}}\n{"name": "f", "arguments": {"b": "x", "a": 1}}\n</tool_call>'
     params = dict(format_max=1.0, format_min=0.0, correct_max=3.0, correct_min=-3.0)
-    assert get_reward("toolrl")(swapped, GT_CALLS, step=0, **params) == (4.0, {"format": 1.0, "correctness": 3.0})
+    assert get_reward("toolrl")(swapped, GT_CALLS, step=0, **params) == (
+        4.0,
+        {"format": 1.0, "correctness": 3.0},
+    )
     # A wrong value: f's b = "y". names 1, f keys 1 + values 1 = 2, g 1: 4/5 -> 6·0.8 − 3 = 1.8
     wrong = swapped.replace('"x"', '"y"')
     assert get_reward("toolrl")(wrong, GT_CALLS, step=0, **params)[1]["correctness"] == pytest.approx(1.8)
@@ -77,11 +80,20 @@ def test_toolrl_answers_without_calls_and_format_rules():
     gt_response = "<think>easy</think>\n<response>Paris</response>"
     # No tool call expected: correctness 0 whatever the response; format needs think before response.
     assert get_reward("toolrl")("<think>t</think><response>Rome</response>", gt_response, step=150) == (
-        1.0, {"format": 1.0, "correctness": 0.0})
-    assert get_reward("toolrl")("<response>Rome</response><think>t</think>", gt_response, step=150)[1]["format"] == -1.0
-    gt_both = "<think>a</think><tool_call>\n{\"name\": \"f\", \"parameters\": {}}\n</tool_call><response>r</response>"
-    assert toolrl_format_ok('<think>a</think><tool_call>{"name": "f", "arguments": {}}</tool_call><response>r</response>', gt_both)
-    assert not toolrl_format_ok('<think>a</think><response>r</response><tool_call>{}</tool_call>', gt_both)
+        1.0,
+        {"format": 1.0, "correctness": 0.0},
+    )
+    assert (
+        get_reward("toolrl")("<response>Rome</response><think>t</think>", gt_response, step=150)[1]["format"]
+        == -1.0
+    )
+    gt_both = (
+        '<think>a</think><tool_call>\n{"name": "f", "parameters": {}}\n</tool_call><response>r</response>'
+    )
+    assert toolrl_format_ok(
+        '<think>a</think><tool_call>{"name": "f", "arguments": {}}</tool_call><response>r</response>', gt_both
+    )
+    assert not toolrl_format_ok("<think>a</think><response>r</response><tool_call>{}</tool_call>", gt_both)
     # Call-only ground truth: a response block is not allowed, and exactly one <tool_call> block.
     assert not toolrl_format_ok(PERFECT + "<response>x</response>", GT_CALLS)
     assert not toolrl_format_ok(PERFECT + PERFECT.split("</think>")[1], GT_CALLS)
@@ -103,7 +115,10 @@ def test_toolrl_unclosed_call_and_bad_ground_truth():
 def test_function_match_reward():
     gt = {"calls": [{"name": "f", "arguments": {"a": 1}}, {"name": "g", "arguments": {}}]}
     good = '<tool_call>{"name": "g", "arguments": {}}</tool_call><tool_call>{"name": "f", "arguments": {"a": 1.0}}</tool_call>'
-    assert get_reward("function_match")(good, gt) == (1.0, {"match": 1.0, "num_calls": 2.0, "num_errors": 0.0})
+    assert get_reward("function_match")(good, gt) == (
+        1.0,
+        {"match": 1.0, "num_calls": 2.0, "num_errors": 0.0},
+    )
     assert get_reward("function_match")(good, {**gt, "ordered": True})[0] == 0.0
     # Right calls plus a malformed one: no credit.
     assert get_reward("function_match")(good + "<tool_call>{</tool_call>", gt)[0] == 0.0
@@ -137,9 +152,15 @@ def test_answer_matches(pred, expected, ok):
 
 def test_answer_match_reward():
     assert normalize_answer("  The  Quick, brown fox. ") == "quick brown fox"
-    assert get_reward("answer_match")("<think>6·7</think><response>42</response>", 42) == (1.0, {"match": 1.0, "has_answer": 1.0})
+    assert get_reward("answer_match")("<think>6·7</think><response>42</response>", 42) == (
+        1.0,
+        {"match": 1.0, "has_answer": 1.0},
+    )
     assert get_reward("answer_match")(r"so \boxed{12} and later \boxed{13}", ["13", "thirteen"])[0] == 1.0
-    assert get_reward("answer_match")("<think>only thinking</think>", "x") == (0.0, {"match": 0.0, "has_answer": 0.0})
+    assert get_reward("answer_match")("<think>only thinking</think>", "x") == (
+        0.0,
+        {"match": 0.0, "has_answer": 0.0},
+    )
     with pytest.raises(ValueError):
         get_reward("answer_match")("x", [])
 
@@ -149,11 +170,15 @@ def test_answer_match_reward():
 # Every registered reward needs an entry here: (ground truth, a response that must score above garbage).
 EXAMPLES = {
     "toolrl": (GT_CALLS, PERFECT),
-    "function_match": ({"calls": [{"name": "f", "arguments": {"a": 1, "b": "x"}}]},
-                       '<tool_call>{"name": "f", "arguments": {"a": 1, "b": "x"}}</tool_call>'),
+    "function_match": (
+        {"calls": [{"name": "f", "arguments": {"a": 1, "b": "x"}}]},
+        '<tool_call>{"name": "f", "arguments": {"a": 1, "b": "x"}}</tool_call>',
+    ),
     "answer_match": ("42", "<think>t</think><response>42</response>"),
-    "tool_trajectory": ({"calls": [{"name": "f", "arguments": {"a": 1}}], "answer": "42"},
-                        '<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>'),
+    "tool_trajectory": (
+        {"calls": [{"name": "f", "arguments": {"a": 1}}], "answer": "42"},
+        '<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>',
+    ),
 }
 
 
@@ -161,8 +186,22 @@ EXAMPLES = {
 @settings(max_examples=80, deadline=None)
 @given(
     garbage=st.lists(
-        st.sampled_from(["<tool_call>", "</tool_call>", "<think>", "</think>", "<response>", "</response>",
-                         '{"name": "f", "arguments": {"a": 1}}', "{", "\n", "42", "\\boxed{"]) | st.text(max_size=6),
+        st.sampled_from(
+            [
+                "<tool_call>",
+                "</tool_call>",
+                "<think>",
+                "</think>",
+                "<response>",
+                "</response>",
+                '{"name": "f", "arguments": {"a": 1}}',
+                "{",
+                "\n",
+                "42",
+                "\\boxed{",
+            ]
+        )
+        | st.text(max_size=6),
         max_size=16,
     ).map("".join),
     step=st.integers(0, 1000),
@@ -176,7 +215,9 @@ def test_contract_every_reward(name, garbage, step):
     for response in (garbage, good):
         value, parts = fn(response, gt, step=step)
         assert isinstance(value, float) and math.isfinite(value)
-        assert parts and all(isinstance(k, str) and isinstance(v, float) and math.isfinite(v) for k, v in parts.items())
+        assert parts and all(
+            isinstance(k, str) and isinstance(v, float) and math.isfinite(v) for k, v in parts.items()
+        )
     assert fn(good, gt, step=step)[0] >= fn(garbage, gt, step=step)[0]
 
 

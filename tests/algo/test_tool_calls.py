@@ -69,7 +69,9 @@ def test_malformed_calls_become_errors(body, message):
 
 
 def test_one_bad_line_does_not_hide_the_good_ones():
-    p = parse_tool_calls('<tool_call>\n{"name": "a", "arguments": {}}\n{"name": "b", "arguments": \n</tool_call>')
+    p = parse_tool_calls(
+        '<tool_call>\n{"name": "a", "arguments": {}}\n{"name": "b", "arguments": \n</tool_call>'
+    )
     assert [c.name for c in p.calls] == ["a"]
     assert len(p.errors) == 1 and p.errors[0].raw == '{"name": "b", "arguments":'
 
@@ -77,12 +79,16 @@ def test_one_bad_line_does_not_hide_the_good_ones():
 def test_unclosed_block_is_an_error_and_not_part_of_the_answer():
     p = parse_tool_calls('Let me call it. <tool_call>{"name": "f", "arguments": {}}')
     assert p.calls == () and p.num_blocks == 1
-    assert "unclosed <tool_call>" in p.errors[0].message and p.errors[0].raw == '{"name": "f", "arguments": {}}'
+    assert (
+        "unclosed <tool_call>" in p.errors[0].message and p.errors[0].raw == '{"name": "f", "arguments": {}}'
+    )
     assert p.answer == "Let me call it."
 
 
 def test_calls_inside_think_are_not_calls():
-    p = parse_tool_calls('<think>maybe <tool_call>{"name": "x", "arguments": {}}</tool_call>?</think>The answer is 4.')
+    p = parse_tool_calls(
+        '<think>maybe <tool_call>{"name": "x", "arguments": {}}</tool_call>?</think>The answer is 4.'
+    )
     assert p.calls == () and p.errors == () and p.num_blocks == 0
     assert p.answer == "The answer is 4." and "<tool_call>" in p.think
 
@@ -106,8 +112,25 @@ def test_think_and_answer(text, think, answer):
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
-        st.sampled_from(["<tool_call>", "</tool_call>", "<think>", "</think>", "<response>", "</response>",
-                         '{"name": "f", "arguments": {"a": 1}}', '{"name":', "[", "]", "{", "}", "\n", '"', "\\"])
+        st.sampled_from(
+            [
+                "<tool_call>",
+                "</tool_call>",
+                "<think>",
+                "</think>",
+                "<response>",
+                "</response>",
+                '{"name": "f", "arguments": {"a": 1}}',
+                '{"name":',
+                "[",
+                "]",
+                "{",
+                "}",
+                "\n",
+                '"',
+                "\\",
+            ]
+        )
         | st.text(max_size=8),
         max_size=25,
     ).map("".join)

@@ -41,7 +41,10 @@ def test_no_turns_and_extra_calls(sample) -> None:
     assert _score([], sample)[1] == {"format": -1.0, "calls": -1.0, "answer": 0.0}
     # Answering without the expected calls fails the format too, so skipping the tools never beats a
     # well-formed call with a wrong argument (-2 against at least 1).
-    assert _score([f"The answer is {sample.answer}."], sample) == (-1.0, {"format": -1.0, "calls": -1.0, "answer": 1.0})
+    assert _score([f"The answer is {sample.answer}."], sample) == (
+        -1.0,
+        {"format": -1.0, "calls": -1.0, "answer": 1.0},
+    )
     wrong = dict(sample.calls[0], arguments={k: "0" for k in sample.calls[0]["arguments"]})
     assert _score([_call_turn(wrong), "The answer is 0."], sample)[0] == 1.0
     turns = [_call_turn(c) for c in sample.calls * 2] + [f"The answer is {sample.answer}."]

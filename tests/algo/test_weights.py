@@ -18,7 +18,9 @@ from rest_megatron.algo.weights import (
     token_weight_names,
 )
 
-F, N, A, R, ANS, OTH = (region_bit(r) for r in Region)  # FORMAT_TAG, TOOL_NAME, TOOL_ARGS, REASONING, ANSWER, OTHER
+F, N, A, R, ANS, OTH = (
+    region_bit(r) for r in Region
+)  # FORMAT_TAG, TOOL_NAME, TOOL_ARGS, REASONING, ANSWER, OTHER
 
 # One response touching every region, two multi-region tokens and one masked-out token:
 #   idx:   0     1     2     3     4     5      6       7 (m=0)  8
@@ -91,8 +93,16 @@ def test_paper_accepts_curriculum_specs_and_skips_weightless_rows():
 def test_primary_region_priority():
     # name > args > format > reasoning > answer > other; no bit -> OTHER.
     masks = torch.tensor([[N | A | F, A | F, F | R, R | ANS, ANS | OTH, OTH, 0, (1 << NUM_REGIONS) - 1]])
-    expected = [Region.TOOL_NAME, Region.TOOL_ARGS, Region.FORMAT_TAG, Region.REASONING, Region.ANSWER,
-                Region.OTHER, Region.OTHER, Region.TOOL_NAME]
+    expected = [
+        Region.TOOL_NAME,
+        Region.TOOL_ARGS,
+        Region.FORMAT_TAG,
+        Region.REASONING,
+        Region.ANSWER,
+        Region.OTHER,
+        Region.OTHER,
+        Region.TOOL_NAME,
+    ]
     assert primary_region(masks)[0].tolist() == [int(r) for r in expected]
     assert set(PRIMARY_PRIORITY) == set(Region)
 
@@ -142,8 +152,13 @@ def test_entropy_region_averaging_by_hand():
 def test_entropy_source_uses_entropy_tensor():
     # v = H = 2, 1 ; v̄ = 1.5 ; α = 1 -> raw 0.75, 1.5 ; mean 1.125 -> w = 2/3, 4/3.
     w = get_token_weights("entropy")(
-        loss_mask=torch.ones(1, 2), region_mask=torch.zeros(1, 2, dtype=torch.long), step=0,
-        entropy=torch.tensor([[2.0, 1.0]]), source="entropy", alpha=Constant(1.0), eps=0.0,
+        loss_mask=torch.ones(1, 2),
+        region_mask=torch.zeros(1, 2, dtype=torch.long),
+        step=0,
+        entropy=torch.tensor([[2.0, 1.0]]),
+        source="entropy",
+        alpha=Constant(1.0),
+        eps=0.0,
     )[0]
     torch.testing.assert_close(w, torch.tensor([2 / 3, 4 / 3]))
 
@@ -152,8 +167,12 @@ def test_hybrid_is_the_normalized_product_by_hand():
     # Paper raw at step 0: format 1, name 1.2, args 0.6. Entropy raw (α = 1, ε≈0): v = 0.5, 0.25, 0.75,
     # v̄ = 0.5 -> 1, 2, 0.666667. Product 1, 2.4, 0.4; mean 1.266667 -> w = 0.789474, 1.894737, 0.315789.
     w = get_token_weights("hybrid")(
-        loss_mask=torch.ones(1, 3), region_mask=torch.tensor([[F, N, A]]), step=0,
-        collision=torch.tensor([[0.5, 0.75, 0.25]]), alpha=1.0, eps=1e-9,
+        loss_mask=torch.ones(1, 3),
+        region_mask=torch.tensor([[F, N, A]]),
+        step=0,
+        collision=torch.tensor([[0.5, 0.75, 0.25]]),
+        alpha=1.0,
+        eps=1e-9,
     )[0]
     torch.testing.assert_close(w, torch.tensor([0.789474, 1.894737, 0.315789]), atol=1e-6, rtol=0)
 
@@ -162,10 +181,17 @@ def test_hybrid_takes_the_parameters_of_paper_and_entropy():
     """hybrid declares none of them itself: its signature (what config validation reads) is the union of
     both schemes' parameters with their defaults, a paper and an entropy parameter reach their parts,
     and a name neither takes is refused, naming the ones it takes."""
-    params = {name: inspect.signature(get_token_weights(name)).parameters for name in ("paper", "entropy", "hybrid")}
+    params = {
+        name: inspect.signature(get_token_weights(name)).parameters for name in ("paper", "entropy", "hybrid")
+    }
     assert dict(params["hybrid"]) == {**params["paper"], **params["entropy"]}
-    kw = dict(loss_mask=torch.ones(1, 3), region_mask=torch.tensor([[F, N, A]]), step=0,
-              collision=torch.tensor([[0.5, 0.75, 0.25]]), eps=1e-9)
+    kw = dict(
+        loss_mask=torch.ones(1, 3),
+        region_mask=torch.tensor([[F, N, A]]),
+        step=0,
+        collision=torch.tensor([[0.5, 0.75, 0.25]]),
+        eps=1e-9,
+    )
     # γ_name 2.4 and α 0 (entropy part ≡ 1): raw 1, 2.4, 0.6; mean 1.333333 -> 0.75, 1.8, 0.45.
     w = get_token_weights("hybrid")(**kw, gamma_name=2.4, alpha=0.0)[0]
     torch.testing.assert_close(w, torch.tensor([0.75, 1.8, 0.45]), atol=1e-6, rtol=0)
@@ -192,6 +218,7 @@ def test_entropy_mode_needs_its_input_and_valid_options():
 
 
 # ----------------------------------------------------------------- float64 reference (plain Python loops)
+
 
 def _ref_gamma(region: Region, step: int) -> float:
     return {
@@ -265,9 +292,12 @@ def _call(name, mask, regions, collision, entropy, step):
 def batches(draw):
     B = draw(st.integers(1, 4))
     T = draw(st.integers(1, 12))
-    cells = st.tuples(st.integers(0, 1), st.integers(0, (1 << NUM_REGIONS) - 1),
-                      st.sampled_from([0.0, 1.0, 0.5, 1e-7, 1.0 - 1e-7]) | st.floats(0.0, 1.0),
-                      st.floats(0.0, 20.0))
+    cells = st.tuples(
+        st.integers(0, 1),
+        st.integers(0, (1 << NUM_REGIONS) - 1),
+        st.sampled_from([0.0, 1.0, 0.5, 1e-7, 1.0 - 1e-7]) | st.floats(0.0, 1.0),
+        st.floats(0.0, 20.0),
+    )
     rows = draw(st.lists(st.lists(cells, min_size=T, max_size=T), min_size=B, max_size=B))
     mask = torch.tensor([[c[0] for c in r] for r in rows])
     regions = torch.tensor([[c[1] for c in r] for r in rows])
@@ -329,8 +359,11 @@ def test_step_origin_evaluates_the_curricula_one_step_later():
     # The authors' first RL step is their step 1: γ_args = 0.602 there, which our step 0 gives with origin 1.
     for name in ("paper", "hybrid", "entropy"):
         fn = get_token_weights(name)
-        inputs = dict(loss_mask=torch.tensor([MASK]), region_mask=torch.tensor([REGIONS]),
-                      collision=torch.rand(1, len(MASK), generator=torch.Generator().manual_seed(0)))
+        inputs = dict(
+            loss_mask=torch.tensor([MASK]),
+            region_mask=torch.tensor([REGIONS]),
+            collision=torch.rand(1, len(MASK), generator=torch.Generator().manual_seed(0)),
+        )
         assert torch.equal(fn(step=0, step_origin=1, **inputs), fn(step=1, **inputs)), name
         if name == "paper":
             assert not torch.equal(fn(step=0, **inputs), fn(step=1, **inputs))

@@ -19,7 +19,9 @@ EXCLUDED = (ROOT / "rest_megatron" / "config", ROOT / "rest_megatron" / "plan")
 def _leaf_fields(cls: type, prefix: str = "") -> list[str]:
     names = []
     for f in dataclasses.fields(cls):
-        inner = getattr(schema, str(f.type).split("|")[0].strip(), None) if isinstance(f.type, str) else f.type
+        inner = (
+            getattr(schema, str(f.type).split("|")[0].strip(), None) if isinstance(f.type, str) else f.type
+        )
         if isinstance(inner, type) and dataclasses.is_dataclass(inner):
             names += _leaf_fields(inner, f"{prefix}{f.name}.")
         else:
@@ -28,8 +30,12 @@ def _leaf_fields(cls: type, prefix: str = "") -> list[str]:
 
 
 def _runtime_files() -> list[Path]:
-    python = [p for d in ("rest_megatron", "tools_sandbox") for p in (ROOT / d).rglob("*.py")
-              if not any(p.is_relative_to(e) for e in EXCLUDED)]
+    python = [
+        p
+        for d in ("rest_megatron", "tools_sandbox")
+        for p in (ROOT / d).rglob("*.py")
+        if not any(p.is_relative_to(e) for e in EXCLUDED)
+    ]
     shell = [p for d in ("slurm", "scripts") for p in (ROOT / d).rglob("*") if p.suffix in (".sh", ".sbatch")]
     return python + shell
 
@@ -63,7 +69,8 @@ def test_every_config_field_is_read_outside_validation_and_plan() -> None:
     unread = unread_fields()
     assert sorted(set(unread) - set(KNOWN_UNREAD)) == [], (
         "these fields are read by nothing but validation and plan: make the code their docstring names "
-        "read them, or remove them from config/schema.py")
+        "read them, or remove them from config/schema.py"
+    )
     assert sorted(set(KNOWN_UNREAD) - set(unread)) == [], "these are read now: drop them from KNOWN_UNREAD"
 
 

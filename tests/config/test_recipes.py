@@ -63,7 +63,10 @@ def test_real_recipe_validates_without_model_or_data(recipe: Path) -> None:
     config, hf, source, _ = load_for_plan(str(recipe), [])
     assert not Path(config.model.path).exists() and source.startswith("built-in table")
     # What `data prepare --split test=0.02` writes, and the authors' step count (train_ResT.sh: 15 × 7).
-    assert (config.data.train_path, config.data.eval_path) == ("data/toolrl_4k/train.jsonl", "data/toolrl_4k/test.jsonl")
+    assert (config.data.train_path, config.data.eval_path) == (
+        "data/toolrl_4k/train.jsonl",
+        "data/toolrl_4k/test.jsonl",
+    )
     assert config.optimizer.num_steps == 105 and config.logging.eval_interval == 15
     assert config.algorithm.weights_params == {"step_origin": 1}
     assert config.reward.params == {"accept_arguments": False, "step_origin": 1}
@@ -73,11 +76,15 @@ def test_real_recipe_validates_without_model_or_data(recipe: Path) -> None:
 def test_train_demands_the_files_plan_does_not(tmp_path: Path) -> None:
     recipe = next(p for p in REAL if p.stem == "qwen3-1.7b-rest")
     # What `train` and the Slurm script's pre-flight see: the download is checked before a job starts.
-    with pytest.raises(ConfigError, match="data.train_path 'data/toolrl_4k/train.jsonl' not found") as missing:
+    with pytest.raises(
+        ConfigError, match="data.train_path 'data/toolrl_4k/train.jsonl' not found"
+    ) as missing:
         load_config(recipe)
     # The error gives the command that writes the file (and the test split beside it).
-    assert ("rest-megatron data prepare --format FORMAT --in SOURCE --out data/toolrl_4k --split test=0.02 "
-            "--seed 1234") in str(missing.value)
+    assert (
+        "rest-megatron data prepare --format FORMAT --in SOURCE --out data/toolrl_4k --split test=0.02 "
+        "--seed 1234"
+    ) in str(missing.value)
     train = tmp_path / "train.jsonl"
     train.write_text("{}\n")
     with pytest.raises(ConfigError, match="model.path 'models/Qwen3-1.7B' is not a directory"):

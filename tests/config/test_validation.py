@@ -154,7 +154,10 @@ def test_all_problems_are_reported_together(write_recipe: WriteRecipe) -> None:
         (["rollout.temperature=0"], "rollout.temperature must be > 0, got 0.0"),
         (["optimizer.mini_batch_size=3"], "optimizer.mini_batch_size (3) must divide the rollout batch"),
         (["optimizer.ppo_epochs=0"], "optimizer.ppo_epochs must be >= 1, got 0"),
-        (["algorithm.kl_coef=0.1", "sft.num_steps=5"], "algorithm.kl_coef > 0 anchors the policy to the weights"),
+        (
+            ["algorithm.kl_coef=0.1", "sft.num_steps=5"],
+            "algorithm.kl_coef > 0 anchors the policy to the weights",
+        ),
         (
             ["parallel.micro_batch_size=3"],
             "the rollout batch data.num_prompts_per_step × rollout.num_samples_per_prompt = 16 must be a multiple "
@@ -193,7 +196,9 @@ def test_registry_backed_names_are_checked_against_the_registry(
 
 
 def test_hybrid_takes_paper_and_entropy_parameters(write_recipe: WriteRecipe) -> None:
-    config = load_config(write_recipe(), ["algorithm.weights=hybrid", "algorithm.weights_params={gamma_name: 2, alpha: 0.5}"])
+    config = load_config(
+        write_recipe(), ["algorithm.weights=hybrid", "algorithm.weights_params={gamma_name: 2, alpha: 0.5}"]
+    )
     assert config.algorithm.weights_params == {"gamma_name": 2, "alpha": 0.5}
 
 

@@ -56,7 +56,10 @@ def test_hf_to_megatron_to_hf_is_identity(family: str) -> None:
 def test_families_share_the_common_map() -> None:
     for adapter in ADAPTERS.values():
         assert adapter.layer_rules[: len(COMMON_LAYER_RULES)] == COMMON_LAYER_RULES
-    own = {family: [r.megatron for r in a.layer_rules[len(COMMON_LAYER_RULES) :]] for family, a in ADAPTERS.items()}
+    own = {
+        family: [r.megatron for r in a.layer_rules[len(COMMON_LAYER_RULES) :]]
+        for family, a in ADAPTERS.items()
+    }
     assert own["qwen3"][:2] == ["self_attention.q_layernorm.weight", "self_attention.k_layernorm.weight"]
     assert own["qwen2"] == ["self_attention.linear_qkv.bias"]
 
@@ -76,5 +79,8 @@ def test_unknown_family_names_the_supported_ones() -> None:
     from dataclasses import replace
 
     _, spec, _ = read_config(tiny_model_dir("tiny-llama"))
-    with pytest.raises(ValueError, match="no Hugging Face <-> Megatron adapter for model family 'mistral'.*llama, qwen2, qwen3"):
+    with pytest.raises(
+        ValueError,
+        match="no Hugging Face <-> Megatron adapter for model family 'mistral'.*llama, qwen2, qwen3",
+    ):
         get_adapter(replace(spec, family="mistral"))

@@ -42,7 +42,20 @@ def test_from_hf_bad_input_exits_2_without_starting_ranks(tmp_path, capsys, layo
     (source / "model.safetensors").unlink()
     assert from_hf_main(["--hf", str(source), "--out", str(tmp_path / "new"), *layout]) == 2
     assert "has neither model.safetensors.index.json nor model.safetensors" in capsys.readouterr().err
-    assert from_hf_main(["--hf", str(tiny_model_dir("tiny-qwen3")), "--out", str(tmp_path / "new"), "--dtype", "int8", *layout]) == 2
+    assert (
+        from_hf_main(
+            [
+                "--hf",
+                str(tiny_model_dir("tiny-qwen3")),
+                "--out",
+                str(tmp_path / "new"),
+                "--dtype",
+                "int8",
+                *layout,
+            ]
+        )
+        == 2
+    )
     assert "dtype 'int8' is not supported" in capsys.readouterr().err
     assert not (tmp_path / "new").exists() and not dist.is_initialized()
 
@@ -50,7 +63,9 @@ def test_from_hf_bad_input_exits_2_without_starting_ranks(tmp_path, capsys, layo
 def test_to_hf_bad_input_exits_2(tmp_path, capsys) -> None:
     assert to_hf_main(["--ckpt", str(tmp_path / "missing"), "--out", str(tmp_path / "hf")]) == 2
     assert "does not exist; pass a checkpoint root" in capsys.readouterr().err
-    assert to_hf_main(["--ckpt", str(tmp_path), "--out", str(tmp_path / "hf"), "--max-shard-size", "lots"]) == 2
+    assert (
+        to_hf_main(["--ckpt", str(tmp_path), "--out", str(tmp_path / "hf"), "--max-shard-size", "lots"]) == 2
+    )
     assert "--max-shard-size 'lots' is not a size" in capsys.readouterr().err
     assert not dist.is_initialized()
 
@@ -60,8 +75,18 @@ def test_from_hf_layout_that_cannot_split_the_model_exits_2_before_any_rank(tmp_
     heads, layers = config["num_attention_heads"], config["num_hidden_layers"]
     tp = next(n for n in range(2, 64) if heads % n)
     pp = next(n for n in range(2, 64) if layers % n)
-    code = from_hf_main(["--hf", str(tiny_model_dir("tiny-qwen3")), "--out", str(tmp_path / "new"),
-                         "--tp", str(tp), "--pp", str(pp)])
+    code = from_hf_main(
+        [
+            "--hf",
+            str(tiny_model_dir("tiny-qwen3")),
+            "--out",
+            str(tmp_path / "new"),
+            "--tp",
+            str(tp),
+            "--pp",
+            str(pp),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert f"--tp={tp} does not divide the model's {heads} attention heads" in err

@@ -49,14 +49,19 @@ def test_sharded_folder_reads_slices(tmp_path) -> None:
     weights = _open(folder)
     name = "model.layers.2.self_attn.q_proj.weight"
     assert torch.equal(weights.read(name, slice(32, 64), slice(5, 9)), original[name][32:64, 5:9])
-    assert torch.equal(weights.read("model.layers.2.self_attn.k_proj.bias", slice(3, 7)), original["model.layers.2.self_attn.k_proj.bias"][3:7])
+    assert torch.equal(
+        weights.read("model.layers.2.self_attn.k_proj.bias", slice(3, 7)),
+        original["model.layers.2.self_attn.k_proj.bias"][3:7],
+    )
 
 
 def test_missing_shard(tmp_path) -> None:
     folder = _copy("tiny-qwen3", tmp_path)
     missing = _split_in_two(folder)[1]
     (folder / missing).unlink()
-    with pytest.raises(ValueError, match=f"{missing} is listed in {INDEX} but missing.*fetch the missing shard"):
+    with pytest.raises(
+        ValueError, match=f"{missing} is listed in {INDEX} but missing.*fetch the missing shard"
+    ):
         _open(folder)
 
 
@@ -75,9 +80,18 @@ def test_index_and_shard_disagree(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"num_attention_heads": 2}, r"model.layers.0.self_attn.q_proj.weight in model.safetensors has shape \[128, 128\] but .*config.json .*num_attention_heads=2.* implies \[64, 128\]"),
-        ({"num_hidden_layers": 5}, r"implies the tensor model.layers.4.input_layernorm.weight, which no safetensors file"),
-        ({"num_hidden_layers": 3}, r"tensors that .*config.json .* does not account for, e.g. model.layers.3"),
+        (
+            {"num_attention_heads": 2},
+            r"model.layers.0.self_attn.q_proj.weight in model.safetensors has shape \[128, 128\] but .*config.json .*num_attention_heads=2.* implies \[64, 128\]",
+        ),
+        (
+            {"num_hidden_layers": 5},
+            r"implies the tensor model.layers.4.input_layernorm.weight, which no safetensors file",
+        ),
+        (
+            {"num_hidden_layers": 3},
+            r"tensors that .*config.json .* does not account for, e.g. model.layers.3",
+        ),
         ({"tie_word_embeddings": False}, r"implies the tensor lm_head.weight"),
         ({"vocab_size": 2048}, r"model.embed_tokens.weight .* has shape \[1544, 128\] but .*vocab_size=2048"),
     ],
@@ -93,7 +107,10 @@ def test_config_disagrees_with_weights(tmp_path, changes, message) -> None:
 def test_unknown_architecture_names_the_file(tmp_path) -> None:
     folder = _copy("tiny-llama", tmp_path)
     _edit_config(folder, architectures=["MistralForCausalLM"], model_type="mistral")
-    with pytest.raises(ValueError, match=r"config.json: unsupported architecture \['MistralForCausalLM'\]; supported: LlamaForCausalLM"):
+    with pytest.raises(
+        ValueError,
+        match=r"config.json: unsupported architecture \['MistralForCausalLM'\]; supported: LlamaForCausalLM",
+    ):
         read_config(folder)
 
 
@@ -103,7 +120,10 @@ def test_missing_config_and_pytorch_bin_only(tmp_path) -> None:
     folder = _copy("tiny-llama", tmp_path)
     torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
-    with pytest.raises(ValueError, match=r"neither model.safetensors.index.json nor model.safetensors \(found: pytorch_model.bin\).*safe_serialization=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"neither model.safetensors.index.json nor model.safetensors \(found: pytorch_model.bin\).*safe_serialization=True",
+    ):
         _open(folder)
 
 
@@ -113,11 +133,18 @@ def test_output_must_be_new_or_empty(tmp_path) -> None:
     check_empty_output(tmp_path / "empty", "--out")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    with pytest.raises(ValueError, match=r"--out .*full is not empty; choose a new directory or remove the old one"):
+    with pytest.raises(
+        ValueError, match=r"--out .*full is not empty; choose a new directory or remove the old one"
+    ):
         check_empty_output(tmp_path / "full", "--out")
 
 
 def test_metadata_files_are_copied(tmp_path) -> None:
     copied = copy_metadata(tiny_model_dir("tiny-qwen3"), tmp_path / "meta", skip=("config.json",))
-    assert sorted(copied) == ["chat_template.jinja", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(copied) == [
+        "chat_template.jinja",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert sorted(p.name for p in (tmp_path / "meta").iterdir()) == sorted(copied)

@@ -25,7 +25,12 @@ QKV = grouped_qkv("self_attention.linear_qkv.weight", "self_attn.{part}_proj.wei
 
 def _heads(tag: float, num_heads: int) -> torch.Tensor:
     """[num_heads * head_dim, hidden] where every row of head h holds tag + h."""
-    return (tag + torch.arange(num_heads, dtype=torch.float32)).repeat_interleave(2)[:, None].expand(-1, 3).clone()
+    return (
+        (tag + torch.arange(num_heads, dtype=torch.float32))
+        .repeat_interleave(2)[:, None]
+        .expand(-1, 3)
+        .clone()
+    )
 
 
 def test_qkv_is_grouped_q_heads_then_k_then_v() -> None:
@@ -61,7 +66,10 @@ def test_sliced_read_equals_slice_of_the_whole() -> None:
 
 def test_fc1_is_gate_then_up_and_vocab_padding_is_zero_and_dropped() -> None:
     fc1 = concat("mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), ("ffn", "hidden"))
-    assert fc1.blocks(D, 10, 2) == [Block("model.layers.2.mlp.gate_proj.weight", 0, 5), Block("model.layers.2.mlp.up_proj.weight", 0, 5)]
+    assert fc1.blocks(D, 10, 2) == [
+        Block("model.layers.2.mlp.gate_proj.weight", 0, 5),
+        Block("model.layers.2.mlp.up_proj.weight", 0, 5),
+    ]
     embedding = padded_vocab("embedding.word_embeddings.weight", "model.embed_tokens.weight")
     table = torch.randn(6, 3)
     padded = join_hf(embedding.blocks(D, 8), {"model.embed_tokens.weight": table}, 8)

@@ -13,7 +13,9 @@ from rest_megatron.convert.to_hf import ShardWriter, locate_checkpoint, locate_h
 
 
 def test_parse_size() -> None:
-    assert parse_size("5GB") == 5 * 10**9 and parse_size("512MiB") == 512 * 2**20 and parse_size("1.5kb") == 1500
+    assert (
+        parse_size("5GB") == 5 * 10**9 and parse_size("512MiB") == 512 * 2**20 and parse_size("1.5kb") == 1500
+    )
     assert parse_size(123) == 123 and parse_size("77") == 77
     with pytest.raises(ValueError, match="--max-shard-size 'big' is not a size; write e.g. 5GB"):
         parse_size("big")
@@ -51,5 +53,7 @@ def test_locate_hf_source_order_and_error(tmp_path) -> None:
     assert locate_hf_source(step, {}, None) == tmp_path / "run" / "hf_source"
     assert locate_hf_source(step, {}, tmp_path / "explicit") == tmp_path / "explicit"  # --hf-source wins
     (tmp_path / "run" / "hf_source" / "config.json").unlink()
-    with pytest.raises(ValueError, match="does not say which Hugging Face model it came from .*pass --hf-source DIR"):
+    with pytest.raises(
+        ValueError, match="does not say which Hugging Face model it came from .*pass --hf-source DIR"
+    ):
         locate_hf_source(step, {"hf_source": {"origin": str(tmp_path / "gone")}}, None)

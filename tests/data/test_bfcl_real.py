@@ -18,7 +18,10 @@ from rest_megatron.data.prompts import load_prompts
 
 spec = importlib.util.find_spec("bfcl_eval")
 if spec is None or spec.submodule_search_locations is None:
-    pytest.skip("bfcl_eval is not importable (install the `bfcl` extra) - its data files are what this tests", allow_module_level=True)
+    pytest.skip(
+        "bfcl_eval is not importable (install the `bfcl` extra) - its data files are what this tests",
+        allow_module_level=True,
+    )
 DATA = Path(next(iter(spec.submodule_search_locations))) / "data"
 CATEGORIES = {"simple_python": 400, "multiple": 200, "parallel": 200, "parallel_multiple": 200}
 
@@ -27,7 +30,9 @@ def accepted(value: Any, alternatives: list[Any]) -> bool:
     """BFCL's rule, structurally: the value equals an alternative; dict alternatives hold lists again."""
     for alternative in alternatives:
         if isinstance(alternative, dict) and isinstance(value, dict):
-            if all(accepted(value[k], v) if k in value else "" in v for k, v in alternative.items()) and set(value) <= set(alternative):
+            if all(accepted(value[k], v) if k in value else "" in v for k, v in alternative.items()) and set(
+                value
+            ) <= set(alternative):
                 return True
         elif isinstance(alternative, list) and isinstance(value, list) and len(alternative) == len(value):
             if all(accepted(v, [a]) for v, a in zip(value, alternative)):
@@ -52,6 +57,11 @@ def test_real_bfcl_category_converts_with_zero_rejections(category: str, tmp_pat
             assert call["name"] == name
             for arg, values in alternatives.items():
                 if arg in call["arguments"]:
-                    assert accepted(call["arguments"][arg], values), (name, arg, call["arguments"][arg], values)
+                    assert accepted(call["arguments"][arg], values), (
+                        name,
+                        arg,
+                        call["arguments"][arg],
+                        values,
+                    )
                 else:
                     assert "" in values, (name, arg)

@@ -24,20 +24,57 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 # format -> (fixture, records written, {line: reason} of the rejected source records)
 CASES = {
-    "toolrl": ("toolrl.jsonl", 2, {3: "invalid_json", 4: "missing_field", 6: "undeclared_tool", 7: "unparseable_arguments"}),
-    "xlam": ("xlam.jsonl", 2, {
-        3: "invalid_json", 4: "missing_field", 5: "undeclared_tool", 6: "unparseable_arguments",
-        7: "no_ground_truth", 8: "bad_tool_schema", 9: "undeclared_argument",
-    }),
-    "hammer": ("hammer.jsonl", 2, {3: "invalid_json", 4: "missing_field", 5: "undeclared_tool", 6: "unparseable_arguments"}),
-    "toolace": ("toolace.jsonl", 4, {
-        3: "invalid_json", 4: "missing_field", 5: "undeclared_tool", 6: "unparseable_arguments", 7: "unparseable_arguments",
-    }),
-    "bfcl": ("bfcl/BFCL_v4_fixture.json", 3, {
-        4: "unsupported", 5: "invalid_json", 6: "missing_field", 7: "undeclared_tool", 8: "unparseable_arguments",
-        9: "no_ground_truth",
-    }),
-    "apibank": ("apibank.jsonl", 4, {5: "invalid_json", 6: "missing_field", 7: "undeclared_tool", 8: "unparseable_arguments"}),
+    "toolrl": (
+        "toolrl.jsonl",
+        2,
+        {3: "invalid_json", 4: "missing_field", 6: "undeclared_tool", 7: "unparseable_arguments"},
+    ),
+    "xlam": (
+        "xlam.jsonl",
+        2,
+        {
+            3: "invalid_json",
+            4: "missing_field",
+            5: "undeclared_tool",
+            6: "unparseable_arguments",
+            7: "no_ground_truth",
+            8: "bad_tool_schema",
+            9: "undeclared_argument",
+        },
+    ),
+    "hammer": (
+        "hammer.jsonl",
+        2,
+        {3: "invalid_json", 4: "missing_field", 5: "undeclared_tool", 6: "unparseable_arguments"},
+    ),
+    "toolace": (
+        "toolace.jsonl",
+        4,
+        {
+            3: "invalid_json",
+            4: "missing_field",
+            5: "undeclared_tool",
+            6: "unparseable_arguments",
+            7: "unparseable_arguments",
+        },
+    ),
+    "bfcl": (
+        "bfcl/BFCL_v4_fixture.json",
+        3,
+        {
+            4: "unsupported",
+            5: "invalid_json",
+            6: "missing_field",
+            7: "undeclared_tool",
+            8: "unparseable_arguments",
+            9: "no_ground_truth",
+        },
+    ),
+    "apibank": (
+        "apibank.jsonl",
+        4,
+        {5: "invalid_json", 6: "missing_field", 7: "undeclared_tool", 8: "unparseable_arguments"},
+    ),
 }
 
 
@@ -87,17 +124,29 @@ def test_output_round_trips_through_the_prompt_loader(fmt: str, tmp_path: Path) 
 
 def test_toolrl_keeps_the_instruction_and_the_reference_answer(tmp_path: Path) -> None:
     first, second = records_of(tmp_path, "toolrl", "toolrl.jsonl")
-    assert first["messages"][0]["role"] == "system" and "**Available Tools**" in first["messages"][0]["content"]
+    assert (
+        first["messages"][0]["role"] == "system" and "**Available Tools**" in first["messages"][0]["content"]
+    )
     assert first["ground_truth"]["calls"] == [
         {"name": "get_weather", "arguments": {"city": "Oslo"}},
         {"name": "convert_currency", "arguments": {"amount": 20.0, "from": "EUR", "to": "NOK"}},
     ]
     assert "answer" not in first["ground_truth"] and first["ground_truth"]["reference"].startswith("<think>")
-    assert second["ground_truth"] == {"calls": [], "ordered": False, "answer": "You're welcome!", "reference": second["ground_truth"]["reference"]}
+    assert second["ground_truth"] == {
+        "calls": [],
+        "ordered": False,
+        "answer": "You're welcome!",
+        "reference": second["ground_truth"]["reference"],
+    }
     weather = first["tools"][0]["function"]["parameters"]
-    assert weather["required"] == [] and weather["properties"]["unit"]["type"] == "string"  # defaults and ", optional"
+    assert (
+        weather["required"] == [] and weather["properties"]["unit"]["type"] == "string"
+    )  # defaults and ", optional"
     currency = first["tools"][1]["function"]["parameters"]  # given as a Python dict in the instruction
-    assert currency["required"] == ["amount", "from", "to"] and currency["properties"]["amount"]["type"] == "number"
+    assert (
+        currency["required"] == ["amount", "from", "to"]
+        and currency["properties"]["amount"]["type"] == "number"
+    )
 
 
 def test_json_arrays_report_elements_by_their_line(tmp_path: Path) -> None:
@@ -110,7 +159,9 @@ def test_xlam_and_hammer_differ_only_on_empty_answers(tmp_path: Path) -> None:
     hammer = records_of(tmp_path, "hammer", "hammer.jsonl")
     assert hammer[1]["ground_truth"] == {"calls": [], "ordered": False, "no_call_expected": True}
     xlam = records_of(tmp_path / "x", "xlam", "xlam.jsonl")
-    assert xlam[0]["messages"] == [{"role": "user", "content": "Where can I find live giveaways for beta access and games?"}]
+    assert xlam[0]["messages"] == [
+        {"role": "user", "content": "Where can I find live giveaways for beta access and games?"}
+    ]
     assert xlam[1]["ground_truth"]["calls"] == [{"name": "sum_list", "arguments": {"numbers": [3, 4, 5]}}]
     numbers = xlam[1]["tools"][1]["function"]["parameters"]["properties"]["numbers"]
     assert numbers == {"type": "array", "items": {"type": "integer"}, "description": "The integers."}
@@ -118,31 +169,57 @@ def test_xlam_and_hammer_differ_only_on_empty_answers(tmp_path: Path) -> None:
 
 def test_toolace_makes_one_record_per_assistant_turn(tmp_path: Path) -> None:
     weather, answer, flights, parallel = records_of(tmp_path, "toolace", "toolace.jsonl")
-    assert weather["ground_truth"]["calls"] == [{"name": "Get Weather", "arguments": {"city": "Rome", "days": 3}}]
+    assert weather["ground_truth"]["calls"] == [
+        {"name": "Get Weather", "arguments": {"city": "Rome", "days": 3}}
+    ]
     assert [m["role"] for m in answer["messages"]] == ["user", "assistant", "tool"]
     assert answer["messages"][1]["tool_calls"][0]["function"]["name"] == "Get Weather"
-    assert answer["ground_truth"]["answer"] == "It will be sunny in Rome." and answer["ground_truth"]["calls"] == []
+    assert (
+        answer["ground_truth"]["answer"] == "It will be sunny in Rome."
+        and answer["ground_truth"]["calls"] == []
+    )
     # `from` is a Python keyword and `true` a JSON spelling: both parse.
-    assert flights["ground_truth"]["calls"] == [{"name": "flights.search", "arguments": {"from": "Oslo", "to": "Rome", "direct": True}}]
+    assert flights["ground_truth"]["calls"] == [
+        {"name": "flights.search", "arguments": {"from": "Oslo", "to": "Rome", "direct": True}}
+    ]
     assert [m["role"] for m in flights["messages"]] == ["user", "assistant", "tool", "assistant", "user"]
     assert len(parallel["ground_truth"]["calls"]) == 2
-    assert all(m["role"] != "system" for r in (weather, flights) for m in r["messages"])  # ToolACE's own format prompt is dropped
+    assert all(
+        m["role"] != "system" for r in (weather, flights) for m in r["messages"]
+    )  # ToolACE's own format prompt is dropped
 
 
 def test_bfcl_canonical_calls_and_kept_alternatives(tmp_path: Path) -> None:
     simple, parallel, irrelevance = records_of(tmp_path, "bfcl", "bfcl/BFCL_v4_fixture.json")
     assert simple["id"] == "simple_python_0"
-    assert simple["ground_truth"]["calls"] == [{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5.0, "unit": "units"}}]
+    assert simple["ground_truth"]["calls"] == [
+        {"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5.0, "unit": "units"}}
+    ]
     params = simple["tools"][0]["function"]["parameters"]
-    assert params["properties"]["height"]["type"] == "number" and "optional" not in params["properties"]["unit"]
+    assert (
+        params["properties"]["height"]["type"] == "number" and "optional" not in params["properties"]["unit"]
+    )
     first, second = parallel["ground_truth"]["calls"]
-    assert first["arguments"] == {"artist": "Taylor Swift", "duration": 20, "options": {"shuffle": True, "volume": 0.5}, "queue": []}
+    assert first["arguments"] == {
+        "artist": "Taylor Swift",
+        "duration": 20,
+        "options": {"shuffle": True, "volume": 0.5},
+        "queue": [],
+    }
     # "extra" is not declared but BFCL accepts leaving it out, so it is left out; "" -only keys vanish.
     assert second["arguments"] == {"artist": "Maroon 5", "duration": 15, "options": {"shuffle": True}}
-    assert parallel["ground_truth"]["bfcl_ground_truth"][1]["spotify.play"]["artist"] == ["Maroon 5", "Maroon Five"]
+    assert parallel["ground_truth"]["bfcl_ground_truth"][1]["spotify.play"]["artist"] == [
+        "Maroon 5",
+        "Maroon Five",
+    ]
     queue = parallel["tools"][0]["function"]["parameters"]["properties"]["queue"]
     assert queue == {"type": "array", "description": "Tracks.", "items": {"type": "string"}}
-    assert irrelevance["ground_truth"] == {"calls": [], "ordered": False, "bfcl_category": "irrelevance", "no_call_expected": True}
+    assert irrelevance["ground_truth"] == {
+        "calls": [],
+        "ordered": False,
+        "bfcl_category": "irrelevance",
+        "no_call_expected": True,
+    }
 
 
 def test_bfcl_without_answers_rejects_what_needs_them(tmp_path: Path) -> None:
@@ -166,7 +243,10 @@ def test_apibank_shapes(tmp_path: Path) -> None:
     ]
     # Level 2: the API the ToolSearcher call returned in the history is offered as a tool.
     assert [t["function"]["name"] for t in level2["tools"]] == ["ToolSearcher", "QueryStock"]
-    assert level2["messages"][2]["tool_calls"][0]["function"] == {"name": "ToolSearcher", "arguments": {"keywords": "Query Stock"}}
+    assert level2["messages"][2]["tool_calls"][0]["function"] == {
+        "name": "ToolSearcher",
+        "arguments": {"keywords": "Query Stock"},
+    }
     assert level2["messages"][3]["role"] == "tool"
     assert level3["ground_truth"]["ordered"] is True and level3["ground_truth"]["answer"] == "2+2 is 4."
     assert [c["name"] for c in level3["ground_truth"]["calls"]] == ["ToolSearcher", "Calculator"]
@@ -178,11 +258,20 @@ def test_apibank_raw_dialog_file_is_one_dialog(tmp_path: Path) -> None:
     assert [(r.line, r.reason) for r in summary.rejections] == [(7, "invalid_json"), (9, "bad_history")]
     first, second = [json.loads(line) for line in (tmp_path / DATA_FILE).read_text().splitlines()]
     assert first["ground_truth"]["calls"] == [{"name": "Calculator", "arguments": {"formula": "(5+6)*3"}}]
-    assert [m["role"] for m in second["messages"]] == ["user", "assistant", "assistant", "tool", "assistant", "user"]
+    assert [m["role"] for m in second["messages"]] == [
+        "user",
+        "assistant",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]
     assert second["messages"][3]["content"] == "33.0"
     # Raw dialogs carry no descriptions: the schema is inferred from the calls.
     assert second["tools"][0]["function"]["parameters"] == {
-        "type": "object", "properties": {"formula": {"type": "string", "description": ""}}, "required": ["formula"],
+        "type": "object",
+        "properties": {"formula": {"type": "string", "description": ""}},
+        "required": ["formula"],
     }
 
 

@@ -29,7 +29,9 @@ def _qwen3_tokenizer():  # noqa: ANN202
 
 
 def _prepared(tmp_path: Path, fmt: str, name: str) -> list[Prompt]:
-    assert main(["data", "prepare", "--format", fmt, "--in", str(FIXTURES / name), "--out", str(tmp_path)]) == 0
+    assert (
+        main(["data", "prepare", "--format", fmt, "--in", str(FIXTURES / name), "--out", str(tmp_path)]) == 0
+    )
     return load_prompts(str(tmp_path / "data.jsonl"), "train", 0)
 
 
@@ -41,9 +43,12 @@ def test_toolrl_prompt_is_the_authors_and_hermes_keeps_tools(tmp_path: Path, tok
     assert not toolrl.render_tools and toolrl.tools  # the tools are kept for matching, not rendered
     rendered = renderer.render(toolrl.messages, toolrl.template_tools, add_generation_prompt=True)
     # Exactly what the authors' verl data loader renders: the messages, no tools.
-    assert rendered == tokenizer.apply_chat_template(toolrl.messages, add_generation_prompt=True, tokenize=False)
+    assert rendered == tokenizer.apply_chat_template(
+        toolrl.messages, add_generation_prompt=True, tokenize=False
+    )
     assert rendered.count(toolrl.tools[0]["function"]["name"]) == toolrl.messages[0]["content"].count(
-        toolrl.tools[0]["function"]["name"])  # listed once, by the instruction
+        toolrl.tools[0]["function"]["name"]
+    )  # listed once, by the instruction
     assert '"arguments"' not in rendered
     xlam = _prepared(tmp_path / "xlam", "xlam", "xlam.jsonl")[0]
     assert xlam.render_tools

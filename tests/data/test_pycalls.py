@@ -13,9 +13,21 @@ def test_calls_with_literals_names_with_spaces_and_reserved_keys() -> None:
     assert parse_calls(text) == [
         {"name": "Get Weather", "arguments": {"city": "Rome, IT", "days": 3}},
         {"name": "math.hypot", "arguments": {"x": -1.5, "y": 2000.0}},
-        {"name": "f", "arguments": {"from": "a", "max-results": 5, "on": True, "off": None, "xs": [1, [2, 3]], "m": {"k": [1]}}},
+        {
+            "name": "f",
+            "arguments": {
+                "from": "a",
+                "max-results": 5,
+                "on": True,
+                "off": None,
+                "xs": [1, [2, 3]],
+                "m": {"k": [1]},
+            },
+        },
     ]
-    assert parse_calls("Calculator(formula='(5+6)*3')") == [{"name": "Calculator", "arguments": {"formula": "(5+6)*3"}}]
+    assert parse_calls("Calculator(formula='(5+6)*3')") == [
+        {"name": "Calculator", "arguments": {"formula": "(5+6)*3"}}
+    ]
     assert parse_calls("[now()]") == [{"name": "now", "arguments": {}}]
 
 

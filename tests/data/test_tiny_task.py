@@ -20,7 +20,9 @@ def test_both_kinds_appear_and_need_one_to_three_calls() -> None:
     lookups = [s for s in samples if s.calls[0]["name"] == "lookup_price"]
     assert 60 < len(lookups) < 140
     assert all(1 <= len(s.calls) <= 3 for s in samples)
-    assert {tuple(t["function"]["name"] for t in s.tools) for s in lookups} == {("lookup_price", "calculator")}
+    assert {tuple(t["function"]["name"] for t in s.tools) for s in lookups} == {
+        ("lookup_price", "calculator")
+    }
     assert all(s.calls[0]["name"] == "calculator" for s in make_tiny_task(1, 50, kinds=("arithmetic",)))
 
 

@@ -59,7 +59,9 @@ def _build(tp: int, pp: int, init_dir: str, *, save_init: bool, distributed_opti
     # Adam's first step is lr·g/(|g|+eps): with the default eps=1e-8, elements whose gradient is ~1e-8
     # turn float32 reduction-order noise into update noise of up to lr. eps=1e-5 keeps the update a
     # well-conditioned function of the gradient, so comparing weights tests the gradient.
-    settings = OptimizerSettings(lr=1e-3, clip_grad=1.0, adam_eps=1e-5, use_distributed_optimizer=distributed_optimizer)
+    settings = OptimizerSettings(
+        lr=1e-3, clip_grad=1.0, adam_eps=1e-5, use_distributed_optimizer=distributed_optimizer
+    )
     actor = build_actor(spec, settings, tp=tp, pp=pp, chunk_size=7)
     if save_init:
         if dist.get_rank() == 0:
@@ -72,7 +74,13 @@ def _build(tp: int, pp: int, init_dir: str, *, save_init: bool, distributed_opti
 
 
 def _resT_step(
-    tp: int, pp: int, init_dir: str, out_dir: str, seed: int, save_init: bool, distributed_optimizer: bool = False
+    tp: int,
+    pp: int,
+    init_dir: str,
+    out_dir: str,
+    seed: int,
+    save_init: bool,
+    distributed_optimizer: bool = False,
 ) -> dict:
     from megatron.core import dist_checkpointing
 
@@ -116,7 +124,9 @@ def _updated_weights_match(init_dir: str, reference_dir: str, other_dirs: list[s
     for directory in other_dirs:
         actor.network.load_state_dict(dist_checkpointing.load(actor.network.sharded_state_dict(), directory))
         state = actor.network.state_dict()
-        worst.append(max((float((state[k] - v).abs().max()), k) for k, v in reference.items() if torch.is_tensor(v)))
+        worst.append(
+            max((float((state[k] - v).abs().max()), k) for k, v in reference.items() if torch.is_tensor(v))
+        )
     return worst
 
 
@@ -128,15 +138,27 @@ def test_rest_step_is_layout_invariant(gloo, tmp_path) -> None:
 
     # (world size, TP, PP, distributed optimizer); DP is what remains of the world.
     layouts = {
-        "dp2": (2, 1, 1, False), "dp4": (4, 1, 1, False), "tp2": (4, 2, 1, False), "pp2": (4, 1, 2, False),
-        "tp2pp2": (4, 2, 2, False), "dp2-distributed-optimizer": (2, 1, 1, True),
+        "dp2": (2, 1, 1, False),
+        "dp4": (4, 1, 1, False),
+        "tp2": (4, 2, 1, False),
+        "pp2": (4, 1, 2, False),
+        "tp2pp2": (4, 2, 2, False),
+        "dp2-distributed-optimizer": (2, 1, 1, True),
     }
     out_dirs = []
     for name, (world, tp, pp, distributed_optimizer) in layouts.items():
         out_dirs.append(str(tmp_path / name))
         results = gloo(world).run(_resT_step, tp, pp, init, out_dirs[-1], seed, False, distributed_optimizer)
         for metrics in results:
-            for key in ("loss", "grad_norm", "pg_loss", "ratio", "clip_frac_low", "clip_frac_high", "entropy"):
+            for key in (
+                "loss",
+                "grad_norm",
+                "pg_loss",
+                "ratio",
+                "clip_frac_low",
+                "clip_frac_high",
+                "entropy",
+            ):
                 assert metrics[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), (name, key)
             assert metrics["num_tokens"] == ref["num_tokens"], name
 
@@ -164,11 +186,16 @@ def _tempered_stats_against_logits(seed: int, temperature: float) -> float:
     ours = actor.token_stats([microbatch])[0]
     positions = torch.arange(microbatch["tokens"].shape[1]).expand_as(microbatch["tokens"])
     with torch.no_grad():
-        logits = actor.network(microbatch["tokens"], positions, None)[..., : spec.vocab_size].double()  # [B, S, V]
+        logits = actor.network(microbatch["tokens"], positions, None)[
+            ..., : spec.vocab_size
+        ].double()  # [B, S, V]
     log_p = torch.log_softmax(logits / temperature, dim=-1)
     reference_logprob = log_p.gather(-1, microbatch["labels"][..., None])[..., 0]
     reference_entropy = -(log_p.exp() * log_p).sum(-1)
-    return max(float((ours.logprob - reference_logprob).abs().max()), float((ours.entropy - reference_entropy).abs().max()))
+    return max(
+        float((ours.logprob - reference_logprob).abs().max()),
+        float((ours.entropy - reference_entropy).abs().max()),
+    )
 
 
 def test_stats_follow_the_sampling_temperature(gloo) -> None:

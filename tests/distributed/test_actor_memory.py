@@ -50,14 +50,16 @@ ROWS, SEQ = 32, 32  # many short rows: attention's S² stays small next to the l
 def _batch(vocab: int) -> list[dict[str, torch.Tensor]]:
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (ROWS, SEQ + 1), generator=gen)
-    return [{
-        "tokens": tokens[:, :-1],
-        "labels": tokens[:, 1:],
-        "loss_mask": torch.ones(ROWS, SEQ),
-        "region_mask": 1 << torch.randint(0, NUM_REGIONS, (ROWS, SEQ), generator=gen),
-        "advantages": torch.randn(ROWS, 1, generator=gen).expand(ROWS, SEQ).contiguous(),
-        "weights": torch.ones(ROWS, SEQ),
-    }]
+    return [
+        {
+            "tokens": tokens[:, :-1],
+            "labels": tokens[:, 1:],
+            "loss_mask": torch.ones(ROWS, SEQ),
+            "region_mask": 1 << torch.randint(0, NUM_REGIONS, (ROWS, SEQ), generator=gen),
+            "advantages": torch.randn(ROWS, 1, generator=gen).expand(ROWS, SEQ).contiguous(),
+            "weights": torch.ones(ROWS, SEQ),
+        }
+    ]
 
 
 def _peaks() -> dict[str, int]:
@@ -84,7 +86,9 @@ def _peaks() -> dict[str, int]:
     baseline = build_gpt_model(spec, transformer_config(spec, tp=2))
     with torch.no_grad():
         baseline(batch[0]["tokens"], positions, None)
-        peaks["logits_forward"], _ = peak_allocated_bytes(lambda: baseline(batch[0]["tokens"], positions, None))
+        peaks["logits_forward"], _ = peak_allocated_bytes(
+            lambda: baseline(batch[0]["tokens"], positions, None)
+        )
 
     def logits_train() -> None:
         baseline(batch[0]["tokens"], positions, None, labels=batch[0]["labels"]).sum().backward()

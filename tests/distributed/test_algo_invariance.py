@@ -30,7 +30,9 @@ def rank_step(agg_name: str, weights_name: str, rows_per_rank: list[int], splits
     bounds = torch.tensor([first, *splits_per_rank[rank]]).cumsum(0).tolist()
     assert bounds[-1] == first + rows_per_rank[rank]
     W = batch["W"].clone().requires_grad_()
-    terms = [micro_batch_terms(batch, W, slice(a, b), agg_name, weights_name) for a, b in zip(bounds, bounds[1:])]
+    terms = [
+        micro_batch_terms(batch, W, slice(a, b), agg_name, weights_name) for a, b in zip(bounds, bounds[1:])
+    ]
     denominator = sum(d for d, _ in terms).clone()
     dist.all_reduce(denominator)  # once per step, before the micro-batch loop
     step_loss = torch.zeros((), dtype=torch.float64)
@@ -80,7 +82,9 @@ def _authors_gradient(batch, rows_per_rank, splits_per_rank):
         for a, b in zip(bounds, bounds[1:]):
             mask = batch["mask"][a:b]
             w = get_token_weights("paper")(loss_mask=mask, region_mask=batch["regions"][a:b], step=120)
-            logp = torch.log_softmax(batch["x"][a:b] @ W, dim=-1).gather(-1, batch["targets"][a:b, :, None])[..., 0]
+            logp = torch.log_softmax(batch["x"][a:b] @ W, dim=-1).gather(-1, batch["targets"][a:b, :, None])[
+                ..., 0
+            ]
             loss, _ = get_policy_loss("ppo_clip")(
                 logprobs=logp, old_logprobs=batch["old"][a:b], advantages=batch["adv"][a:b], loss_mask=mask
             )

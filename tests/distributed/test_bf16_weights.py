@@ -52,7 +52,9 @@ def _load_step_resume_step(root: str, distributed_optimizer: bool) -> tuple[floa
     settings = OptimizerSettings(lr=1e-2, use_distributed_optimizer=distributed_optimizer)
     actor = build_actor(spec, settings, dtype=torch.bfloat16, chunk_size=16)
     load_hf_weights(actor, spec, hf_dir)
-    save_checkpoint(root, 0, actor.model, actor.optimizer, actor.scheduler)  # before any step: no optimizer state
+    save_checkpoint(
+        root, 0, actor.model, actor.optimizer, actor.scheduler
+    )  # before any step: no optimizer state
     _zero_gradient_step(actor)
     after_load = _worst_relative_gap(actor, spec, hf_dir)
 
@@ -65,6 +67,10 @@ def _load_step_resume_step(root: str, distributed_optimizer: bool) -> tuple[floa
 
 @pytest.mark.parametrize("distributed_optimizer", [False, True], ids=["optimizer", "distributed-optimizer"])
 def test_bf16_zero_gradient_step_keeps_the_hf_weights(gloo, tmp_path, distributed_optimizer: bool) -> None:
-    after_load, after_resume = gloo(2).run(_load_step_resume_step, str(tmp_path / "ckpt"), distributed_optimizer)[0]
-    assert after_load < BF16_RTOL, f"after the HF load the update moved the weights by {after_load:.3g} (random init?)"
+    after_load, after_resume = gloo(2).run(
+        _load_step_resume_step, str(tmp_path / "ckpt"), distributed_optimizer
+    )[0]
+    assert after_load < BF16_RTOL, (
+        f"after the HF load the update moved the weights by {after_load:.3g} (random init?)"
+    )
     assert after_resume < BF16_RTOL, f"after the resume the update moved the weights by {after_resume:.3g}"

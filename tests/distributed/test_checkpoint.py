@@ -33,7 +33,9 @@ def _train(actor, spec, steps: range, seed: int) -> None:
         microbatches = _local_microbatches(_global_batch(seed + step, spec.vocab_size))
         for mb, st in zip(microbatches, actor.token_stats(microbatches)):
             mb["old_logprobs"] = st.logprob + mb.pop("old_logprob_noise") * mb["loss_mask"]
-            mb["weights"] = paper(loss_mask=mb["loss_mask"], region_mask=mb["region_mask"], step=step, collision=st.collision)
+            mb["weights"] = paper(
+                loss_mask=mb["loss_mask"], region_mask=mb["region_mask"], step=step, collision=st.collision
+            )
         actor.train_step(microbatches, PolicyObjective())
 
 
@@ -84,7 +86,10 @@ def _logprob_sum(tp: int, pp: int, root: str, seed: int, save: bool, fallback: b
     else:
         state = load_checkpoint(root, actor.model, actor.optimizer, actor.scheduler, fallback=fallback)
     microbatches = _local_microbatches(_global_batch(seed + 100, spec.vocab_size))
-    total = sum(float((st.logprob * mb["loss_mask"]).sum()) for mb, st in zip(microbatches, actor.token_stats(microbatches)))
+    total = sum(
+        float((st.logprob * mb["loss_mask"]).sum())
+        for mb, st in zip(microbatches, actor.token_stats(microbatches))
+    )
     from megatron.core import parallel_state
 
     value = torch.tensor(total, dtype=torch.float64)
@@ -106,7 +111,9 @@ def test_save_at_tp2_load_at_pp2_and_recover_from_a_truncated_shard(gloo, tmp_pa
         gloo(2).run(_logprob_sum, 1, 2, str(root), seed, False)
     recovered = gloo(2).run(_logprob_sum, 1, 2, str(root), seed, False, True)[0]
     assert recovered["step"] == 1 and len(recovered["skipped"]) == 1 and shard.name in recovered["skipped"][0]
-    assert recovered["logprob_sum"] != pytest.approx(saved["logprob_sum"], rel=1e-6)  # really the older weights
+    assert recovered["logprob_sum"] != pytest.approx(
+        saved["logprob_sum"], rel=1e-6
+    )  # really the older weights
     assert Path(root / "latest").read_text() == "step_00000002"  # loading never rewrites the pointer
 
 

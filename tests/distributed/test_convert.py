@@ -47,15 +47,22 @@ def _megatron_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab: int) -
         output = chunk(batch, positions, None)  # [B, S, V_padded / TP] on the last stage
 
         def collect(logits: torch.Tensor):
-            return torch.zeros(()), {"logits": gather_from_tensor_model_parallel_region(logits)[..., :vocab].detach()}
+            return torch.zeros(()), {
+                "logits": gather_from_tensor_model_parallel_region(logits)[..., :vocab].detach()
+            }
 
         return output, collect
 
     model.eval()
     with torch.no_grad():
         outputs = get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=iter([tokens]), model=[model], num_microbatches=1,
-            seq_length=tokens.shape[1], micro_batch_size=tokens.shape[0], forward_only=True,
+            forward_step_func=forward_step,
+            data_iterator=iter([tokens]),
+            model=[model],
+            num_microbatches=1,
+            seq_length=tokens.shape[1],
+            micro_batch_size=tokens.shape[0],
+            forward_only=True,
         )
     model.train()
     return outputs[0]["logits"].clone() if parallel_state.is_pipeline_last_stage() else None
@@ -122,7 +129,9 @@ def _hf_logits(folder: Path, tokens: torch.Tensor) -> torch.Tensor:
 
 def _assert_bitwise(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
     assert sorted(actual) == sorted(expected), (what, sorted(set(actual) ^ set(expected)))
-    different = [k for k in expected if actual[k].dtype != expected[k].dtype or not torch.equal(actual[k], expected[k])]
+    different = [
+        k for k in expected if actual[k].dtype != expected[k].dtype or not torch.equal(actual[k], expected[k])
+    ]
     assert not different, (what, different[:5])
 
 
@@ -143,7 +152,10 @@ def test_each_family_imports_at_tp2pp2_with_hf_logits_and_round_trips(gloo, tmp_
         reference = _hf_logits(source, tokens)
         megatron = ranks[3][name]["logits"]
         assert torch.equal(megatron, ranks[2][name]["logits"]) and ranks[0][name]["logits"] is None
-        assert (megatron - reference).abs().max() <= TOLERANCE, (name, float((megatron - reference).abs().max()))
+        assert (megatron - reference).abs().max() <= TOLERANCE, (
+            name,
+            float((megatron - reference).abs().max()),
+        )
 
         expected = _source_tensors(source)
         _assert_bitwise(ranks[0][name]["live"], expected, f"{name} live gather")
@@ -176,9 +188,13 @@ def _train_rest_steps(source: str, root: str, seed: int) -> dict:
         microbatches = _local_microbatches(_global_batch(seed + step, spec.vocab_size))
         for mb, st in zip(microbatches, actor.token_stats(microbatches)):
             mb["old_logprobs"] = st.logprob + mb.pop("old_logprob_noise") * mb["loss_mask"]
-            mb["weights"] = paper(loss_mask=mb["loss_mask"], region_mask=mb["region_mask"], step=step, collision=st.collision)
+            mb["weights"] = paper(
+                loss_mask=mb["loss_mask"], region_mask=mb["region_mask"], step=step, collision=st.collision
+            )
         metrics.append(actor.train_step(microbatches, PolicyObjective()))
-    save_checkpoint(f"{root}/run", 2, actor.model, actor.optimizer, actor.scheduler, {"hf_source": state["hf_source"]})
+    save_checkpoint(
+        f"{root}/run", 2, actor.model, actor.optimizer, actor.scheduler, {"hf_source": state["hf_source"]}
+    )
     moved = max(float((actor.network.state_dict()[k] - v).abs().max()) for k, v in initial.items())
     return {
         "moved": moved,
@@ -199,12 +215,16 @@ def test_model_trained_with_rest_exports_with_equal_logits(gloo, tmp_path) -> No
 
     exported = _read_folder(tmp_path / "hf")
     _assert_bitwise(exported, ranks[0]["live"], "to-hf of the trained checkpoint vs live gather")
-    assert not torch.equal(exported["model.embed_tokens.weight"], _source_tensors(source)["model.embed_tokens.weight"])
+    assert not torch.equal(
+        exported["model.embed_tokens.weight"], _source_tensors(source)["model.embed_tokens.weight"]
+    )
     tokens = _prompts(load_hf_config(source)["vocab_size"], seed)
     megatron = ranks[3]["logits"]
     difference = float((_hf_logits(tmp_path / "hf", tokens) - megatron).abs().max())
     assert difference <= TOLERANCE, difference
-    assert float((_hf_logits(source, tokens) - megatron).abs().max()) > 10 * TOLERANCE  # training changed them
+    assert (
+        float((_hf_logits(source, tokens) - megatron).abs().max()) > 10 * TOLERANCE
+    )  # training changed them
 
 
 @pytest.fixture(scope="module")
@@ -212,14 +232,21 @@ def llama_pp2(tmp_path_factory) -> Path:
     """tiny-llama converted by a single-process `convert from-hf --pp 2` (which spawns its 2 ranks)."""
     ckpt = tmp_path_factory.mktemp("llama-pp2") / "ckpt"
     assert not dist.is_initialized()
-    assert from_hf_main(["--hf", str(tiny_model_dir("tiny-llama")), "--out", str(ckpt), "--tp", "1", "--pp", "2"]) == 0
+    assert (
+        from_hf_main(
+            ["--hf", str(tiny_model_dir("tiny-llama")), "--out", str(ckpt), "--tp", "1", "--pp", "2"]
+        )
+        == 0
+    )
     assert not dist.is_initialized()
     return ckpt
 
 
 def test_single_process_from_hf_spawns_its_ranks(gloo, llama_pp2, tmp_path) -> None:
     assert gloo(1).run(_export, [(str(llama_pp2), str(tmp_path / "hf"))], [])[0] == [0]
-    _assert_bitwise(_read_folder(tmp_path / "hf"), _source_tensors(tiny_model_dir("tiny-llama")), "tiny-llama via pp=2")
+    _assert_bitwise(
+        _read_folder(tmp_path / "hf"), _source_tensors(tiny_model_dir("tiny-llama")), "tiny-llama via pp=2"
+    )
 
 
 def test_to_hf_rejects_bad_input(llama_pp2, tmp_path, capsys) -> None:
@@ -231,8 +258,14 @@ def test_to_hf_rejects_bad_input(llama_pp2, tmp_path, capsys) -> None:
     assert "is not empty; choose a new directory" in capsys.readouterr().err
 
     # A config of another family, and one whose sizes disagree with the checkpoint.
-    assert to_hf_main(["--ckpt", str(llama_pp2), "--out", out, "--hf-source", str(tiny_model_dir("tiny-qwen3"))]) == 2
-    assert "the checkpoint has no tensor decoder.layers.self_attention.q_layernorm.weight" in capsys.readouterr().err
+    assert (
+        to_hf_main(["--ckpt", str(llama_pp2), "--out", out, "--hf-source", str(tiny_model_dir("tiny-qwen3"))])
+        == 2
+    )
+    assert (
+        "the checkpoint has no tensor decoder.layers.self_attention.q_layernorm.weight"
+        in capsys.readouterr().err
+    )
     other = Path(shutil.copytree(llama_pp2 / "hf_source", tmp_path / "other"))
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "intermediate_size": 512}))

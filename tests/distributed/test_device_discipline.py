@@ -40,11 +40,15 @@ def _samples(count: int = 7) -> list[TrainingSample]:
     for _ in range(count):
         n = rng.randint(5, 20)
         mask = [0] * 3 + [1] * (n - 3)
-        samples.append(TrainingSample(
-            token_ids=[rng.randrange(50) for _ in range(n)], loss_mask=mask,
-            sampling_logprobs=[-rng.random() * m for m in mask], region_mask=[1 << rng.randrange(6) for _ in range(n)],
-            advantage=rng.uniform(-1, 1),
-        ))
+        samples.append(
+            TrainingSample(
+                token_ids=[rng.randrange(50) for _ in range(n)],
+                loss_mask=mask,
+                sampling_logprobs=[-rng.random() * m for m in mask],
+                region_mask=[1 << rng.randrange(6) for _ in range(n)],
+                advantage=rng.uniform(-1, 1),
+            )
+        )
     return samples
 
 
@@ -53,24 +57,34 @@ def _microbatches_weights_and_drift() -> dict:
     out = {}
     with emulated_device() as device:
         for build in (make_microbatches, pack_microbatches):
-            microbatches = build(_samples(), dp_rank=rank, dp_size=WORLD, micro_batch_size=2, pad_id=0, device=device)
+            microbatches = build(
+                _samples(), dp_rank=rank, dp_size=WORLD, micro_batch_size=2, pad_id=0, device=device
+            )
             gen = torch.Generator().manual_seed(rank)
             stats = []
             for mb in microbatches:
                 shape = mb["labels"].shape
-                stats.append(TokenStats(
-                    logprob=(-torch.rand(shape, generator=gen)).to(device),
-                    entropy=torch.rand(shape, generator=gen).to(device),
-                    collision=(0.25 + 0.5 * torch.rand(shape, generator=gen)).to(device),
-                ))
+                stats.append(
+                    TokenStats(
+                        logprob=(-torch.rand(shape, generator=gen)).to(device),
+                        entropy=torch.rand(shape, generator=gen).to(device),
+                        collision=(0.25 + 0.5 * torch.rand(shape, generator=gen)).to(device),
+                    )
+                )
             metrics = attach_weights(microbatches, stats, weights="paper", params={}, step=0)
             for mb in microbatches:
                 check_on_device(mb, device)  # what the actor checks before handing a batch to the model
             host = [f"{k}" for mb in microbatches for k, v in mb.items() if not on_device(v)]
-            drift = sum(float(((mb["sampling_logprobs"] - st.logprob).abs() * mb["loss_mask"]).sum().cpu())
-                        for mb, st in zip(microbatches, stats))
+            drift = sum(
+                float(((mb["sampling_logprobs"] - st.logprob).abs() * mb["loss_mask"]).sum().cpu())
+                for mb, st in zip(microbatches, stats)
+            )
             tokens = sum(float(mb["loss_mask"].sum().cpu()) for mb in microbatches)
-            out[build.__name__] = {"host": host, "drift": metrics["logprob_drift"], "expected_drift": drift / tokens}
+            out[build.__name__] = {
+                "host": host,
+                "drift": metrics["logprob_drift"],
+                "expected_drift": drift / tokens,
+            }
     return out
 
 
@@ -89,8 +103,15 @@ def _reduced_metrics() -> dict:
         def scalar(value: float) -> torch.Tensor:
             return torch.tensor(value, dtype=torch.float64, device=device)
 
-        outputs = [{"loss": scalar(1.0 + rank), "num_tokens": scalar(4.0), "ratio_max": scalar(1.0 + rank + i),
-                    "entropy_sum": scalar(2.0)} for i in range(2)]
+        outputs = [
+            {
+                "loss": scalar(1.0 + rank),
+                "num_tokens": scalar(4.0),
+                "ratio_max": scalar(1.0 + rank + i),
+                "entropy_sum": scalar(2.0),
+            }
+            for i in range(2)
+        ]
         return actor._reduce_metrics(outputs)
 
 
@@ -131,7 +152,10 @@ def _sft_sums() -> list[float]:
     rank = _dp_layout()
     with emulated_device() as device:
         tokens = global_sum(torch.tensor(3.0 + rank, device=device))
-        losses = [{"loss_sum": torch.tensor(1.5 + rank, device=device)}, {"loss_sum": torch.tensor(0.5, device=device)}]
+        losses = [
+            {"loss_sum": torch.tensor(1.5 + rank, device=device)},
+            {"loss_sum": torch.tensor(0.5, device=device)},
+        ]
         return [float(tokens), float(replica_loss_sum(losses, device))]
 
 
@@ -149,7 +173,10 @@ def _host_tensors_are_caught() -> list[str]:
         for name, wrong in [
             ("collective on a host tensor", lambda: dist.all_reduce(torch.ones(1))),
             ("host tensor in device math", lambda: on_dev - torch.ones(4)),
-            ("host micro-batch handed to the model", lambda: check_on_device({"tokens": torch.ones(2, 3)}, device)),
+            (
+                "host micro-batch handed to the model",
+                lambda: check_on_device({"tokens": torch.ones(2, 3)}, device),
+            ),
         ]:
             try:
                 wrong()
@@ -161,5 +188,7 @@ def _host_tensors_are_caught() -> list[str]:
 def test_the_emulated_device_catches_host_tensors(gloo) -> None:
     """The check itself can fail: each kind of misplaced tensor raises."""
     assert gloo(WORLD).run(_host_tensors_are_caught)[0] == [
-        "collective on a host tensor", "host tensor in device math", "host micro-batch handed to the model",
+        "collective on a host tensor",
+        "host tensor in device math",
+        "host micro-batch handed to the model",
     ]

@@ -37,21 +37,29 @@ def _samples(seed: int, vocab: int, count: int = 7) -> list[TrainingSample]:
         n = int(torch.randint(6, 31, (), generator=gen))
         prompt = int(torch.randint(2, n - 2, (), generator=gen))
         loss_mask = [0] * prompt + (torch.rand(n - prompt, generator=gen) > 0.15).int().tolist()
-        samples.append(TrainingSample(
-            token_ids=torch.randint(0, vocab, (n,), generator=gen).tolist(),
-            loss_mask=loss_mask,
-            sampling_logprobs=(0.2 * torch.randn(n, generator=gen)).tolist(),
-            region_mask=(1 << torch.randint(0, NUM_REGIONS, (n,), generator=gen)).tolist(),
-            advantage=float(torch.randn((), generator=gen)),
-        ))
+        samples.append(
+            TrainingSample(
+                token_ids=torch.randint(0, vocab, (n,), generator=gen).tolist(),
+                loss_mask=loss_mask,
+                sampling_logprobs=(0.2 * torch.randn(n, generator=gen)).tolist(),
+                region_mask=(1 << torch.randint(0, NUM_REGIONS, (n,), generator=gen)).tolist(),
+                advantage=float(torch.randn((), generator=gen)),
+            )
+        )
     return samples
 
 
-def _per_sample(microbatches: list[dict], values: list[torch.Tensor], lengths: list[int]) -> list[torch.Tensor]:
+def _per_sample(
+    microbatches: list[dict], values: list[torch.Tensor], lengths: list[int]
+) -> list[torch.Tensor]:
     """Each trajectory's per-token values, in the step's order, from padded rows or packed segments."""
     rows = []
     for mb, value in zip(microbatches, values):
-        rows += list(unpack_rows(value, mb["cu_seqlens"])[: int(mb["num_trajectories"])] if "cu_seqlens" in mb else value)
+        rows += list(
+            unpack_rows(value, mb["cu_seqlens"])[: int(mb["num_trajectories"])]
+            if "cu_seqlens" in mb
+            else value
+        )
     return [row[:n] for row, n in zip(rows, lengths)]
 
 
@@ -61,9 +69,14 @@ def _step(tp: int, pp: int, init_dir: str, out_dir: str, seed: int, save_init: b
     spec, actor = _build(tp, pp, init_dir, save_init=save_init)
     samples = _samples(seed, spec.vocab_size)
     batching = pack_microbatches if pack else make_microbatches
-    microbatches = batching(samples, dp_rank=parallel_state.get_data_parallel_rank(),
-                            dp_size=parallel_state.get_data_parallel_world_size(), micro_batch_size=MICRO_BATCH,
-                            pad_id=0, length_multiple=8 * tp)
+    microbatches = batching(
+        samples,
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        dp_size=parallel_state.get_data_parallel_world_size(),
+        micro_batch_size=MICRO_BATCH,
+        pad_id=0,
+        length_multiple=8 * tp,
+    )
     stats = actor.token_stats(microbatches)
     attach_weights(microbatches, stats, weights="paper", params={}, step=STEP)
     for mb in microbatches:
@@ -71,8 +84,10 @@ def _step(tp: int, pp: int, init_dir: str, out_dir: str, seed: int, save_init: b
     lengths = [len(s.token_ids) - 1 for s in samples]
     result = {
         "num_microbatches": len(microbatches),
-        **{name: _per_sample(microbatches, [getattr(s, name) for s in stats], lengths)
-           for name in ("logprob", "entropy", "collision")},
+        **{
+            name: _per_sample(microbatches, [getattr(s, name) for s in stats], lengths)
+            for name in ("logprob", "entropy", "collision")
+        },
         "weights": _per_sample(microbatches, [mb["weights"] for mb in microbatches], lengths),
     }
     result["metrics"] = actor.train_step(microbatches, OBJECTIVE)
@@ -107,11 +122,24 @@ def test_packed_rows_train_like_padded_rows(gloo, tmp_path) -> None:
         for name in ("logprob", "entropy", "collision", "weights"):
             for ours, ref in zip(result[name], padded[name]):
                 torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5, msg=f"{name}, seed {seed}")
-        for key in ("loss", "grad_norm", "pg_loss", "clip_frac_low", "clip_frac_high", "entropy", "num_tokens"):
-            assert result["metrics"][key] == pytest.approx(padded["metrics"][key], rel=1e-5, abs=1e-6), (key, seed)
+        for key in (
+            "loss",
+            "grad_norm",
+            "pg_loss",
+            "clip_frac_low",
+            "clip_frac_high",
+            "entropy",
+            "num_tokens",
+        ):
+            assert result["metrics"][key] == pytest.approx(padded["metrics"][key], rel=1e-5, abs=1e-6), (
+                key,
+                seed,
+            )
     assert padded["metrics"]["clip_frac_low"] + padded["metrics"]["clip_frac_high"] > 0
     for directory in ("packed", "packed-tp2pp2"):
-        update, differ = gloo(1).run(_weights_differ, init, str(tmp_path / "padded"), str(tmp_path / directory))[0]
+        update, differ = gloo(1).run(
+            _weights_differ, init, str(tmp_path / "padded"), str(tmp_path / directory)
+        )[0]
         assert update > 5e-4 and differ < 1e-5, (directory, update, differ, seed)
 
 
@@ -120,14 +148,18 @@ def test_pack_layout_keeps_every_token_once_and_order() -> None:
     rows = pack_microbatches(samples, dp_rank=0, dp_size=1, micro_batch_size=2, pad_id=0)
     length = rows[0]["tokens"].shape[1]
     assert all(r["tokens"].shape == (1, length) and int(r["cu_seqlens"][-1]) == length for r in rows)
-    labels = [row for r in rows for row in unpack_rows(r["labels"], r["cu_seqlens"])[: int(r["num_trajectories"])]]
+    labels = [
+        row for r in rows for row in unpack_rows(r["labels"], r["cu_seqlens"])[: int(r["num_trajectories"])]
+    ]
     real = [lab[: len(s.token_ids) - 1] for lab, s in zip(labels, samples)]
     assert [x.tolist() for x in real] == [s.token_ids[1:] for s in samples]
     assert sum(int(r["loss_mask"].sum()) for r in rows) == sum(sum(s.loss_mask[1:]) for s in samples)
     positions = rows[0]["position_ids"][0]
     assert positions[0] == 0 and int(positions[int(rows[0]["cu_seqlens"][1])]) == 0  # restarts per segment
     for r in rows:
-        torch.testing.assert_close(pack_rows(unpack_rows(r["loss_mask"], r["cu_seqlens"]), r["cu_seqlens"]), r["loss_mask"])
+        torch.testing.assert_close(
+            pack_rows(unpack_rows(r["loss_mask"], r["cu_seqlens"]), r["cu_seqlens"]), r["loss_mask"]
+        )
     split = [pack_microbatches(samples, dp_rank=k, dp_size=2, micro_batch_size=2, pad_id=0) for k in range(2)]
     assert len(split[0]) == len(split[1]) == -(-len(rows) // 2)
 
@@ -147,8 +179,10 @@ def _stats_on_gpu(seed: int) -> dict:
     lengths = [len(s.token_ids) - 1 for s in samples]
     out = {"packed_format": actor.packed_format}
     for name, batching in (("padded", make_microbatches), ("packed", pack_microbatches)):
-        microbatches = [{k: v.cuda() for k, v in mb.items()}
-                        for mb in batching(samples, dp_rank=0, dp_size=1, micro_batch_size=MICRO_BATCH, pad_id=0)]
+        microbatches = [
+            {k: v.cuda() for k, v in mb.items()}
+            for mb in batching(samples, dp_rank=0, dp_size=1, micro_batch_size=MICRO_BATCH, pad_id=0)
+        ]
         stats = actor.token_stats(microbatches)
         out[name] = [t.cpu() for t in _per_sample(microbatches, [s.logprob for s in stats], lengths)]
     return out

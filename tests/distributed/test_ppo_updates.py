@@ -38,26 +38,36 @@ def _samples(seed: int, vocab: int) -> list[TrainingSample]:
         n = int(torch.randint(12, 30, (), generator=gen))
         prompt = int(torch.randint(3, 8, (), generator=gen))
         mask = [0] * prompt + [1] * (n - prompt)
-        out.append(TrainingSample(
-            token_ids=torch.randint(0, vocab, (n,), generator=gen).tolist(), loss_mask=mask,
-            sampling_logprobs=[0.0] * n, region_mask=(1 << torch.randint(0, NUM_REGIONS, (n,), generator=gen)).tolist(),
-            advantage=float(torch.randn((), generator=gen)) if index % 4 else 0.0,
-        ))
+        out.append(
+            TrainingSample(
+                token_ids=torch.randint(0, vocab, (n,), generator=gen).tolist(),
+                loss_mask=mask,
+                sampling_logprobs=[0.0] * n,
+                region_mask=(1 << torch.randint(0, NUM_REGIONS, (n,), generator=gen)).tolist(),
+                advantage=float(torch.randn((), generator=gen)) if index % 4 else 0.0,
+            )
+        )
     return out
 
 
 def _ppo_step(micro_batch_size: int, seed: int) -> list[dict[str, float]]:
     from megatron.core import parallel_state
 
-    init_model_parallel(ParallelLayout(tp=1, pp=1), seed=1234, timeout_s=120)  # same initial weights everywhere
+    init_model_parallel(
+        ParallelLayout(tp=1, pp=1), seed=1234, timeout_s=120
+    )  # same initial weights everywhere
     spec = model_spec_from_hf(tiny_hf_config("tiny-qwen3"))
     actor = build_actor(spec, OptimizerSettings(lr=1e-3, clip_grad=1.0, adam_eps=1e-5), chunk_size=7)
     plan = None
     if dist.get_rank() == 0:
         plan = stages.plan_updates(
-            _samples(seed, spec.vocab_size), num_updates=NUM_UPDATES, seed=stages.update_seed(seed, STEP),
-            dp_size=parallel_state.get_data_parallel_world_size(), micro_batch_size=micro_batch_size,
-            length_multiple=8, packed=False,
+            _samples(seed, spec.vocab_size),
+            num_updates=NUM_UPDATES,
+            seed=stages.update_seed(seed, STEP),
+            dp_size=parallel_state.get_data_parallel_world_size(),
+            micro_batch_size=micro_batch_size,
+            length_multiple=8,
+            packed=False,
         )
     share, _ = scatter_to_dp(plan)
     updates = [stages.share_microbatches(s, micro_batch_size=micro_batch_size, pad_id=0) for s in share]
@@ -65,8 +75,10 @@ def _ppo_step(micro_batch_size: int, seed: int) -> list[dict[str, float]]:
     stages.attach_weights(everything, actor.token_stats(everything), weights="paper", params={}, step=STEP)
     metrics = stages.ppo_updates(actor, updates, OBJECTIVE, epochs=1)
     metrics["scheduler_steps"] = float(actor.scheduler.num_steps)  # the LR schedule advanced once per update
-    return [{k[len(f"ppo/u{u}/"):]: v for k, v in metrics.items() if k.startswith(f"ppo/u{u}/")}
-            for u in range(1, NUM_UPDATES + 1)] + [metrics]
+    return [
+        {k[len(f"ppo/u{u}/") :]: v for k, v in metrics.items() if k.startswith(f"ppo/u{u}/")}
+        for u in range(1, NUM_UPDATES + 1)
+    ] + [metrics]
 
 
 def test_second_update_moves_the_ratio_and_each_update_is_split_invariant(gloo) -> None:
@@ -74,7 +86,9 @@ def test_second_update_moves_the_ratio_and_each_update_is_split_invariant(gloo) 
     *reference, whole = gloo(1).run(_ppo_step, 4, seed)[0]
     first, second = reference
     assert whole["num_updates"] == whole["scheduler_steps"] == NUM_UPDATES
-    assert first["ratio_max"] == pytest.approx(1.0, abs=1e-6) and first["ratio_min"] == pytest.approx(1.0, abs=1e-6)
+    assert first["ratio_max"] == pytest.approx(1.0, abs=1e-6) and first["ratio_min"] == pytest.approx(
+        1.0, abs=1e-6
+    )
     assert first["clip_frac_low"] == first["clip_frac_high"] == 0.0
     assert second["ratio_std"] > 1e-3 and second["ratio_max"] - second["ratio_min"] > 2e-2, second
     assert second["clip_frac_low"] + second["clip_frac_high"] > 0.05, second  # clipping acts
@@ -85,7 +99,12 @@ def test_second_update_moves_the_ratio_and_each_update_is_split_invariant(gloo) 
             assert whole_other["num_updates"] == NUM_UPDATES
             for index, (ours, theirs) in enumerate(zip(rank_metrics, reference)):
                 for key in ("ratio_std", "ratio_max", "ratio_min"):
-                    assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), (world, micro, index, key)
+                    assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), (
+                        world,
+                        micro,
+                        index,
+                        key,
+                    )
                 for key in ("clip_frac_low", "clip_frac_high"):  # a token at the clip edge may flip
                     assert ours[key] == pytest.approx(theirs[key], abs=0.02), (world, micro, index, key)
             for key in ("loss", "grad_norm", "pg_loss"):  # means over the updates
@@ -98,8 +117,15 @@ def _received_bytes(tp: int) -> tuple[int, int, int]:
 
     init_model_parallel(ParallelLayout(tp=tp, pp=1), seed=1234, timeout_s=120)
     dp = parallel_state.get_data_parallel_world_size()
-    plan = stages.plan_updates(_samples(5, 1000), num_updates=NUM_UPDATES, seed=1, dp_size=dp, micro_batch_size=1,
-                               length_multiple=8, packed=False)
+    plan = stages.plan_updates(
+        _samples(5, 1000),
+        num_updates=NUM_UPDATES,
+        seed=1,
+        dp_size=dp,
+        micro_batch_size=1,
+        length_multiple=8,
+        packed=False,
+    )
     share, received = scatter_to_dp(plan if dist.get_rank() == 0 else None)
     assert share == plan[parallel_state.get_data_parallel_rank()]
     assert all(isinstance(s, Share) for s in share)

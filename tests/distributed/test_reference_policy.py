@@ -20,8 +20,9 @@ from rest_megatron.trainer.actor import PolicyObjective, build_actor, build_refe
 from rest_megatron.trainer.optimizer import OptimizerSettings
 from tests.distributed.test_ppo_updates import STEP, _samples
 
-OBJECTIVE = PolicyObjective(policy_loss_params={"clip_low": 0.2, "clip_high": 0.2, "dual_clip": 3.0,
-                                                "kl_coef": 0.5, "kl_type": "k3"})
+OBJECTIVE = PolicyObjective(
+    policy_loss_params={"clip_low": 0.2, "clip_high": 0.2, "dual_clip": 3.0, "kl_coef": 0.5, "kl_type": "k3"}
+)
 
 
 def _kl_step(tp: int, pp: int, hf_dir: str, seed: int) -> dict:
@@ -35,19 +36,36 @@ def _kl_step(tp: int, pp: int, hf_dir: str, seed: int) -> dict:
     load_hf_into_model(actor.network, spec, HFWeights.open(hf_dir, spec=spec))
     reference = build_reference(spec, hf_dir, **layout)
     assert not any(p.requires_grad for p in reference.network.parameters())
-    plan = stages.plan_updates(_samples(seed, spec.vocab_size), num_updates=2, seed=seed, dp_size=1,
-                               micro_batch_size=2, length_multiple=8 * tp, packed=False)
+    plan = stages.plan_updates(
+        _samples(seed, spec.vocab_size),
+        num_updates=2,
+        seed=seed,
+        dp_size=1,
+        micro_batch_size=2,
+        length_multiple=8 * tp,
+        packed=False,
+    )
     updates = [stages.share_microbatches(s, micro_batch_size=2, pad_id=0) for s in plan[0]]
     everything = [mb for update in updates for mb in update]
     stats = actor.token_stats(everything)
     stages.attach_weights(everything, stats, weights="paper", params={}, step=STEP)
     stages.attach_reference(everything, reference.token_stats(everything))
-    gap = max(float(((mb["ref_logprobs"] - st.logprob) * mb["loss_mask"]).abs().max()) for mb, st in zip(everything, stats))
+    gap = max(
+        float(((mb["ref_logprobs"] - st.logprob) * mb["loss_mask"]).abs().max())
+        for mb, st in zip(everything, stats)
+    )
     ref_logprobs = torch.cat([mb["ref_logprobs"] * mb["loss_mask"] for mb in everything])
     metrics = stages.ppo_updates(actor, updates, OBJECTIVE, epochs=1)
-    per_update = [{k.split("/")[-1]: v for k, v in metrics.items() if k.startswith(f"ppo/u{u}/")} for u in (1, 2)]
-    return {"gap": gap, "ref_logprobs": ref_logprobs, "updates": per_update, "metrics": metrics,
-            "rank": dist.get_rank()}
+    per_update = [
+        {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith(f"ppo/u{u}/")} for u in (1, 2)
+    ]
+    return {
+        "gap": gap,
+        "ref_logprobs": ref_logprobs,
+        "updates": per_update,
+        "metrics": metrics,
+        "rank": dist.get_rank(),
+    }
 
 
 def test_reference_kl_is_layout_invariant_and_moves_after_the_first_update(gloo) -> None:
@@ -66,4 +84,8 @@ def test_reference_kl_is_layout_invariant_and_moves_after_the_first_update(gloo)
             for ours, theirs in zip(result["updates"], ref["updates"]):
                 assert ours["ref_kl"] == pytest.approx(theirs["ref_kl"], rel=1e-3, abs=1e-8), (tp, pp)
             for key in ("loss", "grad_norm", "ref_kl"):
-                assert result["metrics"][key] == pytest.approx(ref["metrics"][key], rel=1e-4, abs=1e-8), (tp, pp, key)
+                assert result["metrics"][key] == pytest.approx(ref["metrics"][key], rel=1e-4, abs=1e-8), (
+                    tp,
+                    pp,
+                    key,
+                )

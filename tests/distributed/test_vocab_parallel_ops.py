@@ -57,7 +57,9 @@ def _shard_errors(seed: int, tp: int, vocab: int, extreme: bool, dtype: torch.dt
     out, label = [], f"shard tp={tp} vocab={vocab} extreme={extreme} {dtype}"
     for chunk in (1, 5, None):
         z = logits[:, cols].clone().requires_grad_()
-        stats = vocab_parallel_token_stats(z, targets, group, vocab_size=vocab, entropy_grad=True, chunk_size=chunk)
+        stats = vocab_parallel_token_stats(
+            z, targets, group, vocab_size=vocab, entropy_grad=True, chunk_size=chunk
+        )
         (stats.logprob @ g_lp + stats.entropy @ g_h).backward()
         for name, ours, expected in zip(stats._fields, stats, ref):
             out.append((f"{label} chunk={chunk} {name}", rel_err(ours, expected), VALUE_RTOL[name]))
@@ -78,18 +80,29 @@ def _fused_errors(seed: int, tp: int, vocab: int, sequence_parallel: bool) -> li
     ref_h, ref_w = hidden.double().requires_grad_(), weight.double().requires_grad_()
     ref = reference_stats(ref_h @ ref_w.t(), targets, vocab)
     (ref[0] @ g_lp.double() + ref[1] @ g_h.double()).backward()
-    ref_of_fp32_logits = reference_stats(hidden @ weight.t(), targets, vocab)  # the op's own error, given its logits
+    ref_of_fp32_logits = reference_stats(
+        hidden @ weight.t(), targets, vocab
+    )  # the op's own error, given its logits
     out, label = [], f"fused tp={tp} vocab={vocab} sp={sequence_parallel}"
     for chunk in (1, 7, T + 3):
         h = hidden[rows].clone().requires_grad_()
         w = weight[rank * shard : (rank + 1) * shard].clone().requires_grad_()
         stats = fused_output_token_stats(
-            h, w, targets, group, chunk, vocab_size=vocab, entropy_grad=True, sequence_parallel=sequence_parallel
+            h,
+            w,
+            targets,
+            group,
+            chunk,
+            vocab_size=vocab,
+            entropy_grad=True,
+            sequence_parallel=sequence_parallel,
         )
         (stats.logprob @ g_lp + stats.entropy @ g_h).backward()
         for name, ours, expected, given_logits in zip(stats._fields, stats, ref, ref_of_fp32_logits):
             out.append((f"{label} chunk={chunk} {name}", rel_err(ours, expected), FUSED_VALUE_RTOL[name]))
-            out.append((f"{label} chunk={chunk} {name} (fp32 logits)", rel_err(ours, given_logits), VALUE_RTOL[name]))
+            out.append(
+                (f"{label} chunk={chunk} {name} (fp32 logits)", rel_err(ours, given_logits), VALUE_RTOL[name])
+            )
         out.append((f"{label} chunk={chunk} grad_h", rel_err(h.grad, ref_h.grad[rows]), GRAD_RTOL))
         grad_w_ref = ref_w.grad[rank * shard : (rank + 1) * shard]
         out.append((f"{label} chunk={chunk} grad_w", rel_err(w.grad, grad_w_ref), GRAD_RTOL))
@@ -124,7 +137,9 @@ def _count_collectives(fn) -> list[str]:
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    return [e.name for e in sorted(prof.events(), key=lambda e: e.time_range.start) if e.name.startswith("c10d::")]
+    return [
+        e.name for e in sorted(prof.events(), key=lambda e: e.time_range.start) if e.name.startswith("c10d::")
+    ]
 
 
 def _collectives_per_call(tp: int) -> dict[str, list[str]]:
@@ -202,8 +217,11 @@ def _megatron_head_errors(seed: int, tied: bool) -> list[tuple]:
     assert stats.logprob.shape == (B, S) and megatron_grads.keys() == {
         name for name, p in model.named_parameters() if p.grad is not None
     }
-    out += [(f"tied={tied} grad {name}", rel_err(p.grad, megatron_grads[name]), GRAD_RTOL)
-            for name, p in model.named_parameters() if p.grad is not None]
+    out += [
+        (f"tied={tied} grad {name}", rel_err(p.grad, megatron_grads[name]), GRAD_RTOL)
+        for name, p in model.named_parameters()
+        if p.grad is not None
+    ]
     return out
 
 

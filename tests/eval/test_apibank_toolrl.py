@@ -28,8 +28,13 @@ TOOLRL_SOURCE = Path(__file__).parents[1] / "data" / "fixtures" / "toolrl.jsonl"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    servers = start_embedded_servers(tiny_model_dir("tiny-qwen3"), 1, log_dir=tmp_path_factory.mktemp("engine"),
-                                     extra={"seed": 0, "num_threads": 1}, timeout_s=180)
+    servers = start_embedded_servers(
+        tiny_model_dir("tiny-qwen3"),
+        1,
+        log_dir=tmp_path_factory.mktemp("engine"),
+        extra={"seed": 0, "num_threads": 1},
+        timeout_s=180,
+    )
     yield servers[0]
     servers[0].stop()
 
@@ -48,12 +53,15 @@ def test_level_files_load_with_the_authors_keys() -> None:
 
 def test_the_authors_soft_match() -> None:
     entry = _entry()  # ModifyRegistration(appointment_id="34567890", new_appointment_date="2023-03-26")
-    call = {"name": "ModifyRegistration", "parameters": {"new_appointment_date": "2023-03-26", "appointment_id": "34567890"}}
+    call = {
+        "name": "ModifyRegistration",
+        "parameters": {"new_appointment_date": "2023-03-26", "appointment_id": "34567890"},
+    }
     line = json.dumps(call)
     verdicts = {
         f"<think> ok </think>\n<tool_call>\n{line}\n</tool_call>": True,
-        f"<tool_call>\n{{\"name\": \"GetCurrentTime\", \"parameters\": {{}}}}\n{line}\n</tool_call>": True,  # any call
-        f"<tool_call>\n{line}\n</tool_call>\n<tool_call>\n{{\"name\": \"X\", \"parameters\": {{}}}}\n</tool_call>": False,
+        f'<tool_call>\n{{"name": "GetCurrentTime", "parameters": {{}}}}\n{line}\n</tool_call>': True,  # any call
+        f'<tool_call>\n{line}\n</tool_call>\n<tool_call>\n{{"name": "X", "parameters": {{}}}}\n</tool_call>': False,
         line: True,  # no tag: the whole reply's lines are read
         f"<tool_call>\n{json.dumps(call['parameters'])}\n</tool_call>": True,  # bare parameters: the reference's function
         f"<tool_call>\n{json.dumps(dict(call, parameters={'appointment_id': 34567890, 'new_appointment_date': '2023-03-26'}))}\n</tool_call>": False,
@@ -71,7 +79,9 @@ def test_level_summary_is_micro_averaged() -> None:
     def results(right: int, n: int) -> list[EntryResult]:
         return [EntryResult(str(i), i < right, None, "") for i in range(n)]
 
-    summary = apibank.level_summary({"level_1": results(2, 3), "level_2": results(0, 2), "level_3": results(1, 1)})
+    summary = apibank.level_summary(
+        {"level_1": results(2, 3), "level_2": results(0, 2), "level_3": results(1, 1)}
+    )
     assert summary == {"level_1_acc": 66.67, "level_2_acc": 0.0, "level_3_acc": 100.0, "overall_acc": 50.0}
 
 
@@ -85,21 +95,56 @@ def test_bad_level_data_is_refused_with_the_fix(tmp_path: Path) -> None:
         apibank.parse_levels("1,4")
 
 
-def test_eval_apibank_end_to_end(server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_apibank_end_to_end(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "apibank.json"
-    code = cli.main(["eval", "apibank", "--server", server.base_url, "--model", "tiny-qwen3", "--data", str(FIXTURES),
-                     "--levels", "1,2,3", "--max-new-tokens", "16", "--out", str(out)])
+    code = cli.main(
+        [
+            "eval",
+            "apibank",
+            "--server",
+            server.base_url,
+            "--model",
+            "tiny-qwen3",
+            "--data",
+            str(FIXTURES),
+            "--levels",
+            "1,2,3",
+            "--max-new-tokens",
+            "16",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
-    assert {k: c["total"] for k, c in report["categories"].items()} == {"level_1": 3, "level_2": 2, "level_3": 1}
+    assert {k: c["total"] for k, c in report["categories"].items()} == {
+        "level_1": 3,
+        "level_2": 2,
+        "level_3": 1,
+    }
     assert set(report["apibank"]) == {"level_1_acc", "level_2_acc", "level_3_acc", "overall_acc"}
     correct = sum(c["correct"] for c in report["categories"].values())
     assert report["apibank"]["overall_acc"] == pytest.approx(round(correct / 6 * 100, 2))
     captured = capsys.readouterr()
     assert "apibank level_1: 3/3 done" in captured.err and "API-Bank (authors' leaderboard)" in captured.out
     # Missing data: a usage error before any server is contacted, never a 0% score.
-    assert cli.main(["eval", "apibank", "--server", server.base_url, "--data", str(tmp_path), "--out",
-                     str(tmp_path / "none.json")]) == 2
+    assert (
+        cli.main(
+            [
+                "eval",
+                "apibank",
+                "--server",
+                server.base_url,
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "none.json"),
+            ]
+        )
+        == 2
+    )
     assert "level-1-api_processed.json does not exist" in capsys.readouterr().err
     assert not (tmp_path / "none.json").exists()
 
@@ -107,7 +152,10 @@ def test_eval_apibank_end_to_end(server: ServerProcess, tmp_path: Path, capsys: 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("toolrl")
-    assert cli.main(["data", "prepare", "--format", "toolrl", "--in", str(TOOLRL_SOURCE), "--out", str(out)]) == 0
+    assert (
+        cli.main(["data", "prepare", "--format", "toolrl", "--in", str(TOOLRL_SOURCE), "--out", str(out)])
+        == 0
+    )
     return out / "data.jsonl"
 
 
@@ -115,7 +163,9 @@ def test_toolrl_reference_scores_exact_and_a_wrong_reply_does_not(prepared: Path
     records = toolrl_eval.load_records(prepared)
     for prompt, truth in records:
         best = toolrl_eval.judge(prompt, truth["reference"], truth, step=0)
-        expected = evaluate(TOOLRL_FORMAT_MAX, 0) + (evaluate(TOOLRL_CORRECT_MAX, 0) if "<tool_call>" in truth["reference"] else 0.0)
+        expected = evaluate(TOOLRL_FORMAT_MAX, 0) + (
+            evaluate(TOOLRL_CORRECT_MAX, 0) if "<tool_call>" in truth["reference"] else 0.0
+        )
         assert best.correct and best.score == pytest.approx(expected, abs=1e-12)
         wrong = toolrl_eval.judge(prompt, "no idea", truth, step=0)  # neither the format nor the calls
         assert wrong.score < best.score and not wrong.correct
@@ -125,8 +175,24 @@ def test_toolrl_reference_scores_exact_and_a_wrong_reply_does_not(prepared: Path
 
 def test_eval_toolrl_end_to_end(server: ServerProcess, prepared: Path, tmp_path: Path) -> None:
     out = tmp_path / "toolrl.json"
-    code = cli.main(["eval", "toolrl", "--server", server.base_url, "--model", "tiny-qwen3", "--data", str(prepared),
-                     "--limit", "2", "--max-new-tokens", "16", "--out", str(out)])
+    code = cli.main(
+        [
+            "eval",
+            "toolrl",
+            "--server",
+            server.base_url,
+            "--model",
+            "tiny-qwen3",
+            "--data",
+            str(prepared),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "16",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     entries = report["categories"]["toolrl"]["entries"]

@@ -24,8 +24,10 @@ def _bfcl_decode_ast() -> Any:
     tree = ast.parse(QWEN_FC.read_text())
     methods = {
         node.name: node
-        for cls in tree.body if isinstance(cls, ast.ClassDef)
-        for node in cls.body if isinstance(node, ast.FunctionDef)
+        for cls in tree.body
+        if isinstance(cls, ast.ClassDef)
+        for node in cls.body
+        if isinstance(node, ast.FunctionDef)
     }
     wanted = [methods["decode_ast"], methods["_extract_tool_calls"]]
     for node in wanted:
@@ -45,9 +47,9 @@ CASES = [
     _call("a", {"x": [1, 2.5, "s"]}) + "\n" + _call("b", {"y": {"nested": True}}),
     "no call at all",
     "<tool_call>\nnot json\n</tool_call>\n" + _call("kept", {}),
-    "<tool_call>{\"name\": \"inline\", \"arguments\": {}}</tool_call>",  # no newlines: not a block for BFCL
+    '<tool_call>{"name": "inline", "arguments": {}}</tool_call>',  # no newlines: not a block for BFCL
     "<tool_call>\n[1, 2]\n</tool_call>",
-    "<tool_call>\n\"just a string\"\n</tool_call>",
+    '<tool_call>\n"just a string"\n</tool_call>',
     "<think>let me call</think>\n" + _call("after_think", {"q": "x"}),
 ]
 

@@ -19,8 +19,13 @@ from rest_megatron.eval.bfcl_data import load_category
 from rest_megatron.eval.bfcl_env import MultiTurnEpisode, keyword_call, parse_call_string, run_call
 from tests.eval.conftest import needs_bfcl
 
-pytestmark = [needs_bfcl, pytest.mark.skipif(importlib.util.find_spec("mpmath") is None,
-                                             reason="BFCL's MathAPI needs mpmath (`pip install mpmath`)")]
+pytestmark = [
+    needs_bfcl,
+    pytest.mark.skipif(
+        importlib.util.find_spec("mpmath") is None,
+        reason="BFCL's MathAPI needs mpmath (`pip install mpmath`)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +33,12 @@ def entries() -> list[Any]:
     return load_category("multi_turn_base")
 
 
-MULTI_TURN_CATEGORIES = ["multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context"]
+MULTI_TURN_CATEGORIES = [
+    "multi_turn_base",
+    "multi_turn_miss_func",
+    "multi_turn_miss_param",
+    "multi_turn_long_context",
+]
 
 
 def as_text(calls: list[dict[str, Any]]) -> str:
@@ -61,7 +71,9 @@ def test_ground_truth_passes_every_entry(category: str) -> None:
 
 def test_a_dropped_call_fails_every_entry(entries: list[Any]) -> None:
     first_turn = [e for e in entries if e.answer[0]]
-    passed = [e.id for e in first_turn if play(e, lambda turn, calls: calls[:-1] if turn == 0 else calls) is None]
+    passed = [
+        e.id for e in first_turn if play(e, lambda turn, calls: calls[:-1] if turn == 0 else calls) is None
+    ]
     assert not passed, passed
 
 
@@ -72,10 +84,14 @@ def test_wrong_arguments_and_silent_turns_fail(entries: list[Any]) -> None:
         return [dict(c, arguments={"dir_name": "tmp"}) if c["name"] == "mkdir" else c for c in calls]
 
     reason = play(entry, rename)
-    assert reason is not None and reason.startswith("turn 0: multi_turn:instance_state_mismatch: Model instance for GorillaFileSystem")
+    assert reason is not None and reason.startswith(
+        "turn 0: multi_turn:instance_state_mismatch: Model instance for GorillaFileSystem"
+    )
     assert play(entry, lambda turn, calls: [] if turn == 1 else calls).startswith("turn 1: no tool call")
     assert "multi_turn:execution_response_mismatch" in play(
-        entries[1], lambda turn, calls: [c for c in calls if c["name"] not in ("ls", "cat", "grep", "tail")] or calls)
+        entries[1],
+        lambda turn, calls: [c for c in calls if c["name"] not in ("ls", "cat", "grep", "tail")] or calls,
+    )
     # The same calls in separate steps, with results read in between, are as good as one step.
     episode = MultiTurnEpisode(entry)
     for call in episode.truth_calls(0):
@@ -84,7 +100,11 @@ def test_wrong_arguments_and_silent_turns_fail(entries: list[Any]) -> None:
 
 
 def test_ground_truth_call_strings() -> None:
-    assert parse_call_string("mv(source='a.txt', destination='b')") == ("mv", [], {"source": "a.txt", "destination": "b"})
+    assert parse_call_string("mv(source='a.txt', destination='b')") == (
+        "mv",
+        [],
+        {"source": "a.txt", "destination": "b"},
+    )
     assert parse_call_string("sort('final_report.pdf')") == ("sort", ["final_report.pdf"], {})
     with pytest.raises(ValueError, match="not a call"):
         parse_call_string("os.system('ls')")
@@ -93,7 +113,10 @@ def test_ground_truth_call_strings() -> None:
         def sort(self, file_name: str) -> str:
             return file_name
 
-    assert keyword_call("sort('r.pdf')", {"sort": Files().sort}) == {"name": "sort", "arguments": {"file_name": "r.pdf"}}
+    assert keyword_call("sort('r.pdf')", {"sort": Files().sort}) == {
+        "name": "sort",
+        "arguments": {"file_name": "r.pdf"},
+    }
 
 
 def test_calls_fail_as_text_never_raise() -> None:

@@ -70,7 +70,11 @@ def _literal(value: Any, category: str, spec: dict[str, Any]) -> Any:
         java_type, item_type = spec.get("type"), (spec.get("items") or {}).get("type")
         if java_type in ("Array", "ArrayList") and isinstance(value, list):
             elements = ", ".join(_java_element(v, item_type) for v in value)
-            return f"new Object[]{{{elements}}}" if java_type == "Array" else f"new ArrayList<>(Arrays.asList({elements}))"
+            return (
+                f"new Object[]{{{elements}}}"
+                if java_type == "Array"
+                else f"new ArrayList<>(Arrays.asList({elements}))"
+            )
         return _java_element(value, java_type) if java_type == "long" else _java(value, top=True)
     return json.dumps(value)
 
@@ -79,8 +83,11 @@ def _value(candidate: Any, spec: dict[str, Any] | None, omit: bool) -> Any:
     """A concrete value from an allowed one: dict-typed answers are answer keys themselves."""
     spec = spec or {}
     if isinstance(candidate, dict) and spec.get("type") in ("dict", "HashMap"):
-        return {k: next(v for v in allowed if v != "") for k, allowed in candidate.items()
-                if any(v != "" for v in allowed) and not (omit and "" in allowed)}
+        return {
+            k: next(v for v in allowed if v != "")
+            for k, allowed in candidate.items()
+            if any(v != "" for v in allowed) and not (omit and "" in allowed)
+        }
     if isinstance(candidate, list) and spec.get("type") == "array":
         return [_value(c, spec.get("items"), omit) for c in candidate]
     return candidate
@@ -90,7 +97,7 @@ def reference_calls(entry: Any, omit: bool) -> list[dict[str, Any]]:
     """The answer key as calls: first allowed values; with `omit`, optional arguments left out."""
     calls = []
     for expected in entry.answer:
-        (name, key), = expected.items()
+        ((name, key),) = expected.items()
         params = _params(entry, name)
         required = set(params.get("required", []))
         arguments = {}
@@ -115,13 +122,16 @@ def answer_key_defects(entry: Any) -> list[str]:
     """Where the answer key contradicts the function doc (no output can pass)."""
     defects = []
     for expected in entry.answer:
-        (name, key), = expected.items()
+        ((name, key),) = expected.items()
         params = _params(entry, name)
         for argument in params.get("required", []):
             if not key.get(argument):
                 defects.append(f"required {argument!r} has no allowed value")
-        defects += [f"answer argument {a!r} is not in the doc" for a, allowed in key.items()
-                    if a not in params["properties"] and "" not in allowed]
+        defects += [
+            f"answer argument {a!r} is not in the doc"
+            for a, allowed in key.items()
+            if a not in params["properties"] and "" not in allowed
+        ]
     return defects
 
 
@@ -134,18 +144,29 @@ def categories() -> dict[str, list[Any]]:
 def test_ground_truth_scores_100_percent(categories: dict[str, list[Any]], category: str) -> None:
     entries = [e for e in categories[category] if not answer_key_defects(e) and e.id not in JAVA_UNRENDERED]
     assert len(entries) >= len(categories[category]) - MAX_DEFECTS and entries
-    failures = [(entry.id, omit, reason) for entry in entries for omit in (False, True)
-                if (reason := single_turn_mismatch(entry, as_text(reference_calls(entry, omit)))) is not None]
+    failures = [
+        (entry.id, omit, reason)
+        for entry in entries
+        for omit in (False, True)
+        if (reason := single_turn_mismatch(entry, as_text(reference_calls(entry, omit)))) is not None
+    ]
     assert not failures, failures[:5]
 
 
 def test_answer_key_defects_are_few(categories: dict[str, list[Any]]) -> None:
-    defective = {e.id: answer_key_defects(e) for c in ANSWER_KEY_CATEGORIES for e in categories[c] if answer_key_defects(e)}
+    defective = {
+        e.id: answer_key_defects(e)
+        for c in ANSWER_KEY_CATEGORIES
+        for e in categories[c]
+        if answer_key_defects(e)
+    }
     assert len(defective) <= MAX_DEFECTS, defective
 
 
 @pytest.mark.parametrize("category", sorted(IRRELEVANCE | RELEVANCE))
-def test_relevance_categories_score_whether_a_call_was_made(categories: dict[str, list[Any]], category: str) -> None:
+def test_relevance_categories_score_whether_a_call_was_made(
+    categories: dict[str, list[Any]], category: str
+) -> None:
     no_call = "None of the functions can do that."
     for entry in categories[category]:
         wants_call = category in RELEVANCE
@@ -159,19 +180,25 @@ def test_relevance_categories_score_whether_a_call_was_made(categories: dict[str
 
 def _mutations(entry: Any, calls: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Wrong outputs derived from a right one: each must fail."""
-    out = {"wrong function name": [dict(calls[0], name=calls[0]["name"] + "_v2"), *calls[1:]],
-           "extra call": [*calls, calls[0]],
-           "missing call": calls[1:] if len(calls) > 1 else []}
+    out = {
+        "wrong function name": [dict(calls[0], name=calls[0]["name"] + "_v2"), *calls[1:]],
+        "extra call": [*calls, calls[0]],
+        "missing call": calls[1:] if len(calls) > 1 else [],
+    }
     first = calls[0]
-    (_, key), = entry.answer[0].items()
+    ((_, key),) = entry.answer[0].items()
     required = _params(entry, first["name"]).get("required", [])
     if required and required[0] in first["arguments"]:
-        out["missing required argument"] = [dict(first, arguments={k: v for k, v in first["arguments"].items()
-                                                                    if k != required[0]}), *calls[1:]]
+        out["missing required argument"] = [
+            dict(first, arguments={k: v for k, v in first["arguments"].items() if k != required[0]}),
+            *calls[1:],
+        ]
     for argument, value in first["arguments"].items():
         if isinstance(value, str) and value:
             # BFCL's Java/JS converters search for a literal inside the text, so a prefix is not wrong there
-            wrong: Any = "zz_not_the_answer" if entry.category.endswith(("_java", "_javascript")) else "zz" + value
+            wrong: Any = (
+                "zz_not_the_answer" if entry.category.endswith(("_java", "_javascript")) else "zz" + value
+            )
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             wrong = value + 7919
         else:
@@ -209,7 +236,9 @@ def test_failure_reasons_are_bfcls(categories: dict[str, list[Any]]) -> None:
         "value_error:others": [dict(right[0], arguments={"base": 11, "height": 5})],
         "simple_function_checker:missing_required": [dict(right[0], arguments={"base": 10})],
         "simple_function_checker:wrong_count": right * 2,
-        "simple_function_checker:unexpected_param": [dict(right[0], arguments={"base": 10, "height": 5, "color": "red"})],
+        "simple_function_checker:unexpected_param": [
+            dict(right[0], arguments={"base": 10, "height": 5, "color": "red"})
+        ],
         "type_error:simple": [dict(right[0], arguments={"base": "10", "height": 5})],
     }
     for expected, calls in cases.items():
@@ -221,7 +250,9 @@ def test_prompting_mode_replies_are_decoded_as_bfcl_decodes_them(categories: dic
     entry = categories["simple"][0]
     assert single_turn_mismatch(entry, "[calculate_triangle_area(base=10, height=5)]", "prompting") is None
     assert single_turn_mismatch(entry, "calculate_triangle_area(base=10, height=5)", "prompting") is None
-    assert "value_error" in single_turn_mismatch(entry, "[calculate_triangle_area(base=11, height=5)]", "prompting")
+    assert "value_error" in single_turn_mismatch(
+        entry, "[calculate_triangle_area(base=11, height=5)]", "prompting"
+    )
     assert "Failed to decode" in single_turn_mismatch(entry, "I would compute the area.", "prompting")
     irrelevant = categories["irrelevance"][0]
     assert single_turn_mismatch(irrelevant, "I cannot help with that.", "prompting") is None

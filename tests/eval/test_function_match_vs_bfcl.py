@@ -24,13 +24,21 @@ from tests.eval.conftest import needs_bfcl
 
 pytestmark = needs_bfcl
 
-CATEGORIES = ["simple", "multiple", "parallel", "parallel_multiple", "live_simple", "live_multiple",
-              "live_parallel", "live_parallel_multiple"]
+CATEGORIES = [
+    "simple",
+    "multiple",
+    "parallel",
+    "parallel_multiple",
+    "live_simple",
+    "live_multiple",
+    "live_parallel",
+    "live_parallel_multiple",
+]
 ON_PURPOSE: dict[str, str] = {
     "calls reversed": "parallel calls pair by a perfect matching; BFCL pairs each expected call with the first "
-                      "unused model call that passes, so when one model call fits two expected calls it can be "
-                      "used up and a pairing that exists is missed (parallel_178 reversed); a reward should not "
-                      "depend on the order of independent calls",
+    "unused model call that passes, so when one model call fits two expected calls it can be "
+    "used up and a pairing that exists is missed (parallel_178 reversed); a reward should not "
+    "depend on the order of independent calls",
 }
 """Candidate kinds where our matcher may disagree with BFCL on purpose -> why."""
 
@@ -47,8 +55,12 @@ def _first(allowed: list[Any], spec: dict[str, Any]) -> Any:
     if isinstance(value, dict) and spec.get("type") == "dict":  # a nested answer key: its first values
         return {k: _first(v, {}) for k, v in value.items() if any(x != "" for x in v)}
     if isinstance(value, list) and value and isinstance(value[0], dict) and spec.get("type") == "array":
-        return [{k: _first(v, {}) for k, v in item.items() if any(x != "" for x in v)} if isinstance(item, dict)
-                else item for item in value]
+        return [
+            {k: _first(v, {}) for k, v in item.items() if any(x != "" for x in v)}
+            if isinstance(item, dict)
+            else item
+            for item in value
+        ]
     return value
 
 
@@ -56,7 +68,7 @@ def reference(entry: Any, *, omit: bool = False, alternative: int = 0) -> Calls:
     """The answer key as calls (first allowed values; `alternative`: the n-th allowed value where there is one)."""
     calls = []
     for expected in entry.answer:
-        (name, key), = expected.items()
+        ((name, key),) = expected.items()
         arguments = {}
         for argument, allowed in key.items():
             values = [v for v in allowed if v != ""]
@@ -92,20 +104,36 @@ def candidates(entry: Any) -> Iterator[tuple[str, Calls]]:
         "float as int": lambda a, v: int(v) if type(v) is float and v == int(v) else None,
         "number as string": lambda a, v: str(v) if type(v) in (int, float) else None,
         "bool as string": lambda a, v: str(v).lower() if type(v) is bool else None,
-        "string case and punctuation": lambda a, v: v.upper().replace(" ", "-") if isinstance(v, str) and v else None,
+        "string case and punctuation": lambda a, v: (
+            v.upper().replace(" ", "-") if isinstance(v, str) and v else None
+        ),
         "string with a different word": lambda a, v: v + " extra" if isinstance(v, str) else None,
         "string as list": lambda a, v: [v] if isinstance(v, str) else None,
-        "list reversed": lambda a, v: v[::-1] if isinstance(v, list) and len(v) > 1 and v != v[::-1] else None,
-        "list element int as float": lambda a, v: ([float(x) if type(x) is int else x for x in v]
-                                                   if isinstance(v, list) and any(type(x) is int for x in v) else None),
-        "list element as string": lambda a, v: ([str(x) for x in v] if isinstance(v, list) and v
-                                                and all(type(x) in (int, float) for x in v) else None),
-        "list element case": lambda a, v: ([x.upper() for x in v] if isinstance(v, list) and v
-                                           and all(isinstance(x, str) for x in v) else None),
+        "list reversed": lambda a, v: (
+            v[::-1] if isinstance(v, list) and len(v) > 1 and v != v[::-1] else None
+        ),
+        "list element int as float": lambda a, v: (
+            [float(x) if type(x) is int else x for x in v]
+            if isinstance(v, list) and any(type(x) is int for x in v)
+            else None
+        ),
+        "list element as string": lambda a, v: (
+            [str(x) for x in v]
+            if isinstance(v, list) and v and all(type(x) in (int, float) for x in v)
+            else None
+        ),
+        "list element case": lambda a, v: (
+            [x.upper() for x in v]
+            if isinstance(v, list) and v and all(isinstance(x, str) for x in v)
+            else None
+        ),
         "empty list": lambda a, v: [] if isinstance(v, list) and v else None,
         "dict key dropped": lambda a, v: dict(list(v.items())[1:]) if isinstance(v, dict) and v else None,
-        "dict value case": lambda a, v: ({k: (x.upper() if isinstance(x, str) else x) for k, x in v.items()}
-                                         if isinstance(v, dict) and any(isinstance(x, str) for x in v.values()) else None),
+        "dict value case": lambda a, v: (
+            {k: (x.upper() if isinstance(x, str) else x) for k, x in v.items()}
+            if isinstance(v, dict) and any(isinstance(x, str) for x in v.values())
+            else None
+        ),
         "dict extra key": lambda a, v: {**v, "zz_extra": 1} if isinstance(v, dict) else None,
         "tuple-like list as dict": lambda a, v: {"0": v[0]} if isinstance(v, list) and v else None,
     }
@@ -117,14 +145,25 @@ def candidates(entry: Any) -> Iterator[tuple[str, Calls]]:
     if nulled is not None:
         yield "value null", json.loads(json.dumps(nulled).replace('"__null__"', "null"))
     for call_index, call in enumerate(ref):
-        (name, key), = entry.answer[call_index].items()
+        ((name, key),) = entry.answer[call_index].items()
         doc = next(f for f in entry.checker_functions if f["name"] == name)
         properties = doc["parameters"]["properties"]
-        optional = [a for a in properties if a not in doc["parameters"].get("required", []) and a not in call["arguments"]]
+        optional = [
+            a
+            for a in properties
+            if a not in doc["parameters"].get("required", []) and a not in call["arguments"]
+        ]
         for argument in optional[:1]:
             spec = properties[argument]
-            empty = {"array": [], "tuple": [], "dict": {}, "string": "", "integer": 0, "float": 0.0,
-                     "boolean": False}.get(spec.get("type"), "")
+            empty = {
+                "array": [],
+                "tuple": [],
+                "dict": {},
+                "string": "",
+                "integer": 0,
+                "float": 0.0,
+                "boolean": False,
+            }.get(spec.get("type"), "")
             extra = copy.deepcopy(ref)
             extra[call_index]["arguments"][argument] = empty
             yield "optional given an empty value", extra
@@ -168,7 +207,9 @@ def verdicts() -> list[tuple[str, str, bool, bool]]:
     return out
 
 
-def test_matcher_agrees_with_bfcl_on_at_least_995_permille(verdicts: list[tuple[str, str, bool, bool]]) -> None:
+def test_matcher_agrees_with_bfcl_on_at_least_995_permille(
+    verdicts: list[tuple[str, str, bool, bool]],
+) -> None:
     differ = [(entry, kind, ours, theirs) for entry, kind, ours, theirs in verdicts if ours != theirs]
     by_kind = Counter(kind for _, kind, _, _ in differ)
     agreement = 1 - len(differ) / len(verdicts)

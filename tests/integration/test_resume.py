@@ -29,10 +29,20 @@ KILL_IN_STEP = 3
 # Two PPO updates per step (mini-batches of 4 of the 8 trajectories): the resumed run must split and
 # train the steps after the checkpoint as the uninterrupted run did.
 OVERRIDES = [
-    "sft.num_steps=150", f"optimizer.num_steps={NUM_STEPS}", "checkpoint.save_interval=1", "checkpoint.num_keep_last=2",
-    "data.num_prompts_per_step=4", "rollout.num_samples_per_prompt=2", "rollout.max_new_tokens=96",
-    "rollout.max_turns=2", "data.eval_path=null", "logging.eval_interval=0", "logging.save_rollouts=true",
-    "optimizer.mini_batch_size=4", "parallel.micro_batch_size=2", "algorithm.dynamic_sampling=false",
+    "sft.num_steps=150",
+    f"optimizer.num_steps={NUM_STEPS}",
+    "checkpoint.save_interval=1",
+    "checkpoint.num_keep_last=2",
+    "data.num_prompts_per_step=4",
+    "rollout.num_samples_per_prompt=2",
+    "rollout.max_new_tokens=96",
+    "rollout.max_turns=2",
+    "data.eval_path=null",
+    "logging.eval_interval=0",
+    "logging.save_rollouts=true",
+    "optimizer.mini_batch_size=4",
+    "parallel.micro_batch_size=2",
+    "algorithm.dynamic_sampling=false",
 ]
 COMPARED = ("reward/mean", "num_updates", "loss", "grad_norm", "ppo/u2/ratio_std", "ppo/u2/ratio_max")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -58,15 +68,23 @@ def _prompts(run_dir: Path, step: int) -> list[str]:
 
 def _kill_mid_step(run_dir: Path, timeout_s: float = 600) -> None:
     """Start a run and SIGKILL its whole process group as soon as step KILL_IN_STEP has begun."""
-    proc = subprocess.Popen(_train(str(ROOT / "recipes/tiny-cpu.yaml"), f"logging.run_dir={run_dir}", *OVERRIDES),
-                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _train(str(ROOT / "recipes/tiny-cpu.yaml"), f"logging.run_dir={run_dir}", *OVERRIDES),
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     latest = run_dir / "checkpoints" / "latest"
     previous = f"step_{KILL_IN_STEP - 1:08d}"
     deadline = time.monotonic() + timeout_s
     try:
         while not (latest.exists() and latest.read_text().strip() == previous):
-            assert proc.poll() is None, f"the run ended before step {KILL_IN_STEP}:\n{proc.stdout.read()[-3000:]}"
+            assert proc.poll() is None, (
+                f"the run ended before step {KILL_IN_STEP}:\n{proc.stdout.read()[-3000:]}"
+            )
             assert time.monotonic() < deadline, f"no {previous} checkpoint in time"
             time.sleep(0.01)
     finally:
@@ -82,16 +100,23 @@ def _kill_mid_step(run_dir: Path, timeout_s: float = 600) -> None:
 @pytest.mark.slow
 def test_sigkill_mid_step_then_resume_does_every_step_once_in_order(tmp_path: Path) -> None:
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    done = subprocess.run(_train(str(ROOT / "recipes/tiny-cpu.yaml"), f"logging.run_dir={straight}", *OVERRIDES),
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        _train(str(ROOT / "recipes/tiny-cpu.yaml"), f"logging.run_dir={straight}", *OVERRIDES),
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     _kill_mid_step(killed)
     assert _steps(killed) == list(range(1, KILL_IN_STEP))  # step 3 never finished
     assert (killed / "checkpoints" / "latest").read_text().strip() == f"step_{KILL_IN_STEP - 1:08d}"
 
-    resumed = subprocess.run(_train("--resume", str(killed)), cwd=ROOT, env=ENV, capture_output=True, text=True,
-                             timeout=900)
+    resumed = subprocess.run(
+        _train("--resume", str(killed)), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert _steps(killed) == list(range(1, NUM_STEPS + 1)), "every step exactly once"
     for step in range(1, NUM_STEPS + 1):
@@ -101,7 +126,9 @@ def test_sigkill_mid_step_then_resume_does_every_step_once_in_order(tmp_path: Pa
     assert trained, "no step after the resume trained (all groups uniform): nothing compared"
     for step in trained:  # same weights, same split into mini-batches, same updates
         for key in COMPARED:
-            assert resumed_records[step][key] == pytest.approx(straight_records[step][key], rel=1e-4, abs=1e-6), (step, key)
+            assert resumed_records[step][key] == pytest.approx(
+                straight_records[step][key], rel=1e-4, abs=1e-6
+            ), (step, key)
     assert (killed / "checkpoints" / "latest").read_text().strip() == f"step_{NUM_STEPS:08d}"
     assert (killed / "hf" / "config.json").is_file()
 

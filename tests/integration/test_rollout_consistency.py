@@ -18,8 +18,9 @@ from rest_megatron.rollout.clients import SGLangClient
 from rest_megatron.rollout.launch import start_embedded_servers
 from rest_megatron.rollout.types import SamplingParams
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("rest_megatron.convert.from_hf") is None,
-                                reason="needs rest_megatron.convert")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("rest_megatron.convert.from_hf") is None, reason="needs rest_megatron.convert"
+)
 
 TOLERANCE = 1e-4
 
@@ -44,9 +45,14 @@ def _sample(url: str, prompts: list[list[int]]) -> list:
     async def go() -> list:
         client = SGLangClient(url, timeout_s=120)
         try:
-            return await asyncio.gather(*(
-                client.generate(p, SamplingParams(temperature=1.0, max_new_tokens=40, seed=i, ignore_eos=True))
-                for i, p in enumerate(prompts)))
+            return await asyncio.gather(
+                *(
+                    client.generate(
+                        p, SamplingParams(temperature=1.0, max_new_tokens=40, seed=i, ignore_eos=True)
+                    )
+                    for i, p in enumerate(prompts)
+                )
+            )
         finally:
             await client.aclose()
 
@@ -78,4 +84,6 @@ def test_engine_logprobs_at_temperature_one_equal_the_megatron_actor(gloo, tmp_p
     assert torch.equal(actor, ranks[1])
     difference = float(((actor - engine) * loss_mask).abs().max())
     assert difference < TOLERANCE, difference
-    assert float(loss_mask.sum()) == 120 and float((engine * loss_mask).abs().sum()) > 10  # real, non-trivial tokens
+    assert (
+        float(loss_mask.sum()) == 120 and float((engine * loss_mask).abs().sum()) > 10
+    )  # real, non-trivial tokens

@@ -37,9 +37,19 @@ def _train(seed: int, run_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     with open(run_dir.with_suffix(".log"), "w") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "rest_megatron.cli", "train", str(ROOT / "recipes/tiny-cpu.yaml"),
-             f"data.seed={seed}", f"logging.run_dir={run_dir}"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "rest_megatron.cli",
+                "train",
+                str(ROOT / "recipes/tiny-cpu.yaml"),
+                f"data.seed={seed}",
+                f"logging.run_dir={run_dir}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -64,7 +74,9 @@ def test_tiny_recipe_trains_checkpoints_and_exports(tmp_path: Path) -> None:
         evals = [(r["step"], r["eval/reward"]) for r in records if "eval/reward" in r]
         assert evals[0][0] == 0 and evals[-1][0] == records[-1]["step"], evals
         assert [r["step"] for r in records if "reward/mean" in r] == list(range(1, records[-1]["step"] + 1))
-        assert all(r["logprob_drift"] < 1e-3 for r in records if "logprob_drift" in r)  # train/inference agree
+        assert all(
+            r["logprob_drift"] < 1e-3 for r in records if "logprob_drift" in r
+        )  # train/inference agree
         gains[seed] = evals[-1][1] - evals[0][1]
     # RL improved on the SFT warm start, on average over the seeds. A policy that does not change
     # gains exactly 0: greedy decoding on the batch-invariant engine is deterministic.

@@ -20,8 +20,11 @@ def test_family_switches_come_from_the_hf_config() -> None:
 
 def test_unsupported_architecture_lists_the_supported_ones() -> None:
     hf = dict(tiny_hf_config("tiny-qwen3"), architectures=["MixtralForCausalLM"])
-    with pytest.raises(ValueError, match=r"unsupported architecture \['MixtralForCausalLM'\]; supported: "
-                       r"LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"):
+    with pytest.raises(
+        ValueError,
+        match=r"unsupported architecture \['MixtralForCausalLM'\]; supported: "
+        r"LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM",
+    ):
         model_spec_from_hf(hf)
 
 
@@ -45,7 +48,10 @@ def test_unknown_rope_scaling_is_refused() -> None:
         model_spec_from_hf(hf)
 
 
-@pytest.mark.parametrize(("vocab", "tp", "multiple", "expected"), [(1544, 1, 128, 1664), (1544, 2, 128, 1792), (151936, 8, 128, 152576)])
+@pytest.mark.parametrize(
+    ("vocab", "tp", "multiple", "expected"),
+    [(1544, 1, 128, 1664), (1544, 2, 128, 1792), (151936, 8, 128, 152576)],
+)
 def test_vocab_is_padded_to_a_multiple_per_tp_rank(vocab: int, tp: int, multiple: int, expected: int) -> None:
     padded = padded_vocab_size(vocab, tp, multiple)
     assert padded == expected and padded % (tp * multiple) == 0 and padded >= vocab
@@ -69,7 +75,11 @@ def _build_each_family(name: str, tp: int) -> dict:
 def test_each_family_builds_and_runs_at_tp2(gloo, name: str) -> None:
     result = gloo(2).run(_build_each_family, name, 2)[0]
     names = result["names"]
-    assert result["finite"] and result["logits_shape"] == (2, 8, padded_vocab_size(model_spec_from_hf(tiny_hf_config(name)).vocab_size, 2) // 2)
+    assert result["finite"] and result["logits_shape"] == (
+        2,
+        8,
+        padded_vocab_size(model_spec_from_hf(tiny_hf_config(name)).vocab_size, 2) // 2,
+    )
     assert any("q_layernorm" in n for n in names) == (name == "tiny-qwen3")
     assert any(n.endswith("linear_qkv.bias") for n in names) == (name == "tiny-qwen2")
     assert ("output_layer.weight" in names) == (name != "tiny-qwen2")  # Qwen2 ties embeddings

@@ -30,7 +30,9 @@ def broken_transformer_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def _assert_names_the_fix(error: pytest.ExceptionInfo) -> None:
     message = str(error.value)
-    assert "Transformer Engine" in message and "[gpu]" in message and "model.transformer_impl=local" in message
+    assert (
+        "Transformer Engine" in message and "[gpu]" in message and "model.transformer_impl=local" in message
+    )
 
 
 def test_broken_transformer_engine_is_an_error_naming_the_fix(broken_transformer_engine) -> None:
@@ -47,7 +49,9 @@ def test_auto_on_a_gpu_does_not_hide_a_broken_install(broken_transformer_engine)
     assert resolve_transformer_impl("auto", gpu=False) == "local"  # a CPU host picks local on purpose
 
 
-def test_missing_transformer_engine_is_an_error_naming_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_transformer_engine_is_an_error_naming_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "transformer_engine", None)  # import raises ModuleNotFoundError
     with pytest.raises(RuntimeError) as error:
         layer_spec(model_spec_from_hf(tiny_hf_config("tiny-qwen3")), transformer_impl="transformer_engine")

@@ -53,7 +53,9 @@ def test_values_and_grads_match_float64(device: str, chunk_size: int) -> None:
     stats = fused_output_token_stats(
         h, w, targets.to(device), None, chunk_size, vocab_size=VOCAB, entropy_grad=True
     )
-    given_logits = reference_stats((h.detach() @ w.detach().t()).cpu(), targets, VOCAB)  # float32 logits, float64 stats
+    given_logits = reference_stats(
+        (h.detach() @ w.detach().t()).cpu(), targets, VOCAB
+    )  # float32 logits, float64 stats
     for name, ours, expected, of_fp32_logits in zip(stats._fields, stats, ref, given_logits):
         assert rel_err(ours.cpu(), expected) < FUSED_VALUE_RTOL[name], (name, seed)
         assert rel_err(ours.cpu(), of_fp32_logits) < VALUE_RTOL[name], (name, seed)

@@ -88,7 +88,9 @@ def test_leading_dims_follow_the_targets() -> None:
     logits = make_logits(gen, S * B, V_PAD).view(S, B, V_PAD)  # Megatron's [S, B, V/tp]
     labels = torch.randint(0, VOCAB, (B, S), generator=gen)
     stats = vocab_parallel_token_stats(logits, labels.t().int(), None, vocab_size=VOCAB)  # int32 ids too
-    flat = vocab_parallel_token_stats(logits.reshape(-1, V_PAD), labels.t().reshape(-1), None, vocab_size=VOCAB)
+    flat = vocab_parallel_token_stats(
+        logits.reshape(-1, V_PAD), labels.t().reshape(-1), None, vocab_size=VOCAB
+    )
     assert stats.logprob.shape == (S, B)
     for ours, expected in zip(stats, flat):
         torch.testing.assert_close(ours.reshape(-1), expected, rtol=0, atol=0)

@@ -74,7 +74,9 @@ def test_kl_puts_the_reference_model_in_the_report(capsys: pytest.CaptureFixture
         return dict(zip(header.split()[1:], row.split()[3:]))
 
     plain_row, kl_row = cells(plain), cells(with_kl)
-    assert float(plain_row["ref"]) == 0.0 and float(kl_row["ref"]) == pytest.approx(float(kl_row["params"]), abs=0.05)
+    assert float(plain_row["ref"]) == 0.0 and float(kl_row["ref"]) == pytest.approx(
+        float(kl_row["params"]), abs=0.05
+    )
     assert float(kl_row["total"]) == pytest.approx(float(plain_row["total"]) + float(kl_row["ref"]), abs=0.15)
 
 
@@ -87,7 +89,9 @@ def test_tensor_and_pipeline_sharding_by_hand() -> None:
     assert stage_parameters(TINY, Layout(tp=1, pp=2, dp=1), WORK, first=True, last=False) == LAYER + 256
     assert stage_parameters(TINY, Layout(tp=1, pp=2, dp=1), WORK, first=False, last=True) == LAYER + 8 + 256
     tied = Architecture(**{**TINY.__dict__, "tie_word_embeddings": True})
-    assert stage_parameters(tied, Layout(tp=1, pp=1, dp=1), WORK, first=True, last=True) == 2 * LAYER + 256 + 8
+    assert (
+        stage_parameters(tied, Layout(tp=1, pp=1, dp=1), WORK, first=True, last=True) == 2 * LAYER + 256 + 8
+    )
     assert stage_parameters(tied, Layout(tp=1, pp=2, dp=1), WORK, first=False, last=True) == LAYER + 8 + 256
 
 
@@ -134,14 +138,28 @@ def test_rollout_server_by_hand() -> None:
     per_token = 2 * 2 * 1 * 4 * 2  # K and V × layers × KV heads × head dim × bf16
     assert (r.weights, r.kv_bytes_per_token) == (TINY.num_parameters() * 2, per_token)
     assert r.kv_tokens == (GIB // 2 - r.weights) // per_token
-    assert estimate_rollout(TINY, server_tp=2, gpu_bytes=GIB, mem_fraction=0.5).kv_bytes_per_token == per_token
+    assert (
+        estimate_rollout(TINY, server_tp=2, gpu_bytes=GIB, mem_fraction=0.5).kv_bytes_per_token == per_token
+    )
 
 
 def test_layouts_respect_heads_groups_layers_and_batch() -> None:
     llama = Architecture.from_spec(_spec(KNOWN_MODELS["meta-llama/Llama-3.2-3B-Instruct"]))
     sizes = set(valid_parallel_sizes(llama, 8, mini_batch=256, micro_batch=2))
-    assert sizes == {(1, 1, 8), (1, 2, 4), (1, 4, 2), (2, 1, 4), (2, 2, 2), (2, 4, 1), (4, 1, 2), (4, 2, 1), (8, 1, 1)}
-    assert not set(valid_parallel_sizes(llama, 12, mini_batch=256, micro_batch=2))  # dp 3/6/12 splits no batch
+    assert sizes == {
+        (1, 1, 8),
+        (1, 2, 4),
+        (1, 4, 2),
+        (2, 1, 4),
+        (2, 2, 2),
+        (2, 4, 1),
+        (4, 1, 2),
+        (4, 2, 1),
+        (8, 1, 1),
+    }
+    assert not set(
+        valid_parallel_sizes(llama, 12, mini_batch=256, micro_batch=2)
+    )  # dp 3/6/12 splits no batch
 
 
 @pytest.mark.parametrize("recipe", REAL_RECIPES, ids=lambda p: p.name)
@@ -209,7 +227,10 @@ def test_cli_prints_the_table_and_the_recommendation(capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert "model    Qwen3ForCausalLM from built-in table (Qwen/Qwen3-1.7B" in out
     assert "trainer  4 GPUs; limit 72.0 GiB per GPU (80 GiB less 10% headroom)" in out
-    assert any(line.startswith("tp1 pp1 dp4") and line.endswith("fits  recipe  recommended") for line in out.splitlines())
+    assert any(
+        line.startswith("tp1 pp1 dp4") and line.endswith("fits  recipe  recommended")
+        for line in out.splitlines()
+    )
     assert "savers at tp1 pp1 dp4: optimizer 19.2 GiB without, 4.8 GiB with the distributed optimizer" in out
     assert out.rstrip().endswith("recommended: tp1 pp1 dp4, the recipe's layout")
 

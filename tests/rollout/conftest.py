@@ -38,8 +38,13 @@ def caller_model(caller_dir: Path) -> Any:
 @pytest.fixture(scope="session")
 def engine(caller_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The embedded engine serving the tiny tool caller."""
-    servers = start_embedded_servers(caller_dir, 1, log_dir=tmp_path_factory.mktemp("engine"),
-                                     extra={"seed": 0, "num_threads": 1}, timeout_s=180)
+    servers = start_embedded_servers(
+        caller_dir,
+        1,
+        log_dir=tmp_path_factory.mktemp("engine"),
+        extra={"seed": 0, "num_threads": 1},
+        timeout_s=180,
+    )
     yield servers[0]
     servers[0].stop()
 
@@ -47,8 +52,9 @@ def engine(caller_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture
 def spare_engine(caller_dir: Path, tmp_path: Path) -> Iterator[ServerProcess]:
     """A second engine of the same model, for one test to kill or reconfigure."""
-    servers = start_embedded_servers(caller_dir, 1, log_dir=tmp_path, extra={"seed": 1, "num_threads": 1},
-                                     timeout_s=180)
+    servers = start_embedded_servers(
+        caller_dir, 1, log_dir=tmp_path, extra={"seed": 1, "num_threads": 1}, timeout_s=180
+    )
     yield servers[0]
     servers[0].stop()
 

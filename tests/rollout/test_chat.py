@@ -42,7 +42,10 @@ def test_suffix_starts_with_the_rest_of_the_closing(renderer: ChatRenderer) -> N
     tool = [{"role": "tool", "content": "46"}]
     decode = renderer.tokenizer.decode
     after_eos = decode(renderer.tool_turn_ids(history, tool, None, ended_with_end_of_turn=True))
-    assert after_eos == "\n<|im_start|>user\n<tool_response>\n46\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        after_eos
+        == "\n<|im_start|>user\n<tool_response>\n46\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    )
     # A turn stopped by another stop token never closed itself: the whole closing is appended (mask 0).
     other_stop = decode(renderer.tool_turn_ids(history, tool, None, ended_with_end_of_turn=False))
     assert other_stop == "<|im_end|>" + after_eos

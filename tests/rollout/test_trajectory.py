@@ -35,14 +35,21 @@ def test_tokens_are_the_concatenation_and_the_mask_covers_exactly_the_sampled_to
     assert t.region_masks == [OTHER] * 3 + [1, 2] + [OTHER] * 3 + [16]
     assert (t.prompt_length, t.response_length, t.num_turns, t.num_sampled) == (3, 6, 2, 3)
     assert [(s.kind, s.start, s.end, s.turn) for s in t.segments] == [
-        ("prompt", 0, 3, -1), ("assistant", 3, 5, 0), ("tool", 5, 8, 0), ("assistant", 8, 9, 1)]
+        ("prompt", 0, 3, -1),
+        ("assistant", 3, 5, 0),
+        ("tool", 5, 8, 0),
+        ("assistant", 8, 9, 1),
+    ]
 
 
-@pytest.mark.parametrize("bad", [
-    {"logprobs": [-1.0], "region_masks": [1, 1]},  # one logprob short
-    {"logprobs": [-1.0, -1.0], "region_masks": [1]},  # one region short
-    {"logprobs": None, "region_masks": [1, 1]},  # sampled tokens without logprobs
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"logprobs": [-1.0], "region_masks": [1, 1]},  # one logprob short
+        {"logprobs": [-1.0, -1.0], "region_masks": [1]},  # one region short
+        {"logprobs": None, "region_masks": [1, 1]},  # sampled tokens without logprobs
+    ],
+)
 def test_misaligned_assistant_append_is_refused(bad: dict) -> None:
     t = Trajectory(sample_id="x")
     t.append("prompt", [1], turn=-1)

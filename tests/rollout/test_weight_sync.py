@@ -44,10 +44,19 @@ def test_buckets_keep_order_respect_the_size_and_isolate_big_tensors() -> None:
 
 
 def test_payload_uses_sglang_field_names_and_dtype_spelling() -> None:
-    metas = [TensorMeta("lm_head.weight", torch.bfloat16, (8, 4)), TensorMeta("model.norm.weight", torch.float32, (4,))]
+    metas = [
+        TensorMeta("lm_head.weight", torch.bfloat16, (8, 4)),
+        TensorMeta("model.norm.weight", torch.float32, (4,)),
+    ]
     payload = bucket_payload(metas, group_name="g", flush_cache=True, weight_version="7")
-    assert payload == {"names": ["lm_head.weight", "model.norm.weight"], "dtypes": ["bfloat16", "float32"],
-                       "shapes": [[8, 4], [4]], "group_name": "g", "flush_cache": True, "weight_version": "7"}
+    assert payload == {
+        "names": ["lm_head.weight", "model.norm.weight"],
+        "dtypes": ["bfloat16", "float32"],
+        "shapes": [[8, 4], [4]],
+        "group_name": "g",
+        "flush_cache": True,
+        "weight_version": "7",
+    }
     assert all(getattr(torch, d) in (torch.bfloat16, torch.float32) for d in payload["dtypes"])
 
 
@@ -62,8 +71,11 @@ def test_names_are_checked_against_the_served_model() -> None:
     names = hf_weight_names(tiny_model_dir("tiny-qwen3"))
     assert "model.layers.0.self_attn.q_norm.weight" in names and "lm_head.weight" in names
     check_names(sorted(names), names)
-    for bad, match in ((sorted(names)[1:], "missing"), ([*names, "model.layers.9.mlp.up_proj.weight"], "unknown"),
-                       ([*names, "lm_head.weight"], "duplicates")):
+    for bad, match in (
+        (sorted(names)[1:], "missing"),
+        ([*names, "model.layers.9.mlp.up_proj.weight"], "unknown"),
+        ([*names, "lm_head.weight"], "duplicates"),
+    ):
         with pytest.raises(ValueError, match=match):
             check_names(bad, names)
     assert "lm_head.weight" not in hf_weight_names(tiny_model_dir("tiny-qwen2"))  # tied embeddings: not sent
@@ -74,17 +86,29 @@ def test_distributed_sync_over_gloo_delivers_every_tensor_in_buckets(tmp_path) -
     try:
         for index in range(2):
             port_file = str(tmp_path / f"r{index}.port")
-            receiver = ServerProcess([sys.executable, "-m", "tests.rollout.weight_receiver", "--port-file", port_file],
-                                     port_file=port_file, log_path=tmp_path / f"r{index}.log")
+            receiver = ServerProcess(
+                [sys.executable, "-m", "tests.rollout.weight_receiver", "--port-file", port_file],
+                port_file=port_file,
+                log_path=tmp_path / f"r{index}.log",
+            )
             receiver.start()
             receivers.append(receiver)
         urls = [r.wait_healthy(timeout_s=120) for r in receivers]
-        named = _named([300, 50, 50, 1000, 7]) + [("lm_head.weight", torch.arange(12, dtype=torch.float16).view(3, 4))]
+        named = _named([300, 50, 50, 1000, 7]) + [
+            ("lm_head.weight", torch.arange(12, dtype=torch.float16).view(3, 4))
+        ]
 
         async def sync() -> int:
             clients = [SGLangClient(url, timeout_s=60) for url in urls]
-            syncer = DistributedWeightSync(clients, [1, 1], master_address="127.0.0.1", master_port=free_port(),
-                                           backend="gloo", device="cpu", bucket_bytes=1600)
+            syncer = DistributedWeightSync(
+                clients,
+                [1, 1],
+                master_address="127.0.0.1",
+                master_port=free_port(),
+                backend="gloo",
+                device="cpu",
+                bucket_bytes=1600,
+            )
             await syncer.init_group()
             count = await syncer.push(iter(named), weight_version="3")
             await asyncio.gather(*(c.aclose() for c in clients))
@@ -95,7 +119,9 @@ def test_distributed_sync_over_gloo_delivers_every_tensor_in_buckets(tmp_path) -
         for url in urls:
             got = httpx.get(f"{url}/received", timeout=10, trust_env=False).json()
             assert got["buckets"] == num_buckets and got["flushes"] == 1
-            assert got["tensors"] == {n: [str(t.dtype), list(t.shape), t.double().sum().item()] for n, t in named}
+            assert got["tensors"] == {
+                n: [str(t.dtype), list(t.shape), t.double().sum().item()] for n, t in named
+            }
     finally:
         for receiver in receivers:
             receiver.stop()

@@ -34,9 +34,14 @@ def main() -> None:
     @app.post("/init_weights_update_group")
     async def init(body: dict) -> dict:
         state["group"] = await asyncio.to_thread(
-            init_custom_process_group, backend=body["backend"], world_size=body["world_size"], rank=body["rank_offset"],
-            init_method=f"tcp://{body['master_address']}:{body['master_port']}", group_name=body["group_name"],
-            timeout_s=60)
+            init_custom_process_group,
+            backend=body["backend"],
+            world_size=body["world_size"],
+            rank=body["rank_offset"],
+            init_method=f"tcp://{body['master_address']}:{body['master_port']}",
+            group_name=body["group_name"],
+            timeout_s=60,
+        )
         return {"success": True, "message": "joined"}
 
     @app.post("/update_weights_from_distributed")
@@ -54,8 +59,14 @@ def main() -> None:
 
     @app.get("/received")
     async def received() -> dict:
-        return {"buckets": state["buckets"], "flushes": state["flushes"],
-                "tensors": {k: [str(v.dtype), list(v.shape), v.double().sum().item()] for k, v in state["received"].items()}}
+        return {
+            "buckets": state["buckets"],
+            "flushes": state["flushes"],
+            "tensors": {
+                k: [str(v.dtype), list(v.shape), v.double().sum().item()]
+                for k, v in state["received"].items()
+            },
+        }
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

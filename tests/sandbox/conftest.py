@@ -29,9 +29,26 @@ from tools_sandbox.backends.rlimit import RlimitBackend
 from tools_sandbox.backends.uids import DEFAULT_UID_BASE
 from tools_sandbox.client import LocalServer, SandboxClient, local_sandbox_server
 
-SMALL_LIMITS = ["--wall-s", "3", "--cpu-s", "2", "--memory-mb", "256", "--max-processes", "32",
-                "--output-bytes", "65536", "--file-size-mb", "8", "--max-concurrency", "4",
-                "--queue-size", "1024", "--warm-workers", "2"]
+SMALL_LIMITS = [
+    "--wall-s",
+    "3",
+    "--cpu-s",
+    "2",
+    "--memory-mb",
+    "256",
+    "--max-processes",
+    "32",
+    "--output-bytes",
+    "65536",
+    "--file-size-mb",
+    "8",
+    "--max-concurrency",
+    "4",
+    "--queue-size",
+    "1024",
+    "--warm-workers",
+    "2",
+]
 IS_ROOT = os.geteuid() == 0
 
 
@@ -53,10 +70,14 @@ def variant_args(variant: str) -> list[str]:
             pytest.skip(f"bubblewrap unavailable: {detail}")
     else:
         if not IS_ROOT:
-            pytest.skip("the rlimit fallback's kill/background containment needs a root service (per-call uids)")
+            pytest.skip(
+                "the rlimit fallback's kill/background containment needs a root service (per-call uids)"
+            )
         python = rlimit_python()
         if python is None:
-            pytest.skip(f"the rlimit backend cannot run here: {RlimitBackend(python='/usr/bin/python3').probe()[1]}")
+            pytest.skip(
+                f"the rlimit backend cannot run here: {RlimitBackend(python='/usr/bin/python3').probe()[1]}"
+            )
         args += ["--sandbox-python", python, "--no-bfcl"]
     if flag == "noseccomp":
         args.append("--disable-seccomp")
@@ -73,8 +94,9 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         key = (variant, extra, secret)
         if key not in servers:
             log = tmp_path_factory.mktemp("server") / "server.log"
-            cm = local_sandbox_server([*variant_args(variant), *SMALL_LIMITS, *extra], secret=secret,
-                                      log_path=str(log))
+            cm = local_sandbox_server(
+                [*variant_args(variant), *SMALL_LIMITS, *extra], secret=secret, log_path=str(log)
+            )
             servers[key] = cm.__enter__()
             stacks.append(cm)
         return servers[key]
@@ -143,8 +165,9 @@ def world_readable_tool_dir() -> Path:
     """
     root = Path(tempfile.mkdtemp(prefix="rest-sandbox-test-", dir="/tmp"))
     root.chmod(0o755)
-    (root / "probe_tools.py").write_text("def probe_echo(text: str) -> str:\n    \"\"\"Echo text.\"\"\"\n"
-                                         "    return text\n\nTOOLS = [probe_echo]\n")
+    (root / "probe_tools.py").write_text(
+        'def probe_echo(text: str) -> str:\n    """Echo text."""\n    return text\n\nTOOLS = [probe_echo]\n'
+    )
     (root / "probe_tools.py").chmod(0o644)
     _made_dirs.append(root)
     return root
@@ -165,7 +188,8 @@ def host_process_count() -> int:
     return sum(1 for entry in os.listdir("/proc") if entry.isdigit())
 
 
-
 def scratch_mounts() -> int:
     """Scratch tmpfs mounts of sandbox services on this machine (one per live call or session)."""
-    return sum(1 for line in Path("/proc/self/mounts").read_text().splitlines() if "/call-" in line.split()[1])
+    return sum(
+        1 for line in Path("/proc/self/mounts").read_text().splitlines() if "/call-" in line.split()[1]
+    )

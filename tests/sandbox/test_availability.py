@@ -22,7 +22,10 @@ import pytest
 from tests.sandbox.conftest import IS_ROOT, assert_healthy, pool_uid_processes, run, run_code, scratch_mounts
 from tools_sandbox.client import LocalServer, SandboxClient, SandboxError
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.skipif(not IS_ROOT, reason="needs per-call uids and tmpfs scratch")]
+pytestmark = [
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(not IS_ROOT, reason="needs per-call uids and tmpfs scratch"),
+]
 SECRET = "availability-secret-42"
 
 
@@ -40,8 +43,9 @@ def server(server_factory, scratch_root: Path) -> LocalServer:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def guarded(server_factory) -> LocalServer:  # noqa: ANN001
-    return server_factory("bubblewrap", "--read-timeout-s", "2", "--max-connections-per-client", "8",
-                          secret=SECRET)
+    return server_factory(
+        "bubblewrap", "--read-timeout-s", "2", "--max-connections-per-client", "8", secret=SECRET
+    )
 
 
 def _post(server: LocalServer, path: str, headers: dict | None = None, **kwargs) -> httpx.Response:
@@ -83,13 +87,16 @@ def assert_back_to(server: LocalServer, baseline: tuple[int, int, int]) -> None:
 
 
 # -- 1. file work: limits checked before any work, nothing blocks the event loop -----------------------
-@pytest.mark.parametrize(("files", "message"), [
-    ({"d/" * 1000 + "f": ""}, "over the 1024-byte limit"),
-    ({"d/" * 100 + "f": ""}, "directories deep, over the limit of 16"),
-    ({f"f{i}": "" for i in range(2000)}, "over the limit of 256"),
-    ({"x" * 300: ""}, "over the 255-byte limit"),
-    ({"a": "", "a/b": ""}, "given as a file and as a directory"),
-])
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"d/" * 1000 + "f": ""}, "over the 1024-byte limit"),
+        ({"d/" * 100 + "f": ""}, "directories deep, over the limit of 16"),
+        ({f"f{i}": "" for i in range(2000)}, "over the limit of 256"),
+        ({"x" * 300: ""}, "over the 255-byte limit"),
+        ({"a": "", "a/b": ""}, "given as a file and as a directory"),
+    ],
+)
 def test_bad_files_get_a_400_naming_the_limit_before_any_work(server, files, message) -> None:  # noqa: ANN001
     baseline = _settled(server)
     start = time.monotonic()
@@ -111,7 +118,9 @@ def test_unencodable_file_name_is_refused_without_taking_a_sandbox(server) -> No
 
 
 def test_health_answers_within_a_second_while_big_file_requests_run(server) -> None:  # noqa: ANN001
-    files = {f"{'/'.join(['d'] * 15)}/f{i}": base64.b64encode(os.urandom(20_000)).decode() for i in range(200)}
+    files = {
+        f"{'/'.join(['d'] * 15)}/f{i}": base64.b64encode(os.urandom(20_000)).decode() for i in range(200)
+    }
     code = "import os\nfor i in range(8):\n    open(f'sparse{i}', 'wb').truncate(4 << 20)\n"
 
     body = {"code": code, "files": files, "fetch_files": [f"sparse{i % 8}" for i in range(64)]}
@@ -132,9 +141,11 @@ def test_health_answers_within_a_second_while_big_file_requests_run(server) -> N
 
 # -- 2. scratch: a budget enforced while the code runs; cleanup that no depth defeats ------------------
 def test_scratch_budget_is_enforced_while_the_code_runs(server) -> None:  # noqa: ANN001
-    code = ("written = 0\ntry:\n    for i in range(8):\n        with open(f'f{i}', 'wb') as f:\n"
-            "            f.write(b'x' * (4 << 20))\n        written += 4\nexcept OSError as e:\n"
-            "    print('stopped', e.errno)\nprint('written', written)\n")
+    code = (
+        "written = 0\ntry:\n    for i in range(8):\n        with open(f'f{i}', 'wb') as f:\n"
+        "            f.write(b'x' * (4 << 20))\n        written += 4\nexcept OSError as e:\n"
+        "    print('stopped', e.errno)\nprint('written', written)\n"
+    )
     out = run(run_code(server, code))["run_result"]["stdout"]
     assert "stopped 28" in out, out  # ENOSPC
     assert int(out.split("written")[1]) <= 8
@@ -145,8 +156,12 @@ def test_a_directory_tree_1500_deep_is_removed_after_the_call(server, scratch_ro
     assert run(run_code(server, code))["run_result"]["stdout"] == "deep\n"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        found = subprocess.run(["find", str(scratch_root), "-mindepth", "40", "-print", "-quit"],
-                               capture_output=True, text=True, check=False).stdout
+        found = subprocess.run(
+            ["find", str(scratch_root), "-mindepth", "40", "-print", "-quit"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
         if not found:
             break
         time.sleep(0.5)
@@ -154,13 +169,16 @@ def test_a_directory_tree_1500_deep_is_removed_after_the_call(server, scratch_ro
 
 
 # -- 3 and 4. every hostile request type leaves the baseline untouched ---------------------------------
-@pytest.mark.parametrize("body", [
-    {"code": "print(1)", "files": {"a": "", "a/b": ""}},
-    {"code": "print(1)", "files": {"n" * 256: ""}},
-    {"code": "import os\nos.mkdir('dir')", "fetch_files": ["dir", "missing", "."]},
-    {"code": "import os\nos.symlink('/etc/passwd', 'link')", "fetch_files": ["link"]},
-    {"code": "print(1)", "files": {"big": base64.b64encode(b"x" * (10 << 20)).decode()}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"code": "print(1)", "files": {"a": "", "a/b": ""}},
+        {"code": "print(1)", "files": {"n" * 256: ""}},
+        {"code": "import os\nos.mkdir('dir')", "fetch_files": ["dir", "missing", "."]},
+        {"code": "import os\nos.symlink('/etc/passwd', 'link')", "fetch_files": ["link"]},
+        {"code": "print(1)", "files": {"big": base64.b64encode(b"x" * (10 << 20)).decode()}},
+    ],
+)
 def test_hostile_requests_leave_descriptors_uids_and_processes_at_baseline(server, body) -> None:  # noqa: ANN001
     baseline = _settled(server)
     for _ in range(12):
@@ -171,8 +189,9 @@ def test_hostile_requests_leave_descriptors_uids_and_processes_at_baseline(serve
 
 
 def test_fetch_files_naming_a_directory_leaves_it_out(server) -> None:  # noqa: ANN001
-    reply = run(run_code(server, "import os\nos.mkdir('dir')\nopen('f', 'w').write('ok')",
-                         fetch_files=["dir", "f"]))
+    reply = run(
+        run_code(server, "import os\nos.mkdir('dir')\nopen('f', 'w').write('ok')", fetch_files=["dir", "f"])
+    )
     assert reply["status"] == "Success", reply
     assert reply["files"] == {"f": base64.b64encode(b"ok").decode()}
 
@@ -182,12 +201,16 @@ def test_background_processes_of_a_session_call_die_when_the_call_ends(server) -
     async def go() -> list[str]:
         async with SandboxClient(server.base_url, timeout_s=60) as client:
             sid = await client.create_session(["python"])
-            start = ("import subprocess\nchild = subprocess.Popen(['sleep', '300'])\n"
-                     "orphan = int(subprocess.run(['sh', '-c', 'sleep 300 >/dev/null 2>&1 & echo $!'], capture_output=True,"
-                     " text=True).stdout)\nprint('started')")
+            start = (
+                "import subprocess\nchild = subprocess.Popen(['sleep', '300'])\n"
+                "orphan = int(subprocess.run(['sh', '-c', 'sleep 300 >/dev/null 2>&1 & echo $!'], capture_output=True,"
+                " text=True).stdout)\nprint('started')"
+            )
             assert (await client.call_tool("python", {"code": start}, session_id=sid)).output == "started\n"
-            check = ("import os\nfor pid in (child.pid, orphan):\n    try:\n        os.kill(pid, 0)\n"
-                     "        print('alive')\n    except ProcessLookupError:\n        print('gone')")
+            check = (
+                "import os\nfor pid in (child.pid, orphan):\n    try:\n        os.kill(pid, 0)\n"
+                "        print('alive')\n    except ProcessLookupError:\n        print('gone')"
+            )
             result = await client.call_tool("python", {"code": check}, session_id=sid)
             await client.close_session(sid)
             return result.output.split()
@@ -203,11 +226,14 @@ def test_idle_sessions_over_the_memory_cap_end_the_least_recently_used(server_fa
             sids = []
             for _ in range(4):
                 sid = await client.create_session(["python"])
-                result = await client.call_tool("python", {"code": "hog = bytearray(40 << 20)\nprint('ok')"},
-                                                session_id=sid)
+                result = await client.call_tool(
+                    "python", {"code": "hog = bytearray(40 << 20)\nprint('ok')"}, session_id=sid
+                )
                 assert result.output == "ok\n", result
                 sids.append(sid)
-            idle_mb = httpx.get(f"{capped.base_url}/health", timeout=10, trust_env=False).json()["idle_session_mb"]
+            idle_mb = httpx.get(f"{capped.base_url}/health", timeout=10, trust_env=False).json()[
+                "idle_session_mb"
+            ]
             newest, oldest = await _alive(client, sids[-1]), await _alive(client, sids[0])
             return newest, oldest, idle_mb
 
@@ -227,21 +253,34 @@ async def _alive(client: SandboxClient, sid: str) -> bool:
 # -- 6. clients without the secret ----------------------------------------------------------------------
 def test_without_the_secret_the_body_is_never_read(guarded) -> None:  # noqa: ANN001
     with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as sock:
-        sock.sendall(b"POST /run_code HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 10000000\r\n\r\n{\"code\": ")
+        sock.sendall(
+            b"POST /run_code HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 10000000\r\n\r\n{"code": '
+        )
         start = time.monotonic()
         answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 401"), answer
         assert time.monotonic() - start < 1.5
 
 
-@pytest.mark.parametrize(("method", "path", "body"), [
-    ("GET", "/docs", None), ("GET", "/redoc", None), ("GET", "/openapi.json", None),
-    ("POST", "/run_code", b"{not json"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/docs", None),
+        ("GET", "/redoc", None),
+        ("GET", "/openapi.json", None),
+        ("POST", "/run_code", b"{not json"),
+    ],
+)
 def test_without_the_secret_everything_but_health_is_401(guarded, method, path, body) -> None:  # noqa: ANN001
-    response = httpx.request(method, f"{guarded.base_url}{path}", content=body, timeout=10, trust_env=False,
-                             headers={"content-type": "application/json"})
+    response = httpx.request(
+        method,
+        f"{guarded.base_url}{path}",
+        content=body,
+        timeout=10,
+        trust_env=False,
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 401, response.text
     assert httpx.get(f"{guarded.base_url}/health", timeout=10, trust_env=False).status_code == 200
 
@@ -259,8 +298,10 @@ def test_half_sent_requests_are_closed_after_the_read_timeout(guarded) -> None: 
 
 
 def test_one_client_address_cannot_hold_more_than_its_connections(guarded) -> None:  # noqa: ANN001
-    socks = [socket.create_connection(("127.0.0.1", guarded.port), timeout=10, source_address=("127.0.0.3", 0))
-             for _ in range(12)]
+    socks = [
+        socket.create_connection(("127.0.0.1", guarded.port), timeout=10, source_address=("127.0.0.3", 0))
+        for _ in range(12)
+    ]
     time.sleep(0.5)
     closed = 0
     for sock in socks:
@@ -286,7 +327,9 @@ def test_health_reports_unavailable_when_no_sandbox_can_start(server_factory, tm
     assert health.status_code == 200 and health.json()["can_start"] is True and "queued" in health.json()
     root.rename(tmp_path / "moved")  # no new scratch directory can be made now
     try:
-        with pytest.raises(SandboxError):  # its pre-started sandbox lost its scratch, and its replacement fails
+        with pytest.raises(
+            SandboxError
+        ):  # its pre-started sandbox lost its scratch, and its replacement fails
             run(run_code(broken, "print(1)"))
         time.sleep(1.0)
         health = httpx.get(f"{broken.base_url}/health", timeout=10, trust_env=False)
@@ -301,10 +344,14 @@ def test_one_clients_sleepers_do_not_queue_ahead_of_another_client(server_factor
 
     async def go() -> float:
         hog = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
-        async with httpx.AsyncClient(base_url=narrow.base_url, timeout=120, trust_env=False, transport=hog) as a, \
-                httpx.AsyncClient(base_url=narrow.base_url, timeout=120, trust_env=False) as b:
-            sleepers = [asyncio.create_task(a.post("/run_code", json={"code": "import time\ntime.sleep(2)"}))
-                        for _ in range(5)]
+        async with (
+            httpx.AsyncClient(base_url=narrow.base_url, timeout=120, trust_env=False, transport=hog) as a,
+            httpx.AsyncClient(base_url=narrow.base_url, timeout=120, trust_env=False) as b,
+        ):
+            sleepers = [
+                asyncio.create_task(a.post("/run_code", json={"code": "import time\ntime.sleep(2)"}))
+                for _ in range(5)
+            ]
             await asyncio.sleep(0.5)
             start = time.monotonic()
             reply = (await b.post("/run_code", json={"code": "print(7)"})).json()

@@ -25,7 +25,9 @@ def test_lookup_through_the_service_stateless_and_in_a_session(server_factory) -
             stateless = (await client.call_tool("lookup_price", {"item": "tea"})).output
             session = await client.create_session(["lookup_price", "calculator"])
             in_session = (await client.call_tool("lookup_price", {"item": "lamp"}, session_id=session)).output
-            total = (await client.call_tool("calculator", {"expression": "25 * 3"}, session_id=session)).output
+            total = (
+                await client.call_tool("calculator", {"expression": "25 * 3"}, session_id=session)
+            ).output
             await client.close_session(session)
             return stateless, in_session, total
 

@@ -29,7 +29,9 @@ def test_500_calls_at_64_way_concurrency_have_zero_failures(server_factory) -> N
                     if i % 3 == 1:
                         result = await client.call_tool("python", {"code": f"{i} * 2"})
                     else:
-                        result = await client.call_tool("python", {"code": f"{i} * 2"}, session_id=sessions[i % 8])
+                        result = await client.call_tool(
+                            "python", {"code": f"{i} * 2"}, session_id=sessions[i % 8]
+                        )
                     return result.ok and result.output == f"{i * 2}\n"
 
             results = await asyncio.gather(*(one(i) for i in range(500)), return_exceptions=True)
@@ -43,8 +45,10 @@ def test_500_calls_at_64_way_concurrency_have_zero_failures(server_factory) -> N
     failures = [r for r in results if r is not True]
     assert failures == [], failures[:5]
     assert metrics["failures"] == 0 and metrics["sandbox_errors"] == 0
-    print(f"500 calls at 64-way concurrency in {time.monotonic() - start:.1f} s, "
-          f"p50 {metrics['latency']['all']['p50_ms']:.1f} ms")
+    print(
+        f"500 calls at 64-way concurrency in {time.monotonic() - start:.1f} s, "
+        f"p50 {metrics['latency']['all']['p50_ms']:.1f} ms"
+    )
 
 
 def test_client_retries_through_429(server_factory) -> None:  # noqa: ANN001
@@ -89,6 +93,10 @@ def test_sync_client_and_tool_listing(server_factory) -> None:  # noqa: ANN001
 
 
 def test_local_server_reports_a_failed_start() -> None:
-    with pytest.raises(RuntimeError, match="(?s)did not become healthy.*no_such_tools.py"), \
-            local_sandbox_server(["--no-bfcl", "--tools-module", "/nonexistent/no_such_tools.py"], ready_timeout_s=30):
+    with (
+        pytest.raises(RuntimeError, match="(?s)did not become healthy.*no_such_tools.py"),
+        local_sandbox_server(
+            ["--no-bfcl", "--tools-module", "/nonexistent/no_such_tools.py"], ready_timeout_s=30
+        ),
+    ):
         pass

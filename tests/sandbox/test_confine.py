@@ -24,8 +24,13 @@ pytestmark = pytest.mark.timeout(60)
 
 def _child(code: str) -> dict:
     """Run `code` in a fresh interpreter; it prints one JSON object."""
-    done = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r})\n"
-                           + code], capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r})\n" + code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -35,7 +40,7 @@ def test_filter_assembles_for_each_architecture(machine: str) -> None:
     program = seccomp.build_filter(machine)
     assert len(program) % 8 == 0 and 40 < len(program) // 8 < 256
     # The last instruction kills (foreign arch), and some instruction returns ALLOW.
-    codes = [struct.unpack("=HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
+    codes = [struct.unpack("=HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
     assert codes[-1] == (0x06, 0, 0, 0x80000000)
     assert (0x06, 0, 0, 0x7FFF0000) in codes
 
@@ -69,9 +74,17 @@ attempt("socketpair", socket.socketpair)
 out["subprocess"] = subprocess.run(["true"]).returncode
 print(json.dumps(out))
 """)
-    assert result == {"socket": "EPERM", "kill_minus_one": "EPERM", "kill_group": "EPERM", "kill_self": "allowed",
-                      "setsid": "EPERM", "setpgid": "EPERM", "unshare_user": "EPERM", "socketpair": "allowed",
-                      "subprocess": 0}
+    assert result == {
+        "socket": "EPERM",
+        "kill_minus_one": "EPERM",
+        "kill_group": "EPERM",
+        "kill_self": "allowed",
+        "setsid": "EPERM",
+        "setpgid": "EPERM",
+        "unshare_user": "EPERM",
+        "socketpair": "allowed",
+        "subprocess": 0,
+    }
 
 
 @pytest.mark.skipif(landlock.abi() < 1, reason="kernel without Landlock")
@@ -90,7 +103,7 @@ import json, os, socket
 from tools_sandbox.confine import landlock
 abi = landlock.restrict([{str(inside)!r}])
 out = {{"abi": abi}}
-for label, path in (("inside", {str(inside / 'f')!r}), ("outside", {str(outside / 'f')!r})):
+for label, path in (("inside", {str(inside / "f")!r}), ("outside", {str(outside / "f")!r})):
     try:
         open(path, "w").write("x"); out[label] = "wrote"
     except OSError as exc:
@@ -120,10 +133,20 @@ print(json.dumps(out))
 def test_launcher_refuses_to_run_user_code_as_root_without_a_uid(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("only meaningful for a root service")
-    config = {"workdir": str(tmp_path), "rlimits": {"cpu": 5, "as": 1 << 30, "nproc": 64, "fsize": 1 << 20,
-                                                    "nofile": 64},
-              "uid": None, "package_parent": str(PACKAGE_DIR.parent), "mode": "exec", "argv": ["/bin/true"]}
-    done = subprocess.run([sys.executable, "-I", "-S", str(PACKAGE_DIR / "confine" / "launcher.py"),
-                           json.dumps(config)], capture_output=True, text=True, timeout=30, check=False)
+    config = {
+        "workdir": str(tmp_path),
+        "rlimits": {"cpu": 5, "as": 1 << 30, "nproc": 64, "fsize": 1 << 20, "nofile": 64},
+        "uid": None,
+        "package_parent": str(PACKAGE_DIR.parent),
+        "mode": "exec",
+        "argv": ["/bin/true"],
+    }
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(PACKAGE_DIR / "confine" / "launcher.py"), json.dumps(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 125
     assert "refusing to run sandboxed code as root" in done.stderr

@@ -27,7 +27,10 @@ from tests.sandbox.conftest import (
 )
 from tools_sandbox.client import SandboxClient
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.skipif(not IS_ROOT, reason="hostile cases need per-call uids")]
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not IS_ROOT, reason="hostile cases need per-call uids"),
+]
 VARIANTS = ["bubblewrap", "rlimit"]
 LAYER_VARIANTS = [*VARIANTS, "bubblewrap-noseccomp", "rlimit-noseccomp"]
 
@@ -144,15 +147,17 @@ def test_no_connection_to_the_service_or_another_loopback_port(layered) -> None:
 
 def test_file_size_limit(server) -> None:  # noqa: ANN001
     # 8 MiB cap: the write past it fails (EFBIG once SIGXFSZ is ignored) and nothing larger exists.
-    code = ("import os, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "for path in ('big.bin', '/tmp/big.bin'):\n"
-            "    try:\n"
-            "        with open(path, 'wb') as f:\n"
-            "            for _ in range(32):\n"
-            "                f.write(b'x' * (1 << 20))\n"
-            "        print(path, 'WROTE')\n"
-            "    except OSError as exc:\n"
-            "        print(path, 'BLOCKED', exc.errno, os.path.getsize(path) if os.path.exists(path) else 0)\n")
+    code = (
+        "import os, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "for path in ('big.bin', '/tmp/big.bin'):\n"
+        "    try:\n"
+        "        with open(path, 'wb') as f:\n"
+        "            for _ in range(32):\n"
+        "                f.write(b'x' * (1 << 20))\n"
+        "        print(path, 'WROTE')\n"
+        "    except OSError as exc:\n"
+        "        print(path, 'BLOCKED', exc.errno, os.path.getsize(path) if os.path.exists(path) else 0)\n"
+    )
     reply = run(run_code(server, code))
     stdout = reply["run_result"]["stdout"]
     assert "WROTE" not in stdout and stdout.count("BLOCKED") == 2, reply
@@ -169,8 +174,9 @@ def test_environment_is_scrubbed(server) -> None:  # noqa: ANN001
 
 
 def test_etc_shadow_is_unreadable(server) -> None:  # noqa: ANN001
-    reply = run(run_code(server, "cat /etc/shadow; python3 -c \"print(open('/etc/shadow').read())\"",
-                         language="bash"))
+    reply = run(
+        run_code(server, "cat /etc/shadow; python3 -c \"print(open('/etc/shadow').read())\"", language="bash")
+    )
     assert "root:" not in reply["run_result"]["stdout"], reply
     assert_healthy(server)
 
@@ -200,8 +206,14 @@ def test_writes_outside_the_scratch_directory_fail_also_via_symlink(server, sent
 
 
 def test_fetch_files_does_not_follow_symlinks_out(server) -> None:  # noqa: ANN001
-    reply = run(run_code(server, "ln -s /etc/shadow out.txt; ln -s /etc/hostname host.txt; echo ok > real.txt",
-                         language="bash", fetch_files=["out.txt", "host.txt", "real.txt"]))
+    reply = run(
+        run_code(
+            server,
+            "ln -s /etc/shadow out.txt; ln -s /etc/hostname host.txt; echo ok > real.txt",
+            language="bash",
+            fetch_files=["out.txt", "host.txt", "real.txt"],
+        )
+    )
     assert set(reply["files"]) == {"real.txt"}, reply
     assert_healthy(server)
 

@@ -12,8 +12,9 @@ def test_defaults_map_to_rlimits() -> None:
     assert limits.rlimits() == {"cpu": 2, "as": 256 * MIB, "nproc": 64, "fsize": 2 * MIB, "nofile": 256}
 
 
-@pytest.mark.parametrize("field, value", [("cpu_s", 0), ("memory_mb", -1), ("wall_s", float("inf")),
-                                          ("output_bytes", True)])
+@pytest.mark.parametrize(
+    "field, value", [("cpu_s", 0), ("memory_mb", -1), ("wall_s", float("inf")), ("output_bytes", True)]
+)
 def test_invalid_values_name_the_field_and_the_fix(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"Limits.{field}=.*(positive|number)"):
         Limits(**{field: value})

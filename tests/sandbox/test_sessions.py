@@ -13,17 +13,45 @@ from tools_sandbox.client import SandboxClient, SandboxError
 from tools_sandbox.tools import bfcl
 
 pytestmark = pytest.mark.timeout(120)
-needs_bfcl = pytest.mark.skipif(bfcl.package_dir() is None, reason="bfcl-eval is not installed (the `bfcl` extra)")
+needs_bfcl = pytest.mark.skipif(
+    bfcl.package_dir() is None, reason="bfcl-eval is not installed (the `bfcl` extra)"
+)
 
 INITIAL_CONFIG = {  # from BFCL_v4_multi_turn_base.json, entry multi_turn_base_0
-    "GorillaFileSystem": {"root": {"workspace": {"type": "directory", "contents": {
-        "document": {"type": "directory", "contents": {
-            "final_report.pdf": {"type": "file", "content": "Year2024 This is the final report content including "
-                                                             "budget analysis and other sections."},
-            "previous_report.pdf": {"type": "file", "content": "Year203 This is the previous report content."}}},
-        "archive": {"type": "directory", "contents": {}}}}}},
-    "TwitterAPI": {"username": "analyst_pro", "password": "Kj8#mP9$vL2", "authenticated": False,
-                   "tweets": {}, "comments": {}, "retweets": {}, "following_list": [], "tweet_counter": 0},
+    "GorillaFileSystem": {
+        "root": {
+            "workspace": {
+                "type": "directory",
+                "contents": {
+                    "document": {
+                        "type": "directory",
+                        "contents": {
+                            "final_report.pdf": {
+                                "type": "file",
+                                "content": "Year2024 This is the final report content including "
+                                "budget analysis and other sections.",
+                            },
+                            "previous_report.pdf": {
+                                "type": "file",
+                                "content": "Year203 This is the previous report content.",
+                            },
+                        },
+                    },
+                    "archive": {"type": "directory", "contents": {}},
+                },
+            }
+        }
+    },
+    "TwitterAPI": {
+        "username": "analyst_pro",
+        "password": "Kj8#mP9$vL2",
+        "authenticated": False,
+        "tweets": {},
+        "comments": {},
+        "retweets": {},
+        "following_list": [],
+        "tweet_counter": 0,
+    },
 }
 
 
@@ -37,12 +65,17 @@ def test_bfcl_session_keeps_state_across_calls(server) -> None:  # noqa: ANN001
     async def scenario() -> list:
         async with SandboxClient(server.base_url) as client:
             sid = await client.create_session(["GorillaFileSystem", "TwitterAPI"], config=INITIAL_CONFIG)
-            calls = [("cd", {"folder": "document"}), ("mkdir", {"dir_name": "temp"}),
-                     ("mv", {"source": "final_report.pdf", "destination": "temp"}), ("cd", {"folder": "temp"}),
-                     ("ls", {}), ("grep", {"file_name": "final_report.pdf", "pattern": "budget analysis"}),
-                     ("authenticate_twitter", {"username": "analyst_pro", "password": "Kj8#mP9$vL2"}),
-                     ("post_tweet", {"content": "Report moved", "tags": ["#ops"]}), ("get_user_tweets",
-                                                                                     {"username": "analyst_pro"})]
+            calls = [
+                ("cd", {"folder": "document"}),
+                ("mkdir", {"dir_name": "temp"}),
+                ("mv", {"source": "final_report.pdf", "destination": "temp"}),
+                ("cd", {"folder": "temp"}),
+                ("ls", {}),
+                ("grep", {"file_name": "final_report.pdf", "pattern": "budget analysis"}),
+                ("authenticate_twitter", {"username": "analyst_pro", "password": "Kj8#mP9$vL2"}),
+                ("post_tweet", {"content": "Report moved", "tags": ["#ops"]}),
+                ("get_user_tweets", {"username": "analyst_pro"}),
+            ]
             results = [await client.call_tool(name, args, session_id=sid) for name, args in calls]
             await client.close_session(sid)
             return results
@@ -65,9 +98,12 @@ def test_sessions_do_not_share_state(server) -> None:  # noqa: ANN001
             listing = await client.call_tool("ls", {}, session_id=second)
             py_a = await client.create_session(["python"])
             py_b = await client.create_session(["python"])
-            await client.call_tool("python", {"code": "secret = 7\nopen('f', 'w').write('a')"}, session_id=py_a)
-            other = await client.call_tool("python", {"code": "import os\nprint('secret' in dir(), os.listdir('.'))"},
-                                           session_id=py_b)
+            await client.call_tool(
+                "python", {"code": "secret = 7\nopen('f', 'w').write('a')"}, session_id=py_a
+            )
+            other = await client.call_tool(
+                "python", {"code": "import os\nprint('secret' in dir(), os.listdir('.'))"}, session_id=py_b
+            )
             for sid in (first, second, py_a, py_b):
                 await client.close_session(sid)
             return listing, other
@@ -93,8 +129,10 @@ def test_python_session_timeout_keeps_the_session_when_interruptible(server) -> 
 
 
 def test_a_call_that_ignores_its_timeout_ends_the_session(server) -> None:  # noqa: ANN001
-    code = "import signal\nfor s in (signal.SIGALRM, signal.SIGXCPU):\n    signal.signal(s, signal.SIG_IGN)\n" \
-           "while True:\n    pass\n"
+    code = (
+        "import signal\nfor s in (signal.SIGALRM, signal.SIGXCPU):\n    signal.signal(s, signal.SIG_IGN)\n"
+        "while True:\n    pass\n"
+    )
 
     async def scenario() -> tuple:
         async with SandboxClient(server.base_url) as client:
@@ -114,8 +152,9 @@ def test_a_call_that_ignores_its_timeout_ends_the_session(server) -> None:  # no
 
 
 def test_idle_and_old_sessions_are_reaped_and_the_count_is_bounded(server_factory) -> None:  # noqa: ANN001
-    short = server_factory("bubblewrap", "--session-idle-s", "1", "--session-lifetime-s", "3", "--max-sessions", "2",
-                           "--no-bfcl")
+    short = server_factory(
+        "bubblewrap", "--session-idle-s", "1", "--session-lifetime-s", "3", "--max-sessions", "2", "--no-bfcl"
+    )
 
     async def scenario() -> None:
         async with SandboxClient(short.base_url, max_retries=0) as client:

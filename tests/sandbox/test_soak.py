@@ -33,33 +33,70 @@ P99_BOUND_S = 8.0
 Measured p99 on the 2-core development machine at load average 60-70 (other jobs): 0.66-1.4 s;
 the bound leaves room for a slower, loaded CI machine."""
 SECRET = "soak-secret-0123"
-pytestmark = [pytest.mark.timeout(SOAK_S + 240),
-              pytest.mark.skipif(not IS_ROOT, reason="needs per-call uids and tmpfs scratch")]
+pytestmark = [
+    pytest.mark.timeout(SOAK_S + 240),
+    pytest.mark.skipif(not IS_ROOT, reason="needs per-call uids and tmpfs scratch"),
+]
 
-SERVER_ARGS = ["--backend", "bubblewrap", "--no-bfcl", "--wall-s", "3", "--cpu-s", "2", "--memory-mb", "256",
-               "--max-processes", "32", "--file-size-mb", "8", "--scratch-mb", "16", "--max-concurrency", "4",
-               "--queue-size", "256", "--warm-workers", "2", "--read-timeout-s", "2",
-               "--max-connections-per-client", "16", "--idle-sessions-mb", "128", "--session-idle-s", "5"]
+SERVER_ARGS = [
+    "--backend",
+    "bubblewrap",
+    "--no-bfcl",
+    "--wall-s",
+    "3",
+    "--cpu-s",
+    "2",
+    "--memory-mb",
+    "256",
+    "--max-processes",
+    "32",
+    "--file-size-mb",
+    "8",
+    "--scratch-mb",
+    "16",
+    "--max-concurrency",
+    "4",
+    "--queue-size",
+    "256",
+    "--warm-workers",
+    "2",
+    "--read-timeout-s",
+    "2",
+    "--max-connections-per-client",
+    "16",
+    "--idle-sessions-mb",
+    "128",
+    "--session-idle-s",
+    "5",
+]
 HOSTILE_RUNS = [
     {"code": "print(1)", "files": {"d/" * 100 + "f": ""}},
     {"code": "print(1)", "files": {"a": "", "a/b": ""}},
     {"code": "print(1)", "files": {"n" * 300: ""}},
-    {"code": "import os\nos.mkdir('dir')\nfor i in range(4):\n    open(f's{i}', 'wb').truncate(4 << 20)",
-     "fetch_files": ["dir", *[f"s{i % 4}" for i in range(64)]]},
+    {
+        "code": "import os\nos.mkdir('dir')\nfor i in range(4):\n    open(f's{i}', 'wb').truncate(4 << 20)",
+        "fetch_files": ["dir", *[f"s{i % 4}" for i in range(64)]],
+    },
     {"code": "import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')"},
     {"code": "i = 0\nwhile True:\n    open(f'f{i}', 'wb').write(b'x' * (4 << 20))\n    i += 1"},
     {"code": "import time\ntime.sleep(30)"},
     {"code": "import subprocess\nsubprocess.Popen(['sleep', '300'])\nprint('left behind')"},
 ]
-SESSION_HOG = ("import subprocess\nhog = bytearray(48 << 20)\n"
-               "subprocess.Popen(['sh', '-c', 'sleep 300 >/dev/null 2>&1 &'])\nprint('ok')")
+SESSION_HOG = (
+    "import subprocess\nhog = bytearray(48 << 20)\n"
+    "subprocess.Popen(['sh', '-c', 'sleep 300 >/dev/null 2>&1 &'])\nprint('ok')"
+)
 
 
 def _state(server: LocalServer, scratch: Path) -> dict[str, int]:
     usage = os.statvfs(scratch)
     mounts = sum(1 for line in Path("/proc/self/mounts").read_text().splitlines() if str(scratch) in line)
-    return {"fds": len(os.listdir(f"/proc/{server.process.pid}/fd")), "processes": _descendants(server.process.pid),
-            "scratch_mounts": mounts, "free_mib": usage.f_bavail * usage.f_frsize >> 20}
+    return {
+        "fds": len(os.listdir(f"/proc/{server.process.pid}/fd")),
+        "processes": _descendants(server.process.pid),
+        "scratch_mounts": mounts,
+        "free_mib": usage.f_bavail * usage.f_frsize >> 20,
+    }
 
 
 def _settle(server: LocalServer, scratch: Path, baseline: dict[str, int] | None = None) -> dict[str, int]:
@@ -70,7 +107,9 @@ def _settle(server: LocalServer, scratch: Path, baseline: dict[str, int] | None 
         now = _state(server, scratch)
         if baseline is None and now == last:
             return now
-        if baseline is not None and all(now[k] <= baseline[k] for k in ("fds", "processes", "scratch_mounts")):
+        if baseline is not None and all(
+            now[k] <= baseline[k] for k in ("fds", "processes", "scratch_mounts")
+        ):
             return now
         last = now
     return last
@@ -85,7 +124,9 @@ async def _normal(base_url: str, stop: float, latencies: list[float], failures: 
             start = time.monotonic()
             try:
                 if i % 2:
-                    r = await http.post("/call", json={"tool": "calculator", "arguments": {"expression": f"{i} * 3"}})
+                    r = await http.post(
+                        "/call", json={"tool": "calculator", "arguments": {"expression": f"{i} * 3"}}
+                    )
                     ok = r.status_code == 200 and r.json()["ok"] and r.json()["output"].strip() == str(i * 3)
                 else:
                     r = await http.post("/run_code", json={"code": f"print({i} + 1)"})
@@ -100,8 +141,9 @@ async def _normal(base_url: str, stop: float, latencies: list[float], failures: 
 async def _hostile_with_secret(base_url: str, stop: float, count: list[int]) -> None:
     transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
     headers = {"authorization": f"Bearer {SECRET}"}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60, trust_env=False,
-                                 transport=transport) as http:
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=headers, timeout=60, trust_env=False, transport=transport
+    ) as http:
         i = 0
         while time.monotonic() < stop:
             body = HOSTILE_RUNS[i % len(HOSTILE_RUNS)]
@@ -109,8 +151,10 @@ async def _hostile_with_secret(base_url: str, stop: float, count: list[int]) -> 
             if i % 5 == 0:
                 r = await http.post("/sessions", json={"tools": ["python"]})
                 if r.status_code == 200:  # left open: the idle cap and the reaper must end it
-                    await http.post(f"/sessions/{r.json()['session_id']}/call",
-                                    json={"tool": "python", "arguments": {"code": SESSION_HOG}})
+                    await http.post(
+                        f"/sessions/{r.json()['session_id']}/call",
+                        json={"tool": "python", "arguments": {"code": SESSION_HOG}},
+                    )
             await http.post("/run_code", json=body)
             count[0] += 1
 
@@ -177,8 +221,9 @@ def _descendants(pid: int) -> int:
 def test_soak_hostile_clients_beside_normal_clients(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir(mode=0o755)
-    with local_sandbox_server([*SERVER_ARGS, "--scratch-root", str(scratch)], secret=SECRET,
-                              log_path=str(tmp_path / "server.log")) as server:
+    with local_sandbox_server(
+        [*SERVER_ARGS, "--scratch-root", str(scratch)], secret=SECRET, log_path=str(tmp_path / "server.log")
+    ) as server:
         baseline = _settle(server, scratch)
         idle_health, idle_bad = [0.0], []
         _health(server.base_url, time.monotonic() + 10, idle_health, idle_bad)
@@ -193,19 +238,26 @@ def test_soak_hostile_clients_beside_normal_clients(tmp_path: Path) -> None:
                 *[_normal(server.base_url, stop, latencies, failures) for _ in range(2)],
                 *[_hostile_with_secret(server.base_url, stop, hostile) for _ in range(3)],
                 _hostile_without_secret("127.0.0.1", server.port, stop, unauthenticated),
-                asyncio.to_thread(_health, server.base_url, stop, worst_health, bad_health))
+                asyncio.to_thread(_health, server.base_url, stop, worst_health, bad_health),
+            )
 
         run(soak())
         after = _settle(server, scratch, baseline)
         p = Metrics.percentiles(latencies)
-        print(f"\nsoak {SOAK_S:g} s: {len(latencies)} normal calls, {len(failures)} failures, p50 "
-              f"{p.get('p50_ms', 0):.0f} ms, p99 {p.get('p99_ms', 0):.0f} ms, max {p.get('max_ms', 0):.0f} ms; "
-              f"{hostile[0]} hostile requests with the secret, {unauthenticated[0]} without; /health worst "
-              f"{worst_health[0] * 1000:.0f} ms (idle: {idle_health[0] * 1000:.0f} ms); before {baseline}, after {after}")
+        print(
+            f"\nsoak {SOAK_S:g} s: {len(latencies)} normal calls, {len(failures)} failures, p50 "
+            f"{p.get('p50_ms', 0):.0f} ms, p99 {p.get('p99_ms', 0):.0f} ms, max {p.get('max_ms', 0):.0f} ms; "
+            f"{hostile[0]} hostile requests with the secret, {unauthenticated[0]} without; /health worst "
+            f"{worst_health[0] * 1000:.0f} ms (idle: {idle_health[0] * 1000:.0f} ms); before {baseline}, after {after}"
+        )
 
     assert latencies and not failures, failures[:5]
     assert p["p99_ms"] < P99_BOUND_S * 1000, p
-    assert worst_health[0] < 1.0 + 2 * idle_health[0] and not bad_health, (worst_health, idle_health, bad_health[:3])
+    assert worst_health[0] < 1.0 + 2 * idle_health[0] and not bad_health, (
+        worst_health,
+        idle_health,
+        bad_health[:3],
+    )
     for key in ("fds", "processes", "scratch_mounts"):
         assert after[key] <= baseline[key] + (2 if key == "fds" else 0), (key, baseline, after)
     # the disk is shared with other jobs: allow their noise, not a call's scratch (16 MiB each)

@@ -40,7 +40,9 @@ def test_every_schema_is_a_function_schema(schema: dict) -> None:
 
 def _wrong_types(schema: dict) -> dict:
     props = schema["parameters"].get("properties", {})
-    return {name: ([1] if prop.get("type") == "string" else "not-the-right-type") for name, prop in props.items()}
+    return {
+        name: ([1] if prop.get("type") == "string" else "not-the-right-type") for name, prop in props.items()
+    }
 
 
 @pytest.mark.parametrize("env", sorted(REGISTRY.envs), ids=str)
@@ -66,8 +68,9 @@ def test_contract_bad_arguments_give_tool_errors_not_crashes(env: str, server_fa
 
 
 def test_function_schema_from_signature_and_docstring() -> None:
-    def book(city: str, nights: int, kind: Literal["hotel", "hostel"] = "hotel", tags: list[str] | None = None
-             ) -> dict:
+    def book(
+        city: str, nights: int, kind: Literal["hotel", "hostel"] = "hotel", tags: list[str] | None = None
+    ) -> dict:
         """Book a room.
 
         Args:
@@ -89,12 +92,30 @@ def test_function_schema_from_signature_and_docstring() -> None:
 
 
 def test_bfcl_doc_types_become_json_schema() -> None:
-    doc = {"name": "f", "description": "d", "parameters": {"type": "dict", "properties": {
-        "x": {"type": "float"}, "y": {"type": "tuple", "items": {"type": "integer"}}, "z": {"type": "any"}},
-        "required": ["x"]}, "response": {"type": "dict"}}
+    doc = {
+        "name": "f",
+        "description": "d",
+        "parameters": {
+            "type": "dict",
+            "properties": {
+                "x": {"type": "float"},
+                "y": {"type": "tuple", "items": {"type": "integer"}},
+                "z": {"type": "any"},
+            },
+            "required": ["x"],
+        },
+        "response": {"type": "dict"},
+    }
     schema = from_bfcl_doc(doc)
-    assert schema["parameters"] == {"type": "object", "properties": {
-        "x": {"type": "number"}, "y": {"type": "array", "items": {"type": "integer"}}, "z": {}}, "required": ["x"]}
+    assert schema["parameters"] == {
+        "type": "object",
+        "properties": {
+            "x": {"type": "number"},
+            "y": {"type": "array", "items": {"type": "integer"}},
+            "z": {},
+        },
+        "required": ["x"],
+    }
     assert "response" not in schema
 
 

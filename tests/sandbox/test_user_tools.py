@@ -73,7 +73,10 @@ def test_user_tools_are_listed_with_schemas_from_their_code(server) -> None:  # 
 
     tools = {t["name"]: t for t in run(scenario())}
     assert {"whoami", "add_item", "total"} <= set(tools)
-    assert tools["add_item"]["parameters"]["properties"]["price"] == {"type": "number", "description": "Its price."}
+    assert tools["add_item"]["parameters"]["properties"]["price"] == {
+        "type": "number",
+        "description": "Its price.",
+    }
 
 
 def test_user_tools_run_sandboxed_with_session_state(server) -> None:  # noqa: ANN001

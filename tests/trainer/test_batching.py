@@ -26,7 +26,10 @@ def _sample(rng: random.Random, index: int) -> TrainingSample:
 def test_rows_keep_global_order_and_labels_are_shifted(num: int, dp: int, micro: int) -> None:
     rng = random.Random(num * 10 + dp)
     samples = [_sample(rng, i) for i in range(num)]
-    per_rank = [make_microbatches(samples, dp_rank=r, dp_size=dp, micro_batch_size=micro, pad_id=-1) for r in range(dp)]
+    per_rank = [
+        make_microbatches(samples, dp_rank=r, dp_size=dp, micro_batch_size=micro, pad_id=-1)
+        for r in range(dp)
+    ]
     assert len({len(mbs) for mbs in per_rank}) == 1  # every rank runs the same number of micro-batches
     rows = [{k: mb[k][i] for k in mb} for mbs in per_rank for mb in mbs for i in range(mb["tokens"].shape[0])]
     length = padded_length(samples)
@@ -45,7 +48,13 @@ def test_rows_keep_global_order_and_labels_are_shifted(num: int, dp: int, micro:
 
 def test_field_lengths_must_agree() -> None:
     with pytest.raises(AssertionError, match="disagree in length"):
-        TrainingSample(token_ids=[1, 2, 3], loss_mask=[0, 1], sampling_logprobs=[0, 0, 0], region_mask=[0, 0, 0], advantage=0.0)
+        TrainingSample(
+            token_ids=[1, 2, 3],
+            loss_mask=[0, 1],
+            sampling_logprobs=[0, 0, 0],
+            region_mask=[0, 0, 0],
+            advantage=0.0,
+        )
 
 
 def test_an_empty_step_is_a_clear_error() -> None:

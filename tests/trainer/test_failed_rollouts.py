@@ -23,9 +23,17 @@ def _trajectory(status: TrajectoryStatus, reason: str = "", error: str | None = 
 
 
 def test_failed_and_aborted_trajectories_train_no_token() -> None:
-    statuses = [TrajectoryStatus.ANSWERED, TrajectoryStatus.FAILED, TrajectoryStatus.ABORTED, TrajectoryStatus.TRUNCATED]
-    samples = to_samples([_trajectory(s) for s in statuses], torch.tensor([1.0, -1.0, 0.5, -0.5]),
-                         torch.ones(4, dtype=torch.bool))
+    statuses = [
+        TrajectoryStatus.ANSWERED,
+        TrajectoryStatus.FAILED,
+        TrajectoryStatus.ABORTED,
+        TrajectoryStatus.TRUNCATED,
+    ]
+    samples = to_samples(
+        [_trajectory(s) for s in statuses],
+        torch.tensor([1.0, -1.0, 0.5, -0.5]),
+        torch.ones(4, dtype=torch.bool),
+    )
     assert [sum(s.loss_mask) for s in samples] == [2, 0, 0, 2]
     assert samples[1].sampling_logprobs == [0.0] * 5  # nothing of the failed rollout reaches the loss
     assert [s.advantage for s in samples] == [1.0, -1.0, 0.5, -0.5]  # rows stay: the groups keep their size
@@ -33,8 +41,11 @@ def test_failed_and_aborted_trajectories_train_no_token() -> None:
 
 def test_statuses_are_counted_and_too_many_failures_stop_the_step() -> None:
     batch = [_trajectory(TrajectoryStatus.ANSWERED)] * 6 + [
-        _trajectory(TrajectoryStatus.FAILED, "inference failed", "ServerUnavailable: no inference server is healthy"),
-        _trajectory(TrajectoryStatus.ABORTED, "turn 0 aborted by http://a")]
+        _trajectory(
+            TrajectoryStatus.FAILED, "inference failed", "ServerUnavailable: no inference server is healthy"
+        ),
+        _trajectory(TrajectoryStatus.ABORTED, "turn 0 aborted by http://a"),
+    ]
     metrics = rollout_status_metrics(batch, max_failed_fraction=0.25)
     assert metrics["rollout/answered_frac"] == pytest.approx(0.75)
     assert metrics["rollout/failed_frac"] == pytest.approx(0.125)

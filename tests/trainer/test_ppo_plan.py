@@ -16,20 +16,41 @@ def _samples(num: int) -> list[TrainingSample]:
     out = []
     for index in range(num):
         n = rng.randint(3, 40)
-        out.append(TrainingSample(token_ids=[index] * n, loss_mask=[1] * n, sampling_logprobs=[0.0] * n,
-                                  region_mask=[1] * n, advantage=float(index)))
+        out.append(
+            TrainingSample(
+                token_ids=[index] * n,
+                loss_mask=[1] * n,
+                sampling_logprobs=[0.0] * n,
+                region_mask=[1] * n,
+                advantage=float(index),
+            )
+        )
     return out
 
 
-@pytest.mark.parametrize(("num", "updates", "dp", "micro", "packed"),
-                         [(32, 2, 1, 4, False), (32, 8, 2, 2, False), (13, 4, 2, 1, False), (3, 8, 1, 1, False),
-                          (24, 2, 2, 2, True)])
+@pytest.mark.parametrize(
+    ("num", "updates", "dp", "micro", "packed"),
+    [
+        (32, 2, 1, 4, False),
+        (32, 8, 2, 2, False),
+        (13, 4, 2, 1, False),
+        (3, 8, 1, 1, False),
+        (24, 2, 2, 2, True),
+    ],
+)
 def test_every_trajectory_is_trained_once_per_epoch_in_a_shuffled_even_split(
     num: int, updates: int, dp: int, micro: int, packed: bool
 ) -> None:
     samples = _samples(num)
-    plan = plan_updates(samples, num_updates=updates, seed=update_seed(7, 3), dp_size=dp, micro_batch_size=micro,
-                        length_multiple=8, packed=packed)
+    plan = plan_updates(
+        samples,
+        num_updates=updates,
+        seed=update_seed(7, 3),
+        dp_size=dp,
+        micro_batch_size=micro,
+        length_multiple=8,
+        packed=packed,
+    )
     assert len(plan) == dp and len({len(p) for p in plan}) == 1  # every rank makes the same number of updates
     made = len(plan[0])
     assert made == min(updates, num)
@@ -40,28 +61,63 @@ def test_every_trajectory_is_trained_once_per_epoch_in_a_shuffled_even_split(
     for u in range(made):  # every DP rank pads to the same rows and all rows share one length
         assert len({rank[u].num_rows for rank in plan}) == 1
         assert len({rank[u].length for rank in plan}) == 1
-    again = plan_updates(samples, num_updates=updates, seed=update_seed(7, 3), dp_size=dp, micro_batch_size=micro,
-                         length_multiple=8, packed=packed)
+    again = plan_updates(
+        samples,
+        num_updates=updates,
+        seed=update_seed(7, 3),
+        dp_size=dp,
+        micro_batch_size=micro,
+        length_multiple=8,
+        packed=packed,
+    )
     assert again == plan  # a function of the seed: a resumed run splits the step the same way
 
 
 def test_the_split_depends_on_the_step() -> None:
     samples = _samples(32)
-    first, second = (plan_updates(samples, num_updates=2, seed=update_seed(7, step), dp_size=1, micro_batch_size=4,
-                                  length_multiple=8, packed=False) for step in (3, 4))
+    first, second = (
+        plan_updates(
+            samples,
+            num_updates=2,
+            seed=update_seed(7, step),
+            dp_size=1,
+            micro_batch_size=4,
+            length_multiple=8,
+            packed=False,
+        )
+        for step in (3, 4)
+    )
     assert first != second
 
 
 def test_update_metrics_combine_as_mean_extremes_and_last() -> None:
     per_update = [
-        {"loss": 1.0, "clip_frac_high": 0.0, "ratio_max": 1.0, "ratio_min": 1.0, "ratio_std": 0.0, "lr": 1e-3},
-        {"loss": 3.0, "clip_frac_high": 0.5, "ratio_max": 1.7, "ratio_min": 0.6, "ratio_std": 0.2, "lr": 2e-3},
+        {
+            "loss": 1.0,
+            "clip_frac_high": 0.0,
+            "ratio_max": 1.0,
+            "ratio_min": 1.0,
+            "ratio_std": 0.0,
+            "lr": 1e-3,
+        },
+        {
+            "loss": 3.0,
+            "clip_frac_high": 0.5,
+            "ratio_max": 1.7,
+            "ratio_min": 0.6,
+            "ratio_std": 0.2,
+            "lr": 2e-3,
+        },
     ]
     out = combine_update_metrics(per_update)
     assert out["num_updates"] == 2.0
     assert out["loss"] == 2.0 and out["clip_frac_high"] == 0.25 and out["ratio_std"] == pytest.approx(0.1)
     assert (out["ratio_max"], out["ratio_min"], out["lr"]) == (1.7, 0.6, 2e-3)
-    assert out["clip_frac_high/last"] == 0.5 and out["ppo/u1/clip_frac_high"] == 0.0 and out["ppo/u2/ratio_std"] == 0.2
+    assert (
+        out["clip_frac_high/last"] == 0.5
+        and out["ppo/u1/clip_frac_high"] == 0.0
+        and out["ppo/u2/ratio_std"] == 0.2
+    )
     assert "loss/last" not in out
 
 

@@ -11,8 +11,16 @@ from rest_megatron.trainer.run_log import RunLogger, region_means
 
 
 def test_region_means_use_primary_regions_and_trained_tokens_only() -> None:
-    region_mask = torch.tensor([[region_bit(Region.TOOL_NAME) | region_bit(Region.FORMAT_TAG), region_bit(Region.ANSWER),
-                                 region_bit(Region.ANSWER), region_bit(Region.REASONING)]])
+    region_mask = torch.tensor(
+        [
+            [
+                region_bit(Region.TOOL_NAME) | region_bit(Region.FORMAT_TAG),
+                region_bit(Region.ANSWER),
+                region_bit(Region.ANSWER),
+                region_bit(Region.REASONING),
+            ]
+        ]
+    )
     values = torch.tensor([[1.0, 2.0, 4.0, 8.0]])
     loss_mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     assert region_means(values, region_mask, loss_mask) == {"tool_name": 1.0, "answer": 3.0}
@@ -33,7 +41,9 @@ def test_log_appends_across_reopen_and_plots(tmp_path) -> None:
 def test_console_line_shows_entropy_by_region_and_truncate_drops_redone_steps(tmp_path) -> None:
     logger = RunLogger(tmp_path)
     with logger.console.capture() as captured:
-        logger.log(1, {"reward/mean": 0.5, "entropy/tool_args": 1.25, "entropy/answer": 0.5, "tokens_per_s": 300.0})
+        logger.log(
+            1, {"reward/mean": 0.5, "entropy/tool_args": 1.25, "entropy/answer": 0.5, "tokens_per_s": 300.0}
+        )
     line = " ".join(captured.get().split())  # the console wraps at its width
     assert "reward/mean 0.5" in line and "tool_args 1.25" in line and "answer 0.5" in line
     logger.log(2, {"reward/mean": 0.6})

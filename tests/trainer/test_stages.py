@@ -14,15 +14,28 @@ from rest_megatron.trainer.stages import score
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 REFERENCE = '<think>weather</think>\n<tool_call>\n{"name": "get_weather", "parameters": {"city": "Paris"}}\n</tool_call>'
-TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 def _prepared(tmp_path: Path) -> Path:
     """One record shaped like `rest-megatron data prepare --format toolrl` output."""
-    record = {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [TOOL],
-              "ground_truth": {"calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}], "ordered": True,
-                               "answer": "sunny", "reference": REFERENCE}}
+    record = {
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [TOOL],
+        "ground_truth": {
+            "calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}],
+            "ordered": True,
+            "answer": "sunny",
+            "reference": REFERENCE,
+        },
+    }
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps(record) + "\n")
     return path
@@ -44,7 +57,11 @@ def test_every_reward_scores_a_prepared_record_good_above_bad(reward: str, tmp_p
 
 def test_toolrl_names_the_fix_for_a_record_without_its_reference(tmp_path: Path) -> None:
     path = tmp_path / "calls_only.jsonl"
-    path.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}], "tools": [TOOL],
-                                "ground_truth": {"calls": []}}) + "\n")
+    path.write_text(
+        json.dumps(
+            {"messages": [{"role": "user", "content": "x"}], "tools": [TOOL], "ground_truth": {"calls": []}}
+        )
+        + "\n"
+    )
     with pytest.raises(ValueError, match="data prepare --format toolrl"):
         score([_trajectory("hi")], load_prompts(str(path), "train", 0), reward="toolrl", step=0, params={})

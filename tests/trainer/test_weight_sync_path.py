@@ -23,12 +23,30 @@ ROOT = Path(__file__).resolve().parents[2]
 def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [sys.executable, "-m", "rest_megatron.cli", "train", str(ROOT / "recipes/tiny-cpu.yaml"),
-         f"logging.run_dir={run_dir}", f"model.path={tiny_tool_caller_dir()}", "sft.num_steps=0",
-         "optimizer.num_steps=2", "data.num_prompts_per_step=4", "rollout.max_new_tokens=64",
-         "algorithm.dynamic_sampling=false", "logging.eval_interval=0", "data.eval_path=null",
-         "logging.save_rollouts=true", "checkpoint.save_interval=0", *overrides],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "rest_megatron.cli",
+            "train",
+            str(ROOT / "recipes/tiny-cpu.yaml"),
+            f"logging.run_dir={run_dir}",
+            f"model.path={tiny_tool_caller_dir()}",
+            "sft.num_steps=0",
+            "optimizer.num_steps=2",
+            "data.num_prompts_per_step=4",
+            "rollout.max_new_tokens=64",
+            "algorithm.dynamic_sampling=false",
+            "logging.eval_interval=0",
+            "data.eval_path=null",
+            "logging.save_rollouts=true",
+            "checkpoint.save_interval=0",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 
@@ -75,13 +93,32 @@ def test_a_server_killed_mid_step_leaves_the_run_to_the_other(tmp_path: Path, we
     port_file = run_dir / "logs" / "embedded-1.port"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     trainer = subprocess.Popen(
-        [sys.executable, "-m", "rest_megatron.cli", "train", str(ROOT / "recipes/tiny-cpu.yaml"),
-         f"logging.run_dir={run_dir}", f"model.path={tiny_tool_caller_dir()}", "sft.num_steps=0",
-         "optimizer.num_steps=2", "data.num_prompts_per_step=4", "rollout.max_new_tokens=64",
-         "algorithm.dynamic_sampling=false", "logging.eval_interval=0", "data.eval_path=null",
-         "logging.save_rollouts=true", "checkpoint.save_interval=0", "rollout.num_servers=2",
-         f"rollout.weight_sync={weight_sync}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "rest_megatron.cli",
+            "train",
+            str(ROOT / "recipes/tiny-cpu.yaml"),
+            f"logging.run_dir={run_dir}",
+            f"model.path={tiny_tool_caller_dir()}",
+            "sft.num_steps=0",
+            "optimizer.num_steps=2",
+            "data.num_prompts_per_step=4",
+            "rollout.max_new_tokens=64",
+            "algorithm.dynamic_sampling=false",
+            "logging.eval_interval=0",
+            "data.eval_path=null",
+            "logging.save_rollouts=true",
+            "checkpoint.save_interval=0",
+            "rollout.num_servers=2",
+            f"rollout.weight_sync={weight_sync}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while not (run_dir / "logs" / "embedded-0.log").exists() or not port_file.exists():
@@ -101,7 +138,9 @@ def test_a_server_killed_mid_step_leaves_the_run_to_the_other(tmp_path: Path, we
         if trainer.poll() is None:
             trainer.kill()
     assert trainer.returncode == 0, output[-3000:]
-    steps = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "reward/mean" in r]
+    steps = [
+        r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "reward/mean" in r
+    ]
     assert [r["step"] for r in steps] == [1, 2]
     assert all(r["rollout/failed_frac"] == 0.0 for r in steps), steps
 

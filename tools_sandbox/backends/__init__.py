@@ -65,7 +65,9 @@ def select_backend(name: str = "auto", *, seccomp: bool = True, python: str | No
     if name not in ("auto", *BACKEND_NAMES):
         raise ValueError(f"unknown sandbox backend {name!r}; choose one of auto, {', '.join(BACKEND_NAMES)}.")
     if python is not None and not (os.path.isfile(python) and os.access(python, os.X_OK)):
-        raise ValueError(f"sandbox interpreter {python!r} is not an executable file; give the path of a python3.")
+        raise ValueError(
+            f"sandbox interpreter {python!r} is not an executable file; give the path of a python3."
+        )
     statuses = {s.name: s for s in detect_backends(python)}
     if name == "auto":
         name = next((s.name for s in statuses.values() if s.available), "")
@@ -80,6 +82,9 @@ def select_backend(name: str = "auto", *, seccomp: bool = True, python: str | No
     if name == "nsjail":
         return NsjailBackend(seccomp=seccomp, python=python)
     backend = RlimitBackend(seccomp_enabled=seccomp, python=python)
-    log.warning("!!! sandbox backend 'rlimit' gives WEAKER isolation than bubblewrap or nsjail: %s. "
-                "Install bubblewrap (`apt-get install bubblewrap`) for namespaces. !!!", backend.describe())
+    log.warning(
+        "!!! sandbox backend 'rlimit' gives WEAKER isolation than bubblewrap or nsjail: %s. "
+        "Install bubblewrap (`apt-get install bubblewrap`) for namespaces. !!!",
+        backend.describe(),
+    )
     return backend

@@ -41,7 +41,9 @@ USERNS_FIX = (
 @functools.lru_cache(maxsize=8)
 def _help_text(bwrap: str) -> str:
     try:
-        return subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False).stdout
+        return subprocess.run(
+            [bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
 
@@ -100,7 +102,14 @@ class BubblewrapBackend:
 
     def command(self, launch: Launch, seccomp_fd: int | None = None) -> tuple[list[str], dict[str, str]]:
         """Return (argv, environment) for the host process that runs `launch`."""
-        argv = [self.bwrap, "--die-with-parent", *self._namespace_args(), "--hostname", "sandbox", "--clearenv"]
+        argv = [
+            self.bwrap,
+            "--die-with-parent",
+            *self._namespace_args(),
+            "--hostname",
+            "sandbox",
+            "--clearenv",
+        ]
         if self.seccomp and seccomp_fd is not None:
             argv += ["--seccomp", str(seccomp_fd)]
         for key, value in sandbox_env(SANDBOX_WORKDIR, "/tmp").items():

@@ -112,7 +112,12 @@ def python_paths(python: str | None = None) -> list[str]:
     """Host directories the sandboxed interpreter needs: the venv and the base installation."""
     if python and python != sys.executable:
         return [str(Path(python).resolve().parent.parent)]
-    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent.parent)}
+    candidates = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        str(Path(sys.executable).resolve().parent.parent),
+    }
     return sorted(p for p in candidates if p and os.path.isdir(p))
 
 
@@ -122,8 +127,10 @@ def readonly_binds(extra: tuple[str, ...] = (), python: str | None = None) -> li
     paths: list[str] = []
     for path in sorted({os.path.abspath(p) for p in wanted if os.path.exists(p)}):
         if path == "/":
-            raise ValueError("refusing to expose the whole file system to the sandbox; a tool module or the "
-                             "sandbox interpreter resolved to '/': give a path inside a directory")
+            raise ValueError(
+                "refusing to expose the whole file system to the sandbox; a tool module or the "
+                "sandbox interpreter resolved to '/': give a path inside a directory"
+            )
         if path == "/usr" or path.startswith("/usr/"):
             continue
         if any(path == kept or path.startswith(kept.rstrip("/") + "/") for kept in paths):

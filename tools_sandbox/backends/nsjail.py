@@ -43,8 +43,19 @@ class NsjailBackend:
 
     def command(self, launch: Launch, seccomp_fd: int | None = None) -> tuple[list[str], dict[str, str]]:
         """Return (argv, environment) for the host process that runs `launch`."""
-        argv = [self.nsjail, "--mode", "o", "--really_quiet", "--disable_rlimits", "--time_limit", "0",
-                "--hostname", "sandbox", "--cwd", SANDBOX_WORKDIR]
+        argv = [
+            self.nsjail,
+            "--mode",
+            "o",
+            "--really_quiet",
+            "--disable_rlimits",
+            "--time_limit",
+            "0",
+            "--hostname",
+            "sandbox",
+            "--cwd",
+            SANDBOX_WORKDIR,
+        ]
         if self.as_root and launch.uid is not None:
             # Map the pool uid to itself: outside the jail the call is that unprivileged uid.
             argv += ["--user", f"{launch.uid}:{launch.uid}:1", "--group", f"{launch.uid}:{launch.uid}:1"]
@@ -63,8 +74,10 @@ class NsjailBackend:
             argv += ["--env", f"{key}={value}"]
         # Inside the jail the process already is the pool uid, so the launcher gets no uid to drop to.
         unprivileged = dataclasses.replace(launch, uid=None)
-        argv += ["--", *launcher_argv(unprivileged, SANDBOX_WORKDIR, self.python, seccomp=self.seccomp,
-                                      pdeathsig=True)]
+        argv += [
+            "--",
+            *launcher_argv(unprivileged, SANDBOX_WORKDIR, self.python, seccomp=self.seccomp, pdeathsig=True),
+        ]
         return argv, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 

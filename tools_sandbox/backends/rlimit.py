@@ -60,18 +60,34 @@ class RlimitBackend:
             return True, self.describe()
         # uid 65534 (nobody), not a pool uid: this probe may run beside a live server.
         checks = (
-            (["import ctypes, json"], f"an unprivileged uid cannot run {self.python} (is it under a private "
-             "directory such as /root?); install Python world-readable, or pass --sandbox-python /usr/bin/python3"),
+            (
+                ["import ctypes, json"],
+                f"an unprivileged uid cannot run {self.python} (is it under a private "
+                "directory such as /root?); install Python world-readable, or pass --sandbox-python /usr/bin/python3",
+            ),
             # The worker imports tools_sandbox from its checkout after dropping to the call's uid.
-            (["import os, sys; os.listdir(sys.argv[1]); open(sys.argv[2]).close()", str(PACKAGE_DIR),
-              str(PACKAGE_DIR / "worker.py")],
-             f"an unprivileged uid cannot read {PACKAGE_DIR} (a private directory on the way, such as one from "
-             "`mktemp -d`?); make it and its parents world-readable (chmod o+rx), or use bubblewrap"),
+            (
+                [
+                    "import os, sys; os.listdir(sys.argv[1]); open(sys.argv[2]).close()",
+                    str(PACKAGE_DIR),
+                    str(PACKAGE_DIR / "worker.py"),
+                ],
+                f"an unprivileged uid cannot read {PACKAGE_DIR} (a private directory on the way, such as one from "
+                "`mktemp -d`?); make it and its parents world-readable (chmod o+rx), or use bubblewrap",
+            ),
         )
         for code, problem in checks:
             try:
-                done = subprocess.run([self.python, "-I", "-S", "-c", *code], user=65534, group=65534,
-                                      extra_groups=[], capture_output=True, timeout=timeout_s, check=False, cwd="/")
+                done = subprocess.run(
+                    [self.python, "-I", "-S", "-c", *code],
+                    user=65534,
+                    group=65534,
+                    extra_groups=[],
+                    capture_output=True,
+                    timeout=timeout_s,
+                    check=False,
+                    cwd="/",
+                )
             except (OSError, subprocess.TimeoutExpired) as exc:
                 done = exc
             if not isinstance(done, subprocess.CompletedProcess) or done.returncode != 0:
@@ -82,7 +98,9 @@ class RlimitBackend:
         """One line on what this fallback does and does not isolate, for logs and `doctor`."""
         parts = [
             "WEAKER isolation: no namespaces (the host file system and processes stay visible)",
-            f"Landlock ABI {self.landlock_abi}" if self.landlock_abi else "NO Landlock (writes follow uid permissions)",
+            f"Landlock ABI {self.landlock_abi}"
+            if self.landlock_abi
+            else "NO Landlock (writes follow uid permissions)",
             "seccomp" if self.seccomp else f"NO seccomp (no syscall table for {platform.machine()})",
             "per-call uids" if self.as_root else "same uid as the service (run as root for per-call uids)",
         ]

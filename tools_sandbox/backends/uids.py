@@ -24,8 +24,11 @@ import sys
 from pathlib import Path
 
 DEFAULT_UID_BASE = 1_900_000_000
-LOCK_DIR = Path("/run/lock/rest-megatron-sandbox-uids") if os.path.isdir("/run/lock") else Path(
-    "/tmp/rest-megatron-sandbox-uids")
+LOCK_DIR = (
+    Path("/run/lock/rest-megatron-sandbox-uids")
+    if os.path.isdir("/run/lock")
+    else Path("/tmp/rest-megatron-sandbox-uids")
+)
 BLOCK = 65_536
 _MAX_BLOCKS = 256
 _KILL = shutil.which("kill") or "/bin/kill"
@@ -46,8 +49,10 @@ def _claim_block(base: int) -> tuple[int, int]:
             os.close(fd)
             continue
         return start, fd
-    raise ValueError(f"no free block of {BLOCK} sandbox uids above {base} (other services hold them); "
-                     "pass another --uid-base")
+    raise ValueError(
+        f"no free block of {BLOCK} sandbox uids above {base} (other services hold them); "
+        "pass another --uid-base"
+    )
 
 
 class UidPool:
@@ -59,7 +64,9 @@ class UidPool:
         if not 1000 <= base <= 2**32 - 2 - BLOCK:
             raise ValueError(f"uid base {base} is out of range; pick one in [1000, {2**32 - 2 - BLOCK}].")
         if not 1 <= size <= BLOCK:
-            raise ValueError(f"{size} uids asked for; one service may use 1 to {BLOCK} (lower --max-sessions).")
+            raise ValueError(
+                f"{size} uids asked for; one service may use 1 to {BLOCK} (lower --max-sessions)."
+            )
         self.base, self._lock_fd = _claim_block(base)
         self.size = size
         self._free = list(range(self.base + size - 1, self.base - 1, -1))
@@ -110,14 +117,23 @@ async def sweep_uid(uid: int, deadline_s: float = 2.0) -> None:
     pid namespace; the helper itself is spared by the kernel. Signals are asynchronous, so we look
     again (a fork racing the first kill is caught by the next round) until `/proc` has none.
     """
-    argv = [_KILL, "-9", "--", "-1"] if os.path.exists(_KILL) else [
-        sys.executable, "-I", "-S", "-c", "import os\ntry: os.kill(-1, 9)\nexcept OSError: pass"]
+    argv = (
+        [_KILL, "-9", "--", "-1"]
+        if os.path.exists(_KILL)
+        else [sys.executable, "-I", "-S", "-c", "import os\ntry: os.kill(-1, 9)\nexcept OSError: pass"]
+    )
     loop = asyncio.get_running_loop()
     stop = loop.time() + deadline_s
     while True:
         proc = await asyncio.create_subprocess_exec(
-            *argv, user=uid, group=uid, extra_groups=[], stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+            *argv,
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )
         await proc.wait()
         await asyncio.sleep(0.005)

@@ -40,13 +40,15 @@ def _syscall() -> ctypes._CFuncPtr:
 def abi() -> int:
     """The kernel's Landlock ABI version, or 0 when Landlock is missing or disabled."""
     syscall = _syscall()
-    version = syscall(ctypes.c_long(_SYS_CREATE_RULESET), None, ctypes.c_size_t(0),
-                      ctypes.c_uint32(_CREATE_RULESET_VERSION))
+    version = syscall(
+        ctypes.c_long(_SYS_CREATE_RULESET), None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION)
+    )
     return max(0, int(version))
 
 
-def restrict(write_paths: list[str], device_paths: tuple[str, ...] = ("/dev/null", "/dev/zero", "/dev/full")
-             ) -> int:
+def restrict(
+    write_paths: list[str], device_paths: tuple[str, ...] = ("/dev/null", "/dev/zero", "/dev/full")
+) -> int:
     """Deny writes outside `write_paths` (and TCP, signals out of the domain where the ABI has them).
 
     Args:
@@ -79,8 +81,16 @@ def restrict(write_paths: list[str], device_paths: tuple[str, ...] = ("/dev/null
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
                 rule = ctypes.create_string_buffer(struct.pack("=Qi", access, fd), 12)
-                if syscall(ctypes.c_long(_SYS_ADD_RULE), ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH),
-                           rule, ctypes.c_uint32(0)) != 0:
+                if (
+                    syscall(
+                        ctypes.c_long(_SYS_ADD_RULE),
+                        ctypes.c_int(ruleset),
+                        ctypes.c_int(_RULE_PATH_BENEATH),
+                        rule,
+                        ctypes.c_uint32(0),
+                    )
+                    != 0
+                ):
                     raise OSError(ctypes.get_errno(), f"landlock_add_rule({path}) failed")
             finally:
                 os.close(fd)

@@ -125,7 +125,9 @@ def _narrow_limits(rlimits: dict) -> None:
         soft = int(usage.ru_utime + usage.ru_stime) + int(rlimits["cpu"])
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
         soft = soft if hard == resource.RLIM_INFINITY else min(soft, hard)
-        resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1 if hard == resource.RLIM_INFINITY else min(soft + 1, hard)))
+        resource.setrlimit(
+            resource.RLIMIT_CPU, (soft, soft + 1 if hard == resource.RLIM_INFINITY else min(soft + 1, hard))
+        )
     if "as" in rlimits:
         current, _ = resource.getrlimit(resource.RLIMIT_AS)
         value = int(rlimits["as"]) if current == resource.RLIM_INFINITY else min(int(rlimits["as"]), current)

@@ -27,16 +27,24 @@ MAX_FACTORIAL = 1000
 
 SCHEMA = {
     "name": "calculator",
-    "description": ("Evaluate an arithmetic expression exactly where possible. Supports + - * / // % ** ^ "
-                    "! and parentheses, constants pi, e, tau, and functions sqrt, exp, ln, log (base 10, "
-                    "or log(x, base)), log2, sin, cos, tan, asin, acos, atan, atan2, sinh, cosh, tanh, "
-                    "abs, round, floor, ceil, min, max, factorial, gcd, lcm, hypot, degrees, radians."),
-    "parameters": {"type": "object", "properties": {
-        "expression": {"type": "string", "description": "The expression, e.g. '(3 + 4) * 2 ^ 10 / 7'."}},
-        "required": ["expression"]},
+    "description": (
+        "Evaluate an arithmetic expression exactly where possible. Supports + - * / // % ** ^ "
+        "! and parentheses, constants pi, e, tau, and functions sqrt, exp, ln, log (base 10, "
+        "or log(x, base)), log2, sin, cos, tan, asin, acos, atan, atan2, sinh, cosh, tanh, "
+        "abs, round, floor, ceil, min, max, factorial, gcd, lcm, hypot, degrees, radians."
+    ),
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "expression": {"type": "string", "description": "The expression, e.g. '(3 + 4) * 2 ^ 10 / 7'."}
+        },
+        "required": ["expression"],
+    },
 }
 
-_TOKEN = re.compile(r"\s*(?:(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)|([A-Za-z_]\w*)|(\*\*|//|[-+*/%^(),!]))")
+_TOKEN = re.compile(
+    r"\s*(?:(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)|([A-Za-z_]\w*)|(\*\*|//|[-+*/%^(),!]))"
+)
 _CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
 
 
@@ -57,17 +65,41 @@ def _int_args(name: str, fn):  # noqa: ANN001, ANN202 - tiny adapter
         if not all(float(a).is_integer() for a in args):
             raise CalculatorError(f"{name} needs integer arguments")
         return fn(*(int(a) for a in args))
+
     return wrapped
 
 
 _FUNCTIONS = {
-    "sqrt": math.sqrt, "exp": math.exp, "ln": math.log, "log2": math.log2, "log10": math.log10,
-    "log": lambda x, base=10: math.log10(x) if base == 10 else math.log2(x) if base == 2 else math.log(x, base),
-    "sin": math.sin, "cos": math.cos, "tan": math.tan,
-    "asin": math.asin, "acos": math.acos, "atan": math.atan, "atan2": math.atan2, "sinh": math.sinh,
-    "cosh": math.cosh, "tanh": math.tanh, "abs": abs, "round": round, "floor": math.floor, "ceil": math.ceil,
-    "min": min, "max": max, "factorial": _factorial, "gcd": _int_args("gcd", math.gcd),
-    "lcm": _int_args("lcm", math.lcm), "hypot": math.hypot, "degrees": math.degrees, "radians": math.radians,
+    "sqrt": math.sqrt,
+    "exp": math.exp,
+    "ln": math.log,
+    "log2": math.log2,
+    "log10": math.log10,
+    "log": lambda x, base=10: (
+        math.log10(x) if base == 10 else math.log2(x) if base == 2 else math.log(x, base)
+    ),
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+    "asin": math.asin,
+    "acos": math.acos,
+    "atan": math.atan,
+    "atan2": math.atan2,
+    "sinh": math.sinh,
+    "cosh": math.cosh,
+    "tanh": math.tanh,
+    "abs": abs,
+    "round": round,
+    "floor": math.floor,
+    "ceil": math.ceil,
+    "min": min,
+    "max": max,
+    "factorial": _factorial,
+    "gcd": _int_args("gcd", math.gcd),
+    "lcm": _int_args("lcm", math.lcm),
+    "hypot": math.hypot,
+    "degrees": math.degrees,
+    "radians": math.radians,
 }
 
 
@@ -180,7 +212,9 @@ class _Parser:
         if kind == "name":
             if self.peek() == ("op", "("):
                 if text not in _FUNCTIONS:
-                    raise CalculatorError(f"unknown function {text!r}; known: {', '.join(sorted(_FUNCTIONS))}")
+                    raise CalculatorError(
+                        f"unknown function {text!r}; known: {', '.join(sorted(_FUNCTIONS))}"
+                    )
                 self.take("(")
                 args = [self.expr()]
                 while self.peek() == ("op", ","):

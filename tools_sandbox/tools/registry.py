@@ -18,16 +18,22 @@ from tools_sandbox.tools import calculator, catalogue
 
 PYTHON_SCHEMA = {
     "name": "python",
-    "description": ("Run Python code in a sandbox (no network; files only in the working directory). In a "
-                    "session, variables persist between calls. Returns what the code prints; the value of a "
-                    "final expression is printed like in a REPL."),
-    "parameters": {"type": "object", "properties": {
-        "code": {"type": "string", "description": "Python source to execute."}}, "required": ["code"]},
+    "description": (
+        "Run Python code in a sandbox (no network; files only in the working directory). In a "
+        "session, variables persist between calls. Returns what the code prints; the value of a "
+        "final expression is printed like in a REPL."
+    ),
+    "parameters": {
+        "type": "object",
+        "properties": {"code": {"type": "string", "description": "Python source to execute."}},
+        "required": ["code"],
+    },
 }
 
 
 SERVICE_TOOLS: dict[str, Callable[[dict], tuple[bool, str, str | None]]] = {
-    "calculator": calculator.call, "lookup_price": catalogue.call,
+    "calculator": calculator.call,
+    "lookup_price": catalogue.call,
 }
 """Tools cheap and safe enough to run in the service process: name -> fn(arguments) -> (ok, output, error)."""
 
@@ -58,8 +64,14 @@ class EnvSpec:
 
     def worker_spec(self, config: Any = None) -> dict:
         """The `init` entry the sandbox worker needs to build this environment."""
-        return {"name": self.name, "kind": self.kind, "module": self.module, "attr": self.attr,
-                "config": config, "tools": self.tool_names}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "module": self.module,
+            "attr": self.attr,
+            "config": config,
+            "tools": self.tool_names,
+        }
 
 
 def as_function_tool(schema: dict) -> dict:
@@ -84,11 +96,15 @@ class ToolRegistry:
             raise ValueError(f"environment {env.name!r} is already registered; give the module an ENV_NAME.")
         for tool in env.tool_names:
             if tool in self.tool_env:
-                raise ValueError(f"tool {tool!r} of {env.name!r} clashes with the tool of the same name in "
-                                 f"{self.tool_env[tool]!r}; rename one of them.")
+                raise ValueError(
+                    f"tool {tool!r} of {env.name!r} clashes with the tool of the same name in "
+                    f"{self.tool_env[tool]!r}; rename one of them."
+                )
         for schema in env.schemas:
             if not isinstance(schema.get("name"), str) or not isinstance(schema.get("parameters"), dict):
-                raise ValueError(f"tool schema {schema!r} of {env.name!r} needs a 'name' and a 'parameters' object.")
+                raise ValueError(
+                    f"tool schema {schema!r} of {env.name!r} needs a 'name' and a 'parameters' object."
+                )
         self.envs[env.name] = env
         self.tool_env.update({tool: env.name for tool in env.tool_names})
 
@@ -111,8 +127,9 @@ class ToolRegistry:
             elif name in self.tool_env:
                 env = self.envs[self.tool_env[name]]
             else:
-                raise KeyError(f"unknown environment or tool {name!r}; environments: "
-                               f"{', '.join(sorted(self.envs))}")
+                raise KeyError(
+                    f"unknown environment or tool {name!r}; environments: {', '.join(sorted(self.envs))}"
+                )
             if env not in out:
                 out.append(env)
         return out

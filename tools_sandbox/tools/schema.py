@@ -13,11 +13,27 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-_SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", tuple: "array",
-           dict: "object", set: "array"}
+_SIMPLE = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    tuple: "array",
+    dict: "object",
+    set: "array",
+}
 # BFCL function docs use Python-flavoured type names; map them to JSON schema.
-_BFCL_TYPES = {"dict": "object", "float": "number", "tuple": "array", "list": "array", "int": "integer",
-               "str": "string", "bool": "boolean", "any": None}
+_BFCL_TYPES = {
+    "dict": "object",
+    "float": "number",
+    "tuple": "array",
+    "list": "array",
+    "int": "integer",
+    "str": "string",
+    "bool": "boolean",
+    "any": None,
+}
 
 
 def annotation_schema(annotation: Any) -> dict:
@@ -108,5 +124,8 @@ def from_bfcl_doc(doc: dict) -> dict:
             return [convert(v) for v in node]
         return node
 
-    return {"name": doc["name"], "description": doc.get("description", ""),
-            "parameters": convert(doc.get("parameters", {"type": "dict", "properties": {}}))}
+    return {
+        "name": doc["name"],
+        "description": doc.get("description", ""),
+        "parameters": convert(doc.get("parameters", {"type": "dict", "properties": {}})),
+    }

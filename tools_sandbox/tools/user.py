@@ -36,16 +36,23 @@ def locate(spec: str) -> UserModule:
     if spec.endswith(".py") or os.sep in spec:
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
-            raise ValueError(f"tool module file {spec!r} does not exist; give an existing .py path or a "
-                             "module name importable by the server's Python.")
+            raise ValueError(
+                f"tool module file {spec!r} does not exist; give an existing .py path or a "
+                "module name importable by the server's Python."
+            )
         return UserModule(module=path.stem, search_dir=str(path.parent))
     top = spec.split(".", 1)[0]
     # find_spec of a top-level name locates it without running it (dotted names would import parents).
     found = importlib.util.find_spec(top)
     if found is None or found.origin is None and not found.submodule_search_locations:
-        raise ValueError(f"tool module {spec!r}: top-level package {top!r} is not importable; install it "
-                         "or give a path to the .py file.")
-    location = Path(found.origin).parent if found.submodule_search_locations is None else Path(
-        list(found.submodule_search_locations)[0])
+        raise ValueError(
+            f"tool module {spec!r}: top-level package {top!r} is not importable; install it "
+            "or give a path to the .py file."
+        )
+    location = (
+        Path(found.origin).parent
+        if found.submodule_search_locations is None
+        else Path(list(found.submodule_search_locations)[0])
+    )
     search_dir = location.parent if found.submodule_search_locations is not None else location
     return UserModule(module=spec, search_dir=str(search_dir))

@@ -9,4 +9,6 @@ from __future__ import annotations
 
 from rest_megatron.convert.adapters.common import QKV_BIAS, Adapter, family_rules
 
-ADAPTER = Adapter(family="llama", architecture="LlamaForCausalLM", layer_rules=family_rules(QKV_BIAS.only_when("qkv_bias")))
+ADAPTER = Adapter(
+    family="llama", architecture="LlamaForCausalLM", layer_rules=family_rules(QKV_BIAS.only_when("qkv_bias"))
+)

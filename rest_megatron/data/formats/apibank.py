@@ -68,7 +68,9 @@ def _described_apis(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, dict) and "best_matchs" in value:
         value = value["best_matchs"]
     items = value if isinstance(value, list) else [value]
-    return [v for v in items if isinstance(v, dict) and isinstance(v.get("name"), str) and "input_parameters" in v]
+    return [
+        v for v in items if isinstance(v, dict) and isinstance(v.get("name"), str) and "input_parameters" in v
+    ]
 
 
 def _tool_list(descriptions: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -90,7 +92,9 @@ def instruction_apis(instruction: str) -> list[dict[str, Any]]:
         try:
             value, end = decoder.raw_decode(text, pos)
         except ValueError:
-            raise RecordError("bad_tool_schema", f"an API description is not valid JSON near {text[pos:pos + 60]!r}") from None
+            raise RecordError(
+                "bad_tool_schema", f"an API description is not valid JSON near {text[pos : pos + 60]!r}"
+            ) from None
         found.extend(_described_apis(value))
         pos = text.find("{", end)
     return found
@@ -109,7 +113,7 @@ def dialog_messages(text: str) -> tuple[list[dict[str, Any]], list[dict[str, Any
         elif stripped.startswith("AI:"):
             messages.append({"role": "assistant", "content": stripped[3:].strip()})
         elif stripped.startswith("API-Request:"):
-            request = stripped[len("API-Request:"):].strip()
+            request = stripped[len("API-Request:") :].strip()
             call_text, arrow, result = request.partition("]->")
             calls = parse_calls(call_text + "]" if arrow else request)
             messages.append(call_message(calls))
@@ -144,8 +148,14 @@ def _level3(record: dict[str, Any]) -> list[dict[str, Any]]:
     apis = require(record, "apis", list)
     calls, described = [], [TOOL_SEARCHER]
     for i, api in enumerate(apis):
-        if not isinstance(api, dict) or not isinstance(api.get("api_name"), str) or not isinstance(api.get("input"), dict):
-            raise RecordError("unparseable_call", f"apis[{i}] is not {{'api_name': str, 'input': {{...}}, 'output': ...}}")
+        if (
+            not isinstance(api, dict)
+            or not isinstance(api.get("api_name"), str)
+            or not isinstance(api.get("input"), dict)
+        ):
+            raise RecordError(
+                "unparseable_call", f"apis[{i}] is not {{'api_name': str, 'input': {{...}}, 'output': ...}}"
+            )
         calls.append({"name": api["api_name"], "arguments": api["input"]})
         if api["api_name"] == "ToolSearcher":
             output = api.get("output")
@@ -164,7 +174,9 @@ def _dialog_turn(turn: Any) -> tuple[str, Any]:
             raise RecordError("bad_message", f"a {turn['role']} turn needs a 'text' string")
         return "text", {"role": "user" if turn["role"] == "User" else "assistant", "content": turn["text"]}
     if not isinstance(turn.get("api_name"), str) or not isinstance(turn.get("param_dict"), dict):
-        raise RecordError("unparseable_call", "an API turn needs 'api_name' (string) and 'param_dict' (object)")
+        raise RecordError(
+            "unparseable_call", "an API turn needs 'api_name' (string) and 'param_dict' (object)"
+        )
     result = turn.get("result")
     output = result.get("output") if isinstance(result, dict) else result
     return "api", ({"name": turn["api_name"], "arguments": turn["param_dict"]}, output)
@@ -174,7 +186,9 @@ def _inferred_tools(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Schemas guessed from the arguments the dialog's calls pass (raw dialogs carry no descriptions)."""
     described: dict[str, dict[str, Any]] = {}
     for call in calls:
-        params = described.setdefault(call["name"], {"name": call["name"], "input_parameters": {}})["input_parameters"]
+        params = described.setdefault(call["name"], {"name": call["name"], "input_parameters": {}})[
+            "input_parameters"
+        ]
         for key, value in call["arguments"].items():
             params.setdefault(key, {"type": _JSON_TYPE_OF.get(type(value), "str"), "description": ""})
     return _tool_list(list(described.values()))
@@ -202,7 +216,9 @@ def dialog_records(items: list[tuple[int, Any] | Rejected]) -> Iterator[Outcome]
         elif kind == "text":
             history.append(value)
         elif first_bad is not None:
-            yield Rejected(line, "bad_history", f"the dialog before this API turn has a bad turn at line {first_bad}")
+            yield Rejected(
+                line, "bad_history", f"the dialog before this API turn has a bad turn at line {first_bad}"
+            )
         else:
             call, output = value
             yield Converted(line, [make_record("apibank", list(history), tools, [call])])
@@ -229,8 +245,11 @@ def convert_record(record: dict[str, Any]) -> list[dict[str, Any]]:
         return _level3(record)
     if "instruction" in record or "input" in record:
         return _prompt_answer(record)
-    raise RecordError("unsupported", f"not an API-Bank record (fields: {', '.join(sorted(record)) or 'none'}); "
-                      "expected instruction/input/expected_output, requirement/apis, or role/api_name/param_dict turns")
+    raise RecordError(
+        "unsupported",
+        f"not an API-Bank record (fields: {', '.join(sorted(record)) or 'none'}); "
+        "expected instruction/input/expected_output, requirement/apis, or role/api_name/param_dict turns",
+    )
 
 
 def convert(path: Path, options: ConvertOptions) -> Iterator[Outcome]:

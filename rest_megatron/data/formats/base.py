@@ -119,7 +119,11 @@ def _iter_array(text: str, start: int) -> Iterator[tuple[int, Any] | Rejected]:
         try:
             value, pos = decoder.raw_decode(text, pos)
         except (ValueError, RecursionError) as err:
-            yield Rejected(number, "invalid_json", f"array element is not valid JSON ({err}); the rest of the file was not read")
+            yield Rejected(
+                number,
+                "invalid_json",
+                f"array element is not valid JSON ({err}); the rest of the file was not read",
+            )
             return
         yield number, value
         pos = skip_space(pos)
@@ -128,7 +132,11 @@ def _iter_array(text: str, start: int) -> Iterator[tuple[int, Any] | Rejected]:
             continue
         if pos < len(text) and text[pos] == "]" and not text[pos + 1 :].strip():
             return
-        yield Rejected(line_at(pos), "invalid_json", "expected ',' or a final ']' after an array element; the rest of the file was not read")
+        yield Rejected(
+            line_at(pos),
+            "invalid_json",
+            "expected ',' or a final ']' after an array element; the rest of the file was not read",
+        )
         return
 
 
@@ -147,7 +155,9 @@ def convert_items(
             continue
         line, value = item
         if not isinstance(value, dict):
-            yield Rejected(line, "not_an_object", f"a record must be a JSON object, got {type(value).__name__}")
+            yield Rejected(
+                line, "not_an_object", f"a record must be a JSON object, got {type(value).__name__}"
+            )
             continue
         try:
             yield Converted(line, convert(value))
@@ -158,7 +168,9 @@ def convert_items(
 def require(record: dict[str, Any], key: str, kind: type | tuple[type, ...] = str) -> Any:
     """record[key], which must exist, be of `kind` and not be empty; RecordError(missing_field) otherwise."""
     if key not in record or record[key] is None:
-        raise RecordError("missing_field", f"no {key!r} field (fields present: {', '.join(sorted(record)) or 'none'})")
+        raise RecordError(
+            "missing_field", f"no {key!r} field (fields present: {', '.join(sorted(record)) or 'none'})"
+        )
     value = record[key]
     if not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
@@ -194,11 +206,21 @@ def make_record(
     if answer is not None:
         ground_truth["answer"] = answer
     ground_truth.update(extra or {})
-    record: dict[str, Any] = {"id": record_id, "source": source} if record_id is not None else {"source": source}
-    record.update(messages=messages, tools=[{"type": "function", "function": t} for t in tools], ground_truth=ground_truth)
+    record: dict[str, Any] = (
+        {"id": record_id, "source": source} if record_id is not None else {"source": source}
+    )
+    record.update(
+        messages=messages,
+        tools=[{"type": "function", "function": t} for t in tools],
+        ground_truth=ground_truth,
+    )
     return record
 
 
 def call_message(calls: list[dict[str, Any]]) -> dict[str, Any]:
     """An assistant turn of earlier calls, in the `tool_calls` form our chat template renders."""
-    return {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": c} for c in calls]}
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": c} for c in calls],
+    }

@@ -42,7 +42,7 @@ _OMIT = object()
 
 
 def category(record_id: str) -> str:
-    """"simple_python_12" -> "simple_python", "live_simple_3-2-0" -> "live_simple"."""
+    """ "simple_python_12" -> "simple_python", "live_simple_3-2-0" -> "live_simple"."""
     head, _, tail = record_id.rpartition("_")
     return head if tail and (tail[0].isdigit()) else record_id
 
@@ -55,7 +55,9 @@ def default_answers_path(questions: Path) -> Path:
 def _pick(accepted: Any, where: str) -> Any:
     """The canonical value of a list of accepted values (_OMIT when only "" is accepted)."""
     if not isinstance(accepted, list):
-        raise RecordError("unparseable_arguments", f"{where}: accepted values must be a list, got {accepted!r}")
+        raise RecordError(
+            "unparseable_arguments", f"{where}: accepted values must be a list, got {accepted!r}"
+        )
     for value in accepted:
         if value != "":
             return _canonical(value, where)
@@ -83,15 +85,21 @@ def canonical_calls(ground_truth: Any, tools: list[dict[str, Any]]) -> list[dict
     list such optional extras); otherwise it stays, and validation reports it.
     """
     if not isinstance(ground_truth, list):
-        raise RecordError("unparseable_call", "'ground_truth' must be a list of {function: {argument: [values]}}")
+        raise RecordError(
+            "unparseable_call", "'ground_truth' must be a list of {function: {argument: [values]}}"
+        )
     declared = {t["name"]: t["parameters"]["properties"] for t in tools}
     calls = []
     for i, entry in enumerate(ground_truth):
         if not isinstance(entry, dict) or len(entry) != 1:
-            raise RecordError("unparseable_call", f"ground_truth[{i}] must map exactly one function name to its arguments")
+            raise RecordError(
+                "unparseable_call", f"ground_truth[{i}] must map exactly one function name to its arguments"
+            )
         ((name, arguments),) = entry.items()
         if not isinstance(arguments, dict):
-            raise RecordError("unparseable_arguments", f"ground_truth[{i}] ({name!r}): arguments must be an object")
+            raise RecordError(
+                "unparseable_arguments", f"ground_truth[{i}] ({name!r}): arguments must be an object"
+            )
         known = declared.get(name, {})
         picked = {
             arg: _pick(accepted, f"{name}.{arg}")
@@ -114,28 +122,43 @@ def read_answers(path: Path) -> dict[str, Any]:
     return answers
 
 
-def convert_record(record: dict[str, Any], answers: dict[str, Any] | None, answers_path: Path | None) -> list[dict[str, Any]]:
+def convert_record(
+    record: dict[str, Any], answers: dict[str, Any] | None, answers_path: Path | None
+) -> list[dict[str, Any]]:
     """One BFCL question (with its answer looked up by id) as one prompt record."""
     record_id = require(record, "id")
     kind = category(record_id)
     if kind.startswith(_UNSUPPORTED) or "involved_classes" in record:
-        raise RecordError("unsupported", f"BFCL category {kind!r} runs only in BFCL's own harness (single-turn categories are supported)")
+        raise RecordError(
+            "unsupported",
+            f"BFCL category {kind!r} runs only in BFCL's own harness (single-turn categories are supported)",
+        )
     question = require(record, "question", list)
     if len(question) != 1 or not isinstance(question[0], list) or not question[0]:
-        raise RecordError("unsupported", f"{len(question)} question turns; only single-turn questions are supported")
+        raise RecordError(
+            "unsupported", f"{len(question)} question turns; only single-turn questions are supported"
+        )
     messages = question[0]
     tools = function_schemas(record.get("function", []), "function")  # live_irrelevance may offer none
     extra: dict[str, Any] = {"bfcl_category": kind}
     if kind in _NO_CALL:
-        return [make_record("bfcl", messages, tools, [], record_id=record_id, extra={**extra, "no_call_expected": True})]
+        return [
+            make_record(
+                "bfcl", messages, tools, [], record_id=record_id, extra={**extra, "no_call_expected": True}
+            )
+        ]
     if answers is None:
         where = f"no answers file at {answers_path}" if answers_path else "no answers file"
-        raise RecordError("no_ground_truth", f"{where}; pass --answers PATH (bfcl-eval keeps them in data/possible_answer/)")
+        raise RecordError(
+            "no_ground_truth", f"{where}; pass --answers PATH (bfcl-eval keeps them in data/possible_answer/)"
+        )
     if record_id not in answers:
         raise RecordError("no_ground_truth", f"id {record_id!r} is not in the answers file {answers_path}")
     truth = answers[record_id]
     extra["bfcl_ground_truth"] = truth
-    return [make_record("bfcl", messages, tools, canonical_calls(truth, tools), record_id=record_id, extra=extra)]
+    return [
+        make_record("bfcl", messages, tools, canonical_calls(truth, tools), record_id=record_id, extra=extra)
+    ]
 
 
 def convert(path: Path, options: ConvertOptions) -> Iterator[Outcome]:

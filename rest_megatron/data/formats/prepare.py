@@ -45,9 +45,13 @@ class Split:
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name == TRAIN_SPLIT:
-            raise InputError(f"--split {self.name}={self.fraction}: name the held-out split (e.g. test), not {self.name!r}")
+            raise InputError(
+                f"--split {self.name}={self.fraction}: name the held-out split (e.g. test), not {self.name!r}"
+            )
         if not 0.0 < self.fraction < 1.0:
-            raise InputError(f"--split {self.name}={self.fraction}: the fraction must be in (0, 1), e.g. test=0.02")
+            raise InputError(
+                f"--split {self.name}={self.fraction}: the fraction must be in (0, 1), e.g. test=0.02"
+            )
 
     @classmethod
     def parse(cls, spec: str, seed: int) -> Split:
@@ -62,7 +66,9 @@ class Split:
         return cls(name.strip(), value, seed)
 
 
-def split_groups(groups: list[list[dict[str, Any]]], split: Split) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_groups(
+    groups: list[list[dict[str, Any]]], split: Split
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train records, held-out records): whole groups, the held-out ones drawn by a seeded shuffle."""
     by_prompt: dict[str, int] = {}
     merged: list[list[dict[str, Any]]] = []
@@ -74,8 +80,10 @@ def split_groups(groups: list[list[dict[str, Any]]], split: Split) -> tuple[list
         merged[target].extend(group)
         by_prompt.update((k, target) for k in keys)
     if len(merged) < 2:
-        raise InputError(f"--split {split.name}={split.fraction}: {len(merged)} distinct prompt(s) cannot be split; "
-                         "prepare without --split")
+        raise InputError(
+            f"--split {split.name}={split.fraction}: {len(merged)} distinct prompt(s) cannot be split; "
+            "prepare without --split"
+        )
     order = list(range(len(merged)))
     random.Random(split.seed).shuffle(order)
     num_held = min(len(merged) - 1, max(1, round(split.fraction * len(merged))))
@@ -176,15 +184,25 @@ def prepare(
         train, held_out = split_groups(groups, split)
         outputs = {f"{TRAIN_SPLIT}.jsonl": train, f"{split.name}.jsonl": held_out}
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = Summary(fmt, source, out_dir, num_read, len(records), rejections,
-                      {name: len(rows) for name, rows in outputs.items()})
+    summary = Summary(
+        fmt,
+        source,
+        out_dir,
+        num_read,
+        len(records),
+        rejections,
+        {name: len(rows) for name, rows in outputs.items()},
+    )
     for name, rows in outputs.items():
         _write_atomic(out_dir / name, [json.dumps(r, ensure_ascii=False) for r in rows])
     for stale in _previous_files(out_dir) - set(outputs):  # a recipe must not read an earlier run's split
         (out_dir / stale).unlink(missing_ok=True)
     _write_atomic(
         out_dir / REJECTED_FILE,
-        [json.dumps({"line": r.line, "reason": r.reason, "detail": r.detail}, ensure_ascii=False) for r in rejections],
+        [
+            json.dumps({"line": r.line, "reason": r.reason, "detail": r.detail}, ensure_ascii=False)
+            for r in rejections
+        ],
     )
     _write_atomic(out_dir / SUMMARY_FILE, [json.dumps(summary.as_dict(), indent=2)])
     return summary

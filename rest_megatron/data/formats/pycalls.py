@@ -60,7 +60,9 @@ def _literal(node: ast.expr, where: str) -> Any:
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, RecursionError):
-        raise RecordError("unparseable_arguments", f"{where}: {ast.unparse(node)!r} is not a literal value") from None
+        raise RecordError(
+            "unparseable_arguments", f"{where}: {ast.unparse(node)!r} is not a literal value"
+        ) from None
 
 
 def parse_call(text: str) -> dict[str, Any]:
@@ -78,12 +80,17 @@ def parse_call(text: str) -> dict[str, Any]:
         key, equals, value = piece.partition("=")
         key = key.strip()
         if not equals or not _KEY.match(key) or value.startswith("="):
-            raise RecordError("unparseable_arguments", f"{piece!r} in {name!r} is not key=value (positional arguments are not supported)")
+            raise RecordError(
+                "unparseable_arguments",
+                f"{piece!r} in {name!r} is not key=value (positional arguments are not supported)",
+            )
         where = f"argument {key!r} of {name!r}"
         try:
             node = ast.parse(value.strip(), mode="eval").body
         except (SyntaxError, ValueError, RecursionError) as err:
-            raise RecordError("unparseable_arguments", f"{where} does not parse ({err.__class__.__name__}: {err})") from None
+            raise RecordError(
+                "unparseable_arguments", f"{where} does not parse ({err.__class__.__name__}: {err})"
+            ) from None
         arguments[key] = _literal(node, where)
     return {"name": name, "arguments": arguments}
 
@@ -102,4 +109,6 @@ def parse_calls(text: str) -> list[dict[str, Any]]:
 def looks_like_calls(text: str) -> bool:
     """True when a turn is written as a bracketed call list rather than prose."""
     body = text.strip()
-    return body.startswith("[") and body.endswith("]") and "(" in body and body[1:].lstrip()[:1] not in "[{\"'"
+    return (
+        body.startswith("[") and body.endswith("]") and "(" in body and body[1:].lstrip()[:1] not in "[{\"'"
+    )

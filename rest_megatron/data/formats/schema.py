@@ -26,11 +26,15 @@ from rest_megatron.data.formats.base import RecordError
 JSON_TYPES = frozenset({"string", "number", "integer", "boolean", "array", "object", "null"})
 
 _TYPE_NAMES = {
-    **dict.fromkeys(("str", "string", "text", "char", "any", "datetime", "date", "time", "path", "url"), "string"),
+    **dict.fromkeys(
+        ("str", "string", "text", "char", "any", "datetime", "date", "time", "path", "url"), "string"
+    ),
     **dict.fromkeys(("int", "integer", "long", "short", "byte", "bigint"), "integer"),
     **dict.fromkeys(("float", "double", "number", "decimal", "numeric"), "number"),
     **dict.fromkeys(("bool", "boolean"), "boolean"),
-    **dict.fromkeys(("list", "array", "tuple", "set", "sequence", "arraylist", "queue", "stack", "iterable"), "array"),
+    **dict.fromkeys(
+        ("list", "array", "tuple", "set", "sequence", "arraylist", "queue", "stack", "iterable"), "array"
+    ),
     **dict.fromkeys(("dict", "object", "map", "mapping", "hashmap", "hashtable", "json"), "object"),
     **dict.fromkeys(("none", "null", "nonetype"), "null"),
 }
@@ -87,11 +91,15 @@ def type_spec(raw: Any) -> tuple[dict[str, Any], bool]:
 def property_schema(spec: Any, where: str) -> dict[str, Any]:
     """One parameter's schema with JSON-schema types, recursing into items and nested properties."""
     if not isinstance(spec, dict):
-        raise RecordError("bad_tool_schema", f"parameter {where} must be an object, got {type(spec).__name__}")
+        raise RecordError(
+            "bad_tool_schema", f"parameter {where} must be an object, got {type(spec).__name__}"
+        )
     out = type_spec(spec["type"])[0] if "type" in spec else {}
     if "items" in spec:
         out.pop("items", None)
-    out.update((k, v) for k, v in spec.items() if k not in ("type", "optional", "properties", "items", "required"))
+    out.update(
+        (k, v) for k, v in spec.items() if k not in ("type", "optional", "properties", "items", "required")
+    )
     if isinstance(spec.get("items"), dict):
         out["items"] = property_schema(spec["items"], f"{where}[]")
     if isinstance(spec.get("additionalProperties"), dict):
@@ -116,7 +124,9 @@ def object_schema(params: dict[str, Any], where: str) -> dict[str, Any]:
         raise RecordError("bad_tool_schema", f"{where}: 'required' must be a list of parameter names")
     unknown = [r for r in required if r not in properties]
     if unknown:
-        raise RecordError("bad_tool_schema", f"{where}: required parameters {unknown} are not among its properties")
+        raise RecordError(
+            "bad_tool_schema", f"{where}: required parameters {unknown} are not among its properties"
+        )
     converted = {name: property_schema(spec, f"{where}.{name}") for name, spec in properties.items()}
     return {"type": "object", "properties": converted, "required": list(required)}
 
@@ -126,7 +136,9 @@ def flat_schema(params: dict[str, Any], where: str) -> dict[str, Any]:
     properties, required = {}, []
     for name, spec in params.items():
         if not isinstance(spec, dict):
-            raise RecordError("bad_tool_schema", f"parameter {where}.{name} must be an object, got {type(spec).__name__}")
+            raise RecordError(
+                "bad_tool_schema", f"parameter {where}.{name} must be an object, got {type(spec).__name__}"
+            )
         optional = "default" in spec or spec.get("required") is False
         if isinstance(spec.get("type"), str):
             optional = type_spec(spec["type"])[1] or optional
@@ -154,7 +166,9 @@ def function_schema(tool: Any, where: str = "tool") -> dict[str, Any]:
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise RecordError("bad_tool_schema", f"{where}: parameters must be an object, got {type(params).__name__}")
+        raise RecordError(
+            "bad_tool_schema", f"{where}: parameters must be an object, got {type(params).__name__}"
+        )
     is_object = "properties" in params or str(params.get("type", "")).lower() in ("dict", "object")
     parameters = object_schema(params, where) if is_object else flat_schema(params, where)
     return {"name": name.strip(), "description": description, "parameters": parameters}

@@ -34,8 +34,15 @@ from rest_megatron.data.formats.base import (
 from rest_megatron.data.formats.pycalls import looks_like_calls, parse_calls
 from rest_megatron.data.formats.schema import function_schemas
 
-ROLE_NAMES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
-              "tool": "tool", "function": "tool", "observation": "tool"}
+ROLE_NAMES = {
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "tool": "tool",
+    "function": "tool",
+    "observation": "tool",
+}
 
 
 def system_tools(system: str) -> list[dict[str, Any]]:
@@ -64,7 +71,9 @@ def convert_record(record: dict[str, Any]) -> list[dict[str, Any]]:
             raise RecordError("bad_message", f"turn {i} is not {{'from': role, 'value': text}}")
         role = ROLE_NAMES.get(str(turn.get("from", "")).lower())
         if role is None:
-            raise RecordError("bad_message", f"turn {i} has unknown role {turn.get('from')!r} (known: {sorted(ROLE_NAMES)})")
+            raise RecordError(
+                "bad_message", f"turn {i} has unknown role {turn.get('from')!r} (known: {sorted(ROLE_NAMES)})"
+            )
         text = turn["value"]
         if role != "assistant":
             history.append({"role": role, "content": text})

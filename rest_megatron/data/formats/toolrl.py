@@ -50,13 +50,20 @@ def _parameters(text: str, name: str) -> Any:
             return parse(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             continue
-    raise RecordError("bad_tool_schema", f"parameters of tool {name!r} in the instruction are neither JSON nor a Python literal")
+    raise RecordError(
+        "bad_tool_schema",
+        f"parameters of tool {name!r} in the instruction are neither JSON nor a Python literal",
+    )
 
 
 def instruction_tools(instruction: str) -> list[dict[str, Any]]:
     """The numbered tool list of a ToolRL instruction, as function schemas ([] when there is none)."""
     raw = [
-        {"name": m["name"], "description": m["description"].strip(), "parameters": _parameters(m["parameters"], m["name"])}
+        {
+            "name": m["name"],
+            "description": m["description"].strip(),
+            "parameters": _parameters(m["parameters"], m["name"]),
+        }
         for m in _TOOL_ENTRY.finditer(instruction)
     ]
     return function_schemas(raw, "instruction tools")

@@ -43,10 +43,18 @@ def _tool_table(tools: Any) -> dict[str, dict[str, Any]]:
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise RecordError("bad_tool_schema", f"tools[{i}] is not {{'type': 'function', 'function': {{'name', ...}}}}")
+            raise RecordError(
+                "bad_tool_schema", f"tools[{i}] is not {{'type': 'function', 'function': {{'name', ...}}}}"
+            )
         params = fn.get("parameters")
-        if not isinstance(params, dict) or params.get("type") != "object" or not isinstance(params.get("properties"), dict):
-            raise RecordError("bad_tool_schema", f"tool {fn['name']!r}: parameters must be an object schema with properties")
+        if (
+            not isinstance(params, dict)
+            or params.get("type") != "object"
+            or not isinstance(params.get("properties"), dict)
+        ):
+            raise RecordError(
+                "bad_tool_schema", f"tool {fn['name']!r}: parameters must be an object schema with properties"
+            )
         _check_types(params, f"tool {fn['name']!r}")
         if fn["name"] in table:
             raise RecordError("bad_tool_schema", f"tool {fn['name']!r} is declared twice")
@@ -63,12 +71,18 @@ def check_call(call: Any, tools: dict[str, dict[str, Any]], where: str) -> None:
     params = tools.get(call["name"])
     if params is None:
         declared = ", ".join(sorted(tools)) or "none"
-        raise RecordError("undeclared_tool", f"{where} names {call['name']!r}, which the record does not declare (declared: {declared})")
+        raise RecordError(
+            "undeclared_tool",
+            f"{where} names {call['name']!r}, which the record does not declare (declared: {declared})",
+        )
     if params.get("additionalProperties") is True:
         return
     unknown = sorted(set(call["arguments"]) - set(params["properties"]))
     if unknown:
-        raise RecordError("undeclared_argument", f"{where} passes {unknown} to {call['name']!r}, whose parameters are {sorted(params['properties'])}")
+        raise RecordError(
+            "undeclared_argument",
+            f"{where} passes {unknown} to {call['name']!r}, whose parameters are {sorted(params['properties'])}",
+        )
 
 
 def validate_record(record: Any) -> None:

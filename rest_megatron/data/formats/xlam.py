@@ -30,16 +30,29 @@ from rest_megatron.data.formats.schema import function_schemas
 def answer_calls(answers: Any) -> list[dict[str, Any]]:
     """[{"name", "arguments"}] from xLAM answers; arguments given as JSON strings are decoded."""
     if not isinstance(answers, list):
-        raise RecordError("unparseable_call", f"'answers' must be a list of calls, got {type(answers).__name__}")
+        raise RecordError(
+            "unparseable_call", f"'answers' must be a list of calls, got {type(answers).__name__}"
+        )
     calls = []
     for i, answer in enumerate(answers):
-        if not isinstance(answer, dict) or not isinstance(answer.get("name"), str) or not answer["name"].strip():
+        if (
+            not isinstance(answer, dict)
+            or not isinstance(answer.get("name"), str)
+            or not answer["name"].strip()
+        ):
             raise RecordError("unparseable_call", f"answer {i} is not {{'name': str, 'arguments': {{...}}}}")
-        arguments = decode_json_field(answer.get("arguments", answer.get("parameters", {})), f"answers[{i}].arguments", "unparseable_arguments")
+        arguments = decode_json_field(
+            answer.get("arguments", answer.get("parameters", {})),
+            f"answers[{i}].arguments",
+            "unparseable_arguments",
+        )
         if arguments is None:
             arguments = {}
         if not isinstance(arguments, dict):
-            raise RecordError("unparseable_arguments", f"arguments of {answer['name']!r} must be an object, got {type(arguments).__name__}")
+            raise RecordError(
+                "unparseable_arguments",
+                f"arguments of {answer['name']!r} must be an object, got {type(arguments).__name__}",
+            )
         calls.append({"name": answer["name"].strip(), "arguments": arguments})
     return calls
 
@@ -47,16 +60,25 @@ def answer_calls(answers: Any) -> list[dict[str, Any]]:
 def convert_query_record(record: dict[str, Any], *, source: str, allow_no_call: bool) -> list[dict[str, Any]]:
     """One xLAM-shaped record (xLAM and Hammer share the shape) as one prompt record."""
     query = require(record, "query")
-    tools = function_schemas(decode_json_field(require(record, "tools", (str, list)), "tools", "bad_tool_schema"))
+    tools = function_schemas(
+        decode_json_field(require(record, "tools", (str, list)), "tools", "bad_tool_schema")
+    )
     answers = decode_json_field(record.get("answers", record.get("answer")), "answers", "unparseable_call")
     if answers is None:
         raise RecordError("missing_field", "no 'answers' field")
     calls = answer_calls(answers)
     if not calls and not allow_no_call:
-        raise RecordError("no_ground_truth", "'answers' is empty; xLAM records always call a tool (irrelevance data: use --format hammer)")
+        raise RecordError(
+            "no_ground_truth",
+            "'answers' is empty; xLAM records always call a tool (irrelevance data: use --format hammer)",
+        )
     record_id = f"{source}-{record['id']}" if "id" in record else None
     extra = {} if calls else {"no_call_expected": True}
-    return [make_record(source, [{"role": "user", "content": query}], tools, calls, record_id=record_id, extra=extra)]
+    return [
+        make_record(
+            source, [{"role": "user", "content": query}], tools, calls, record_id=record_id, extra=extra
+        )
+    ]
 
 
 def convert(path: Path, options: ConvertOptions) -> Iterator[Outcome]:

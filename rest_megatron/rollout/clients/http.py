@@ -38,8 +38,15 @@ def _explain(response: httpx.Response) -> str:
 class HttpServer:
     """A base URL with a connection pool and the retry policy above."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 600.0, max_retries: int = 3, backoff_s: float = 0.2,
-                 max_connections: int = 512) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 600.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.2,
+        max_connections: int = 512,
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"server URL {base_url!r} needs a scheme, e.g. http://127.0.0.1:30000")
         self.base_url = base_url.rstrip("/")
@@ -47,7 +54,9 @@ class HttpServer:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout_s, trust_env=False,
+            base_url=self.base_url,
+            timeout=timeout_s,
+            trust_env=False,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
 
@@ -58,8 +67,16 @@ class HttpServer:
     def _sleep_s(self, attempt: int) -> float:
         return min(self.backoff_s * 2**attempt, MAX_BACKOFF_S) * random.uniform(0.5, 1.5)
 
-    async def request(self, method: str, path: str, payload: Any = None, *, timeout_s: float | None = None,
-                      max_retries: int | None = None, expect_json: bool = True) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        *,
+        timeout_s: float | None = None,
+        max_retries: int | None = None,
+        expect_json: bool = True,
+    ) -> Any:
         """Send one request with retries; returns the decoded JSON (or the text if not `expect_json`)."""
         retries = self.max_retries if max_retries is None else max_retries
         timeout = self.timeout_s if timeout_s is None else timeout_s
@@ -93,7 +110,9 @@ class HttpServer:
                     raise BadServerReply(f"{method} {self.base_url}{path} was refused ({last})")
             if attempt < retries:
                 await asyncio.sleep(self._sleep_s(attempt))
-        raise ServerUnavailable(f"{method} {self.base_url}{path} failed {retries + 1} time(s); last error: {last}")
+        raise ServerUnavailable(
+            f"{method} {self.base_url}{path} failed {retries + 1} time(s); last error: {last}"
+        )
 
     async def healthy(self, timeout_s: float = 5.0) -> bool:
         """True if GET /health answers 200 within `timeout_s` (no retries)."""

@@ -26,10 +26,18 @@ log = logging.getLogger(__name__)
 class Router:
     """Least-outstanding-requests load balancer with failover and health probes."""
 
-    def __init__(self, clients: Sequence[InferenceClient], *, probe_interval_s: float = 1.0,
-                 max_attempts: int | None = None, wait_for_server_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        clients: Sequence[InferenceClient],
+        *,
+        probe_interval_s: float = 1.0,
+        max_attempts: int | None = None,
+        wait_for_server_s: float = 60.0,
+    ) -> None:
         if not clients:
-            raise ValueError("a router needs at least one server; set rollout.server_urls or rollout.num_servers")
+            raise ValueError(
+                "a router needs at least one server; set rollout.server_urls or rollout.num_servers"
+            )
         urls = [c.base_url for c in clients]
         if len(set(urls)) != len(urls):
             raise ValueError(f"duplicate server URLs {urls}; list each server once")
@@ -65,8 +73,10 @@ class Router:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 reasons = "; ".join(f"{url}: {why}" for url, why in self.dead.items())
-                raise ServerUnavailable(f"no inference server is healthy after waiting {self.wait_for_server_s:g} s "
-                                        f"({reasons}); check the servers' logs")
+                raise ServerUnavailable(
+                    f"no inference server is healthy after waiting {self.wait_for_server_s:g} s "
+                    f"({reasons}); check the servers' logs"
+                )
             self._revived.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._revived.wait(), timeout=min(remaining, self.probe_interval_s))
@@ -128,7 +138,9 @@ class Router:
         results = await asyncio.gather(*(getattr(c, method)(*args) for c in clients), return_exceptions=True)
         failures = [f"{c.base_url}: {r}" for c, r in zip(clients, results) if isinstance(r, BaseException)]
         if failures:
-            raise WeightSyncError(f"{method} failed on {len(failures)} of {len(clients)} server(s): " + "; ".join(failures))
+            raise WeightSyncError(
+                f"{method} failed on {len(failures)} of {len(clients)} server(s): " + "; ".join(failures)
+            )
 
     async def update_weights_from_disk(self, model_path: str, weight_version: str | None = None) -> None:
         """Update every live server; servers out of rotation get these weights when they return."""

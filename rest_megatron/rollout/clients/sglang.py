@@ -25,36 +25,56 @@ from rest_megatron.rollout.types import BadServerReply, Generation, SamplingPara
 def parse_generate_reply(reply: Any, server: str) -> Generation:
     """A `Generation` from one `/generate` answer; BadServerReply if it is not SGLang's schema."""
     if not isinstance(reply, dict) or not isinstance(reply.get("meta_info"), dict):
-        raise BadServerReply(f"{server}/generate answered {str(reply)[:200]!r}, which has no meta_info; "
-                             "is this an SGLang server?")
+        raise BadServerReply(
+            f"{server}/generate answered {str(reply)[:200]!r}, which has no meta_info; "
+            "is this an SGLang server?"
+        )
     meta = reply["meta_info"]
     triples = meta.get("output_token_logprobs")
     if not isinstance(triples, list):
-        raise BadServerReply(f"{server}/generate sent no meta_info.output_token_logprobs; the request must set "
-                             "return_logprob=true and the server must support it")
+        raise BadServerReply(
+            f"{server}/generate sent no meta_info.output_token_logprobs; the request must set "
+            "return_logprob=true and the server must support it"
+        )
     try:
         logprobs = [float(t[0]) for t in triples]
         ids_from_logprobs = [int(t[1]) for t in triples]
     except (TypeError, ValueError, IndexError) as exc:
-        raise BadServerReply(f"{server}/generate sent malformed output_token_logprobs ({exc}); expected "
-                             "[logprob, token_id, text] triples") from exc
+        raise BadServerReply(
+            f"{server}/generate sent malformed output_token_logprobs ({exc}); expected "
+            "[logprob, token_id, text] triples"
+        ) from exc
     output_ids = reply.get("output_ids", ids_from_logprobs)
     if output_ids != ids_from_logprobs:
-        raise BadServerReply(f"{server}/generate: output_ids and the token ids of output_token_logprobs differ")
+        raise BadServerReply(
+            f"{server}/generate: output_ids and the token ids of output_token_logprobs differ"
+        )
     finish = meta.get("finish_reason")
     kind = finish.get("type") if isinstance(finish, dict) else finish
     if kind not in ("stop", "length", "abort"):
-        raise BadServerReply(f"{server}/generate sent finish_reason {finish!r}; expected type stop/length/abort")
+        raise BadServerReply(
+            f"{server}/generate sent finish_reason {finish!r}; expected type stop/length/abort"
+        )
     matched = finish.get("matched") if isinstance(finish, dict) else None
-    extra = {k: meta[k] for k in ("weight_version", "cached_tokens", "e2e_latency", "prompt_tokens") if k in meta}
-    return Generation(output_ids=list(output_ids), logprobs=logprobs, finish_reason=kind, matched_stop=matched,
-                      server=server, extra=extra)
+    extra = {
+        k: meta[k] for k in ("weight_version", "cached_tokens", "e2e_latency", "prompt_tokens") if k in meta
+    }
+    return Generation(
+        output_ids=list(output_ids),
+        logprobs=logprobs,
+        finish_reason=kind,
+        matched_stop=matched,
+        server=server,
+        extra=extra,
+    )
 
 
 class SGLangClient:
     """Async client of one SGLang (or embedded-engine) server."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 600.0, max_retries: int = 3, backoff_s: float = 0.2) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 600.0, max_retries: int = 3, backoff_s: float = 0.2
+    ) -> None:
         self._server = HttpServer(base_url, timeout_s=timeout_s, max_retries=max_retries, backoff_s=backoff_s)
         self.base_url = self._server.base_url
 
@@ -89,12 +109,28 @@ class SGLangClient:
             payload["weight_version"] = weight_version
         await self._weights_call("/update_weights_from_disk", payload)
 
-    async def init_weights_update_group(self, *, master_address: str, master_port: int, rank_offset: int,
-                                        world_size: int, group_name: str, backend: str = "nccl") -> None:
+    async def init_weights_update_group(
+        self,
+        *,
+        master_address: str,
+        master_port: int,
+        rank_offset: int,
+        world_size: int,
+        group_name: str,
+        backend: str = "nccl",
+    ) -> None:
         """Join the trainer's weight-broadcast process group (blocks until every member joined)."""
-        await self._weights_call("/init_weights_update_group", {
-            "master_address": master_address, "master_port": master_port, "rank_offset": rank_offset,
-            "world_size": world_size, "group_name": group_name, "backend": backend})
+        await self._weights_call(
+            "/init_weights_update_group",
+            {
+                "master_address": master_address,
+                "master_port": master_port,
+                "rank_offset": rank_offset,
+                "world_size": world_size,
+                "group_name": group_name,
+                "backend": backend,
+            },
+        )
 
     async def update_weights_from_distributed(self, payload: dict[str, Any]) -> None:
         """Receive one bucket of broadcast tensors (payload from `weight_sync.bucket_payload`)."""

@@ -37,26 +37,44 @@ def parse_completion_reply(reply: Any, server: str) -> Generation:
     try:
         choice = reply["choices"][0]
     except (KeyError, IndexError, TypeError) as exc:
-        raise BadServerReply(f"{server}/v1/completions answered {str(reply)[:200]!r} without choices") from exc
+        raise BadServerReply(
+            f"{server}/v1/completions answered {str(reply)[:200]!r} without choices"
+        ) from exc
     token_ids = choice.get("token_ids")
     if not isinstance(token_ids, list):
-        raise BadServerReply(f"{server}/v1/completions sent no choices[0].token_ids; it needs vLLM >= 0.10.2 "
-                             "(return_token_ids)")
+        raise BadServerReply(
+            f"{server}/v1/completions sent no choices[0].token_ids; it needs vLLM >= 0.10.2 "
+            "(return_token_ids)"
+        )
     logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
     if not isinstance(logprobs, list) or any(lp is None for lp in logprobs):
-        raise BadServerReply(f"{server}/v1/completions sent no per-token logprobs; the request asks logprobs=1")
+        raise BadServerReply(
+            f"{server}/v1/completions sent no per-token logprobs; the request asks logprobs=1"
+        )
     finish = choice.get("finish_reason")
     if finish not in ("stop", "length", "abort"):
         raise BadServerReply(f"{server}/v1/completions sent finish_reason {finish!r}")
-    return Generation(output_ids=[int(t) for t in token_ids], logprobs=[float(x) for x in logprobs],
-                      finish_reason=finish, matched_stop=choice.get("stop_reason"), server=server)
+    return Generation(
+        output_ids=[int(t) for t in token_ids],
+        logprobs=[float(x) for x in logprobs],
+        finish_reason=finish,
+        matched_stop=choice.get("stop_reason"),
+        server=server,
+    )
 
 
 class VLLMClient:
     """Async client of one vLLM OpenAI-compatible server."""
 
-    def __init__(self, base_url: str, *, model: str | None = None, timeout_s: float = 600.0, max_retries: int = 3,
-                 backoff_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        timeout_s: float = 600.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.2,
+    ) -> None:
         self._server = HttpServer(base_url, timeout_s=timeout_s, max_retries=max_retries, backoff_s=backoff_s)
         self.base_url = self._server.base_url
         self.model = model
@@ -70,7 +88,9 @@ class VLLMClient:
             try:
                 self.model = str(reply["data"][0]["id"])
             except (KeyError, IndexError, TypeError) as exc:
-                raise BadServerReply(f"{self.base_url}/v1/models lists no model; pass model= explicitly") from exc
+                raise BadServerReply(
+                    f"{self.base_url}/v1/models lists no model; pass model= explicitly"
+                ) from exc
         return self.model
 
     async def generate(self, input_ids: Sequence[int], params: SamplingParams) -> Generation:
@@ -91,19 +111,27 @@ class VLLMClient:
             payload["ignore_eos"] = True
         if params.seed is not None:
             payload["seed"] = params.seed
-        return parse_completion_reply(await self._server.request("POST", "/v1/completions", payload), self.base_url)
+        return parse_completion_reply(
+            await self._server.request("POST", "/v1/completions", payload), self.base_url
+        )
 
     async def health(self) -> bool:
         return await self._server.healthy()
 
-    async def _rpc(self, method: str, *, args: Sequence[str] = (), kwargs: dict[str, Any] | None = None) -> Any:
+    async def _rpc(
+        self, method: str, *, args: Sequence[str] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         try:
-            return await self._server.request("POST", "/collective_rpc",
-                                              {"method": method, "args": list(args), "kwargs": kwargs or {}})
+            return await self._server.request(
+                "POST", "/collective_rpc", {"method": method, "args": list(args), "kwargs": kwargs or {}}
+            )
         except BadServerReply as exc:
-            hint = ("; start vLLM with VLLM_SERVER_DEV_MODE=1 (which serves /collective_rpc) and --worker-extension-cls "
-                    f"{WORKER_EXTENSION} (launch.vllm_server_args does both), or set rollout.weight_sync=disk"
-                    if "404" in str(exc) or "rest_" in str(exc) else "")
+            hint = (
+                "; start vLLM with VLLM_SERVER_DEV_MODE=1 (which serves /collective_rpc) and --worker-extension-cls "
+                f"{WORKER_EXTENSION} (launch.vllm_server_args does both), or set rollout.weight_sync=disk"
+                if "404" in str(exc) or "rest_" in str(exc)
+                else ""
+            )
             raise WeightSyncError(f"{self.base_url}/collective_rpc {method} failed: {exc}{hint}") from exc
 
     async def update_weights_from_disk(self, model_path: str, weight_version: str | None = None) -> None:
@@ -111,12 +139,32 @@ class VLLMClient:
         await self._rpc("reload_weights", kwargs={"weights_path": str(model_path)})
         await self.flush_cache()
 
-    async def init_weights_update_group(self, *, master_address: str, master_port: int, rank_offset: int,
-                                        world_size: int, group_name: str, backend: str = "nccl") -> None:
+    async def init_weights_update_group(
+        self,
+        *,
+        master_address: str,
+        master_port: int,
+        rank_offset: int,
+        world_size: int,
+        group_name: str,
+        backend: str = "nccl",
+    ) -> None:
         """Every worker joins the trainer's weight-update group (blocks until all members joined)."""
-        await self._rpc("rest_init_weights_update_group", args=[json.dumps({
-            "master_address": master_address, "master_port": master_port, "rank_offset": rank_offset,
-            "world_size": world_size, "group_name": group_name, "backend": backend})])
+        await self._rpc(
+            "rest_init_weights_update_group",
+            args=[
+                json.dumps(
+                    {
+                        "master_address": master_address,
+                        "master_port": master_port,
+                        "rank_offset": rank_offset,
+                        "world_size": world_size,
+                        "group_name": group_name,
+                        "backend": backend,
+                    }
+                )
+            ],
+        )
 
     async def update_weights_from_distributed(self, payload: dict[str, Any]) -> None:
         """Receive and load one broadcast bucket (payload from `weight_sync.bucket_payload`)."""

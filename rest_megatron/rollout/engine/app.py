@@ -41,7 +41,9 @@ _DISCONNECT_POLL_S = 0.2
 
 def _error(status: int, message: str) -> JSONResponse:
     # SGLang's error shape; vLLM clients read "message" from the same object.
-    return JSONResponse({"error": {"message": message, "code": status}, "message": message}, status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "code": status}, "message": message}, status_code=status
+    )
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -79,8 +81,13 @@ async def _await_all(http: Request, requests: list[EngineRequest], core: EngineC
                 await done
 
 
-def create_app(core: EngineCore, *, original_logprobs: bool = False, seed: int | None = None,
-               served_model_name: str | None = None) -> FastAPI:
+def create_app(
+    core: EngineCore,
+    *,
+    original_logprobs: bool = False,
+    seed: int | None = None,
+    served_model_name: str | None = None,
+) -> FastAPI:
     """The FastAPI app serving `core` (started and stopped with the app's lifespan)."""
     seeds = SeedSource(seed)
     receiver = WeightReceiver()
@@ -107,16 +114,28 @@ def create_app(core: EngineCore, *, original_logprobs: bool = False, seed: int |
 
     @app.get("/get_model_info")
     async def model_info() -> dict:
-        return {"model_path": core.model_path, "tokenizer_path": core.model_path, "is_generation": True,
-                "weight_version": core.weight_version, "served_model_name": model_name}
+        return {
+            "model_path": core.model_path,
+            "tokenizer_path": core.model_path,
+            "is_generation": True,
+            "weight_version": core.weight_version,
+            "served_model_name": model_name,
+        }
 
     @app.get("/get_server_info")
     async def server_info() -> dict:
-        return {"num_running": core.num_running, "num_queued": core.num_queued, "max_running": core.max_running,
-                "num_decode_steps": core.num_decode_steps, "num_decode_rows": core.num_decode_rows,
-                "prefix_cache_entries": len(core.prefix_cache), "prefix_cache_tokens": core.prefix_cache.num_tokens,
-                "prefix_cache_hit_tokens": core.prefix_cache.hits_tokens, "weight_version": core.weight_version,
-                "return_original_logprob": original_logprobs}
+        return {
+            "num_running": core.num_running,
+            "num_queued": core.num_queued,
+            "max_running": core.max_running,
+            "num_decode_steps": core.num_decode_steps,
+            "num_decode_rows": core.num_decode_rows,
+            "prefix_cache_entries": len(core.prefix_cache),
+            "prefix_cache_tokens": core.prefix_cache.num_tokens,
+            "prefix_cache_hit_tokens": core.prefix_cache.hits_tokens,
+            "weight_version": core.weight_version,
+            "return_original_logprob": original_logprobs,
+        }
 
     @app.post("/generate")
     async def generate(http: Request) -> Any:
@@ -130,8 +149,14 @@ def create_app(core: EngineCore, *, original_logprobs: bool = False, seed: int |
         return_logprob = body.get("return_logprob") or False
         flags = return_logprob if isinstance(return_logprob, list) else [return_logprob] * len(requests)
         out = [
-            sglang_response(r, core.tokenizer, return_logprob=bool(flag), skip_special_tokens=o["skip_special_tokens"],
-                            return_text=bool(body.get("return_text_in_logprobs")), started=started)
+            sglang_response(
+                r,
+                core.tokenizer,
+                return_logprob=bool(flag),
+                skip_special_tokens=o["skip_special_tokens"],
+                return_text=bool(body.get("return_text_in_logprobs")),
+                started=started,
+            )
             for r, o, flag in zip(requests, options, flags)
         ]
         return out if batched else out[0]
@@ -146,8 +171,10 @@ def create_app(core: EngineCore, *, original_logprobs: bool = False, seed: int |
         try:
             message = await asyncio.wrap_future(future)
         except Exception as exc:  # noqa: BLE001 - the reason goes back to the caller
-            return JSONResponse({"success": False, "message": f"{type(exc).__name__}: {exc}",
-                                 "num_paused_requests": 0}, status_code=400)
+            return JSONResponse(
+                {"success": False, "message": f"{type(exc).__name__}: {exc}", "num_paused_requests": 0},
+                status_code=400,
+            )
         return {"success": True, "message": message, "num_paused_requests": 0}
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
@@ -166,7 +193,9 @@ def create_app(core: EngineCore, *, original_logprobs: bool = False, seed: int |
         try:
             message = await asyncio.to_thread(receiver.join, body)
         except Exception as exc:  # noqa: BLE001 - the reason goes back to the caller
-            return JSONResponse({"success": False, "message": f"{type(exc).__name__}: {exc}"}, status_code=400)
+            return JSONResponse(
+                {"success": False, "message": f"{type(exc).__name__}: {exc}"}, status_code=400
+            )
         return {"success": True, "message": message}
 
     @app.post("/update_weights_from_distributed")
@@ -186,12 +215,17 @@ def create_app(core: EngineCore, *, original_logprobs: bool = False, seed: int |
         try:
             message = await asyncio.wrap_future(core.run_command(receive))
         except Exception as exc:  # noqa: BLE001
-            return JSONResponse({"success": False, "message": f"{type(exc).__name__}: {exc}"}, status_code=400)
+            return JSONResponse(
+                {"success": False, "message": f"{type(exc).__name__}: {exc}"}, status_code=400
+            )
         return {"success": True, "message": message}
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "rest-megatron"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "owned_by": "rest-megatron"}],
+        }
 
     @app.post("/v1/completions")
     async def completions(http: Request) -> Any:

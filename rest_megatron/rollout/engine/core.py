@@ -84,7 +84,9 @@ class EngineCore:
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_path)
         self.model = self._load(self.model_path)
         self.eos_ids = self._eos_ids()
-        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self._cache_kw = (
+            "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        )
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
         self.weight_version = "0"
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
@@ -158,7 +160,9 @@ class EngineCore:
         """(worker thread) After new weights are in place: drop the stale KV prefixes, set the version
         every later answer carries (`weight_version`, or the old one plus one)."""
         self.prefix_cache.clear()
-        self.weight_version = weight_version or str(int(self.weight_version) + 1 if self.weight_version.isdigit() else 1)
+        self.weight_version = weight_version or str(
+            int(self.weight_version) + 1 if self.weight_version.isdigit() else 1
+        )
 
     # ---- model helpers (worker thread) ----------------------------------------------------
     def _load(self, path: str) -> torch.nn.Module:
@@ -175,7 +179,9 @@ class EngineCore:
             ids.add(self.tokenizer.eos_token_id)
         return frozenset(ids)
 
-    def _forward(self, input_ids: torch.Tensor, kv: LayerKV | None, **kwargs: Any) -> tuple[torch.Tensor, LayerKV]:
+    def _forward(
+        self, input_ids: torch.Tensor, kv: LayerKV | None, **kwargs: Any
+    ) -> tuple[torch.Tensor, LayerKV]:
         """Logits [B, T', V] and the full KV after running `input_ids` on top of `kv`."""
         cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
         # transformers 5.2x renamed `past_key_values` to `cache`; accept both spellings.

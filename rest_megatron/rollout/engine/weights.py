@@ -32,16 +32,25 @@ class WeightReceiver:
         """(any thread) Join the group; blocks until every member has joined."""
         backend = body.get("backend", "nccl")
         if backend != "gloo":
-            raise ValueError(f"the embedded CPU engine receives weights over gloo, not {backend!r}; the trainer "
-                             "picks gloo for rollout.engine=embedded (SGLang on GPU uses nccl)")
-        missing = [k for k in ("master_address", "master_port", "rank_offset", "world_size", "group_name")
-                   if k not in body]
+            raise ValueError(
+                f"the embedded CPU engine receives weights over gloo, not {backend!r}; the trainer "
+                "picks gloo for rollout.engine=embedded (SGLang on GPU uses nccl)"
+            )
+        missing = [
+            k
+            for k in ("master_address", "master_port", "rank_offset", "world_size", "group_name")
+            if k not in body
+        ]
         if missing:
             raise ValueError(f"/init_weights_update_group needs {', '.join(missing)}")
         self.group = init_custom_process_group(
-            backend="gloo", init_method=f"tcp://{body['master_address']}:{int(body['master_port'])}",
-            world_size=int(body["world_size"]), rank=int(body["rank_offset"]), group_name=str(body["group_name"]),
-            timeout_s=timeout_s)
+            backend="gloo",
+            init_method=f"tcp://{body['master_address']}:{int(body['master_port'])}",
+            world_size=int(body["world_size"]),
+            rank=int(body["rank_offset"]),
+            group_name=str(body["group_name"]),
+            timeout_s=timeout_s,
+        )
         self.group_name = str(body["group_name"])
         return f"joined {self.group_name} as rank {body['rank_offset']} of {body['world_size']}"
 
@@ -52,8 +61,12 @@ class WeightReceiver:
         if body.get("group_name", self.group_name) != self.group_name:
             raise ValueError(f"group {body.get('group_name')!r} is not the joined group {self.group_name!r}")
         names, dtypes, shapes = body.get("names"), body.get("dtypes"), body.get("shapes")
-        if not (isinstance(names, list) and isinstance(dtypes, list) and isinstance(shapes, list)
-                and len(names) == len(dtypes) == len(shapes)):
+        if not (
+            isinstance(names, list)
+            and isinstance(dtypes, list)
+            and isinstance(shapes, list)
+            and len(names) == len(dtypes) == len(shapes)
+        ):
             raise ValueError("names, dtypes and shapes must be lists of the same length")
         torch_dtypes = []
         for dtype in dtypes:
@@ -63,8 +76,9 @@ class WeightReceiver:
             torch_dtypes.append(value)
         return [str(n) for n in names], torch_dtypes, [[int(s) for s in shape] for shape in shapes]
 
-    def receive_into(self, model: torch.nn.Module, names: list[str], dtypes: list[torch.dtype],
-                     shapes: list[list[int]]) -> None:
+    def receive_into(
+        self, model: torch.nn.Module, names: list[str], dtypes: list[torch.dtype], shapes: list[list[int]]
+    ) -> None:
         """(engine thread) Receive the bucket's tensors from rank 0 and copy each into the model.
 
         Every announced tensor is received even when one does not fit, so the trainer's broadcasts
@@ -85,5 +99,7 @@ class WeightReceiver:
                     target.copy_(tensor)
         self.num_buckets += 1
         if problems:
-            raise ValueError("weights do not match the served model (fix the Megatron->HF name map): "
-                             + "; ".join(problems[:5]))
+            raise ValueError(
+                "weights do not match the served model (fix the Megatron->HF name map): "
+                + "; ".join(problems[:5])
+            )

@@ -78,15 +78,19 @@ def ensure_installed() -> None:
     if os.geteuid() != 0:
         raise ClusterUnavailable("the local Slurm cluster needs root (daemons, /etc/hosts, apt)")
     if shutil.which("dpkg-query") is None or shutil.which("apt-get") is None:
-        raise ClusterUnavailable("no dpkg/apt-get: install slurmctld, slurmd, slurm-client and munge yourself")
+        raise ClusterUnavailable(
+            "no dpkg/apt-get: install slurmctld, slurmd, slurm-client and munge yourself"
+        )
     missing = missing_packages()
     if not missing:
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     # policy-rc.d refuses service starts in containers; where it does not, the Debian units start
     # daemons with the default config. Ours never use it (own config, own munge socket).
-    for command in (["apt-get", "update", "-qq"],
-                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
+    for command in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+    ):
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:  # root with apt: a failure here is an error, never a skip
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -236,9 +240,20 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self.write_config()
         d = self.state_dir
         munge = d / "munge"
-        self._run(["runuser", "-u", "munge", "--", "munged", f"--socket={self.munge_socket}",
-                   f"--key-file={munge / 'key' / 'munge.key'}", f"--pid-file={munge / 'munged.pid'}",
-                   f"--log-file={munge / 'munged.log'}", f"--seed-file={munge / 'key' / 'munged.seed'}"])
+        self._run(
+            [
+                "runuser",
+                "-u",
+                "munge",
+                "--",
+                "munged",
+                f"--socket={self.munge_socket}",
+                f"--key-file={munge / 'key' / 'munge.key'}",
+                f"--pid-file={munge / 'munged.pid'}",
+                f"--log-file={munge / 'munged.log'}",
+                f"--seed-file={munge / 'key' / 'munged.seed'}",
+            ]
+        )
         self._run(_as_host(CONTROLLER, "slurmctld", "-f", str(self.conf)))
         for node in self.nodes:
             self._run(_as_host(node, "slurmd", "-f", str(self.conf), "-N", node))
@@ -251,7 +266,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
     def node_states(self) -> dict[str, str]:
         """Node name -> sinfo's short state (idle, alloc, comp, ...); empty while slurmctld is not up."""
-        query = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env(), capture_output=True, text=True)
+        query = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env(), capture_output=True, text=True
+        )
         return dict(line.split()[:2] for line in query.stdout.splitlines() if len(line.split()) >= 2)
 
     def wait_idle(self, timeout_s: float) -> None:
@@ -265,17 +282,20 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             time.sleep(0.5)
         raise RuntimeError(f"nodes not idle after {timeout_s}s: {states!r}\n{self.logs()}")
 
-    def slurm(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-              check: bool = True) -> subprocess.CompletedProcess[str]:
+    def slurm(
+        self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run a Slurm client command (sbatch, scontrol, scancel, ...) against this cluster."""
-        done = subprocess.run(list(args), env={**self.env(), **(env or {})}, cwd=cwd, capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(
+            list(args), env={**self.env(), **(env or {})}, cwd=cwd, capture_output=True, text=True, timeout=60
+        )
         if check and done.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
         return done
 
-    def submit(self, script: Path, *args: str, env: dict[str, str], cwd: Path, sbatch_opts: tuple[str, ...] = ()
-               ) -> int:
+    def submit(
+        self, script: Path, *args: str, env: dict[str, str], cwd: Path, sbatch_opts: tuple[str, ...] = ()
+    ) -> int:
         """sbatch a script (environment exported, as users do) and return the job id."""
         done = self.slurm("sbatch", "--parsable", *sbatch_opts, str(script), *args, env=env, cwd=cwd)
         return int(done.stdout.strip().split(";")[0])
@@ -285,8 +305,19 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         out = self.slurm("scontrol", "show", "job", "-o", str(job_id)).stdout
         return dict(field.split("=", 1) for field in out.split() if "=" in field)
 
-    def wait_job(self, job_id: int, timeout_s: float, states: tuple[str, ...] = ("COMPLETED", "FAILED",
-                 "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")) -> dict[str, str]:
+    def wait_job(
+        self,
+        job_id: int,
+        timeout_s: float,
+        states: tuple[str, ...] = (
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "OUT_OF_MEMORY",
+        ),
+    ) -> dict[str, str]:
         """Poll until the job reaches one of `states` (default: finished); returns its record.
 
         Faster than `sbatch --wait`, whose back-off polling adds up to half a minute per job.
@@ -299,8 +330,10 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             time.sleep(0.5)
         record = self.job(job_id)
         self.slurm("scancel", str(job_id), check=False)
-        raise TimeoutError(f"job {job_id} still {record['JobState']} after {timeout_s}s; cancelled.\n"
-                           f"{_tail(Path(record.get('StdOut', '/nonexistent')))}")
+        raise TimeoutError(
+            f"job {job_id} still {record['JobState']} after {timeout_s}s; cancelled.\n"
+            f"{_tail(Path(record.get('StdOut', '/nonexistent')))}"
+        )
 
     def stepds(self, job_id: int) -> list[str]:
         """Titles of the slurmstepd processes still serving job `job_id` ("slurmstepd: [7.batch]", ...).
@@ -323,7 +356,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         parts = []
         for log in sorted((self.state_dir / "log").glob("*.log")) + [self.state_dir / "munge" / "munged.log"]:
             if log.exists():
-                parts.append(f"== {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-tail:]))
+                parts.append(
+                    f"== {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-tail:])
+                )
         return "\n".join(parts)
 
     def cancel_all(self, timeout_s: float = 40.0) -> None:

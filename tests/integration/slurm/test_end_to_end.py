@@ -14,19 +14,32 @@ import pytest
 from tests.integration.slurm.cluster import LocalSlurmCluster
 from tests.integration.slurm.conftest import REPO
 
-needs_trainer = pytest.mark.skipif(importlib.util.find_spec("rest_megatron.trainer.loop") is None,
-                                   reason="needs rest_megatron.trainer.loop")
+needs_trainer = pytest.mark.skipif(
+    importlib.util.find_spec("rest_megatron.trainer.loop") is None, reason="needs rest_megatron.trainer.loop"
+)
 
 
 @needs_trainer
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_tiny_recipe_on_two_nodes(slurm_cluster: LocalSlurmCluster, job_env: dict[str, str], tmp_path: Path) -> None:
+def test_tiny_recipe_on_two_nodes(
+    slurm_cluster: LocalSlurmCluster, job_env: dict[str, str], tmp_path: Path
+) -> None:
     env = {**job_env, "SERVICE_TIMEOUT_S": "300"}  # ROLLOUT_ENGINE and the model come from the recipe
-    overrides = ("optimizer.num_steps=2", "checkpoint.save_interval=1", "logging.eval_interval=0",
-                 "sft.num_steps=10")
-    job = slurm_cluster.submit(REPO / "slurm" / "train.sbatch", "recipes/tiny-cpu.yaml", *overrides, env=env,
-                               cwd=REPO, sbatch_opts=("--output", str(tmp_path / "job-%j.out")))
+    overrides = (
+        "optimizer.num_steps=2",
+        "checkpoint.save_interval=1",
+        "logging.eval_interval=0",
+        "sft.num_steps=10",
+    )
+    job = slurm_cluster.submit(
+        REPO / "slurm" / "train.sbatch",
+        "recipes/tiny-cpu.yaml",
+        *overrides,
+        env=env,
+        cwd=REPO,
+        sbatch_opts=("--output", str(tmp_path / "job-%j.out")),
+    )
     record = slurm_cluster.wait_job(job, timeout_s=380)
     log = Path(record["StdOut"]).read_text(errors="replace")
     assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log[-6000:]

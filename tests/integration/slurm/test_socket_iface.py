@@ -40,11 +40,29 @@ def two_hosts() -> Iterator[tuple[str, str]]:
     tag = str(os.getpid())
     head, peer = f"rmt{tag}h", f"rmt{tag}p"
     try:
-        steps = [("netns", "add", head), ("netns", "add", peer),
-                 ("link", "add", f"rmh{tag}", "netns", head, "type", "veth", "peer", "name", f"rmp{tag}", "netns", peer),
-                 ("-n", head, "addr", "add", f"{HEAD}/24", "dev", f"rmh{tag}"),
-                 ("-n", peer, "addr", "add", f"{PEER}/24", "dev", f"rmp{tag}")]
-        steps += [("-n", ns, "link", "set", dev, "up") for ns in (head, peer) for dev in ("lo", f"rm{ns[-1]}{tag}")]
+        steps = [
+            ("netns", "add", head),
+            ("netns", "add", peer),
+            (
+                "link",
+                "add",
+                f"rmh{tag}",
+                "netns",
+                head,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"rmp{tag}",
+                "netns",
+                peer,
+            ),
+            ("-n", head, "addr", "add", f"{HEAD}/24", "dev", f"rmh{tag}"),
+            ("-n", peer, "addr", "add", f"{PEER}/24", "dev", f"rmp{tag}"),
+        ]
+        steps += [
+            ("-n", ns, "link", "set", dev, "up") for ns in (head, peer) for dev in ("lo", f"rm{ns[-1]}{tag}")
+        ]
         for step in steps:
             done = _ip(*step)
             if done.returncode != 0:
@@ -61,8 +79,12 @@ def two_hosts() -> Iterator[tuple[str, str]]:
 
 def _iface(ns: str, *args: str) -> str:
     script = f'source "{COMMON}"; iface_to "$@"'
-    done = subprocess.run(["ip", "netns", "exec", ns, "bash", "-c", script, "iface_to", *args],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, "bash", "-c", script, "iface_to", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

@@ -32,17 +32,34 @@ def _listening(port: int) -> bool:
 
 
 @pytest.mark.timeout(600)
-def test_two_node_tensor_parallel_train(slurm_cluster: LocalSlurmCluster, job_env: dict[str, str],
-                                        tmp_path: Path) -> None:
+def test_two_node_tensor_parallel_train(
+    slurm_cluster: LocalSlurmCluster, job_env: dict[str, str], tmp_path: Path
+) -> None:
     """`rest-megatron train` at TP=2 across the two nodes (one rank each, gloo): one model split over
     the nodes, SFT then one RL step, with an embedded rollout server and a sandbox per node."""
     env = {**job_env, "SERVICE_TIMEOUT_S": "300"}
     # launch.nnodes: the job validates the recipe before it inserts its own launch.* overrides.
-    overrides = ("parallel.tp=2", "launch.nnodes=2", "sft.num_steps=2", "sft.num_samples=8", "optimizer.num_steps=1",
-                 "data.num_prompts_per_step=2", "rollout.num_samples_per_prompt=2", "rollout.max_new_tokens=32",
-                 "rollout.max_turns=2", "algorithm.dynamic_sampling=false", "logging.eval_interval=0")
-    job = slurm_cluster.submit(TRAIN, "recipes/tiny-cpu.yaml", *overrides, env=env, cwd=REPO,
-                               sbatch_opts=("--output", str(tmp_path / "job-%j.out")))
+    overrides = (
+        "parallel.tp=2",
+        "launch.nnodes=2",
+        "sft.num_steps=2",
+        "sft.num_samples=8",
+        "optimizer.num_steps=1",
+        "data.num_prompts_per_step=2",
+        "rollout.num_samples_per_prompt=2",
+        "rollout.max_new_tokens=32",
+        "rollout.max_turns=2",
+        "algorithm.dynamic_sampling=false",
+        "logging.eval_interval=0",
+    )
+    job = slurm_cluster.submit(
+        TRAIN,
+        "recipes/tiny-cpu.yaml",
+        *overrides,
+        env=env,
+        cwd=REPO,
+        sbatch_opts=("--output", str(tmp_path / "job-%j.out")),
+    )
     record = slurm_cluster.wait_job(job, timeout_s=540)
     log = _log(record)
     assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log[-4000:]
@@ -91,17 +108,25 @@ def _release_requeued(cluster: LocalSlurmCluster, job: int, restarts: int, timeo
         # Only once the requeue is complete (the hold is in place, every node idle again, no stepd of
         # the previous attempt left): releasing a job whose old batch step is still exiting makes
         # its relaunch fail at once.
-        if (record["JobState"] == "PENDING" and record["Reason"] == "BeginTime"
-                and set(cluster.node_states().values()) == {"idle"} and not cluster.stepds(job)):
+        if (
+            record["JobState"] == "PENDING"
+            and record["Reason"] == "BeginTime"
+            and set(cluster.node_states().values()) == {"idle"}
+            and not cluster.stepds(job)
+        ):
             cluster.slurm("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
         time.sleep(0.5)
     record = cluster.job(job)
-    raise TimeoutError(f"job {job} did not run restart {restarts}: {record}\nstepds: {cluster.stepds(job)}\n"
-                       f"== job log\n{_log(record)[-3000:]}\n{cluster.logs()}")
+    raise TimeoutError(
+        f"job {job} did not run restart {restarts}: {record}\nstepds: {cluster.stepds(job)}\n"
+        f"== job log\n{_log(record)[-3000:]}\n{cluster.logs()}"
+    )
 
 
 @pytest.mark.timeout(600)
-def test_preempted_job_resumes(slurm_cluster: LocalSlurmCluster, job_env: dict[str, str], tmp_path: Path) -> None:
+def test_preempted_job_resumes(
+    slurm_cluster: LocalSlurmCluster, job_env: dict[str, str], tmp_path: Path
+) -> None:
     """SIGTERM -> checkpoint -> requeue -> resume, twice: the time-limit warning, then a preemption.
 
     1. `scancel -b -s TERM` is what `#SBATCH --signal=B:TERM@120` does before the time limit: only
@@ -114,10 +139,22 @@ def test_preempted_job_resumes(slurm_cluster: LocalSlurmCluster, job_env: dict[s
     """
     hold = tmp_path / "hold"
     hold.touch()
-    env = {**job_env, "TRAIN_CMD": str(PAYLOADS / "counter.py"), "ROLLOUT_ENGINE": "none", "SANDBOX": "0",
-           "COUNTER_STEPS": "24", "COUNTER_STEP_S": "0.1", "COUNTER_HOLD": str(hold)}
-    job = slurm_cluster.submit(TRAIN, "recipes/tiny-cpu.yaml", env=env, cwd=REPO,
-                               sbatch_opts=("--output", str(tmp_path / "job-%j.out")))
+    env = {
+        **job_env,
+        "TRAIN_CMD": str(PAYLOADS / "counter.py"),
+        "ROLLOUT_ENGINE": "none",
+        "SANDBOX": "0",
+        "COUNTER_STEPS": "24",
+        "COUNTER_STEP_S": "0.1",
+        "COUNTER_HOLD": str(hold),
+    }
+    job = slurm_cluster.submit(
+        TRAIN,
+        "recipes/tiny-cpu.yaml",
+        env=env,
+        cwd=REPO,
+        sbatch_opts=("--output", str(tmp_path / "job-%j.out")),
+    )
     run_dir = Path(env["RUNS_ROOT"]) / f"rest-megatron-train-{job}"
     progress = run_dir / "progress"
 
@@ -127,8 +164,11 @@ def test_preempted_job_resumes(slurm_cluster: LocalSlurmCluster, job_env: dict[s
     _wait_for(lambda: past(3), 180, "first attempt made no progress")
     slurm_cluster.slurm("scancel", "--batch", "--signal=TERM", str(job))
     _release_requeued(slurm_cluster, job, restarts=1)
-    _wait_for(lambda: len(_events(run_dir)) >= 3 and past(_events(run_dir)[1]["step"] + 3), 180,
-              "second attempt made no progress")
+    _wait_for(
+        lambda: len(_events(run_dir)) >= 3 and past(_events(run_dir)[1]["step"] + 3),
+        180,
+        "second attempt made no progress",
+    )
     slurm_cluster.slurm("scontrol", "requeue", str(job))
     # The second attempt has saved before the hold goes, so only the third one may finish.
     _wait_for(lambda: len(_events(run_dir)) >= 4, 120, "second attempt did not save on the preemption")
@@ -151,33 +191,54 @@ def test_preempted_job_resumes(slurm_cluster: LocalSlurmCluster, job_env: dict[s
 
 
 @pytest.mark.timeout(300)
-def test_failing_rank_fails_the_job(slurm_cluster: LocalSlurmCluster, job_env: dict[str, str],
-                                    tmp_path: Path) -> None:
+def test_failing_rank_fails_the_job(
+    slurm_cluster: LocalSlurmCluster, job_env: dict[str, str], tmp_path: Path
+) -> None:
     """Rank 1 raises: the job fails fast with a non-zero exit and its log names rank 1 first."""
-    env = {**job_env, "TRAIN_CMD": str(PAYLOADS / "fail_rank.py"), "LAUNCH_OVERRIDES": "0", "SANDBOX": "0",
-           "FAIL_RANK": "1"}
+    env = {
+        **job_env,
+        "TRAIN_CMD": str(PAYLOADS / "fail_rank.py"),
+        "LAUNCH_OVERRIDES": "0",
+        "SANDBOX": "0",
+        "FAIL_RANK": "1",
+    }
     started = time.monotonic()
-    job = slurm_cluster.submit(TRAIN, "unused", env=env, cwd=REPO,
-                               sbatch_opts=("--output", str(tmp_path / "job-%j.out")))
+    job = slurm_cluster.submit(
+        TRAIN, "unused", env=env, cwd=REPO, sbatch_opts=("--output", str(tmp_path / "job-%j.out"))
+    )
     record = slurm_cluster.wait_job(job, timeout_s=240)
     log = _log(record)
     assert record["JobState"] == "FAILED" and record["ExitCode"] != "0:0", log[-4000:]
     # The surviving rank sleeps for 600 s; kill-on-bad-exit ends the job long before.
     assert time.monotonic() - started < 240
     failures = re.findall(r"failed: \[rank(\d)\] on node (rmnode\d): (.*)", log)
-    assert [(rank, message) for rank, _, message in failures] == [("1", "RuntimeError: rank 1 fails on purpose")], log[-4000:]
+    assert [(rank, message) for rank, _, message in failures] == [
+        ("1", "RuntimeError: rank 1 fails on purpose")
+    ], log[-4000:]
     assert "error: trainer failed" in log
 
 
 @pytest.mark.timeout(300)
-def test_failing_service_fails_the_job(slurm_cluster: LocalSlurmCluster, job_env: dict[str, str],
-                                       tmp_path: Path) -> None:
+def test_failing_service_fails_the_job(
+    slurm_cluster: LocalSlurmCluster, job_env: dict[str, str], tmp_path: Path
+) -> None:
     """A rollout server that cannot start ends the job at once, not after the health-wait timeout."""
-    env = {**job_env, "TRAIN_CMD": str(PAYLOADS / "counter.py"), "ROLLOUT_ENGINE": "embedded",
-           "ROLLOUT_MODEL": str(tmp_path / "no-such-model"), "SANDBOX": "0", "SERVICE_TIMEOUT_S": "600"}
+    env = {
+        **job_env,
+        "TRAIN_CMD": str(PAYLOADS / "counter.py"),
+        "ROLLOUT_ENGINE": "embedded",
+        "ROLLOUT_MODEL": str(tmp_path / "no-such-model"),
+        "SANDBOX": "0",
+        "SERVICE_TIMEOUT_S": "600",
+    }
     started = time.monotonic()
-    job = slurm_cluster.submit(TRAIN, "recipes/tiny-cpu.yaml", env=env, cwd=REPO,
-                               sbatch_opts=("--output", str(tmp_path / "job-%j.out")))
+    job = slurm_cluster.submit(
+        TRAIN,
+        "recipes/tiny-cpu.yaml",
+        env=env,
+        cwd=REPO,
+        sbatch_opts=("--output", str(tmp_path / "job-%j.out")),
+    )
     record = slurm_cluster.wait_job(job, timeout_s=240)
     log = _log(record)
     assert record["JobState"] == "FAILED" and record["ExitCode"] == "1:0", log[-4000:]

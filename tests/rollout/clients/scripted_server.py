@@ -19,9 +19,14 @@ from fastapi.responses import JSONResponse
 
 
 def valid_reply(token: int = 7) -> dict[str, Any]:
-    return {"text": "x", "output_ids": [token],
-            "meta_info": {"finish_reason": {"type": "stop", "matched": token},
-                          "output_token_logprobs": [[-0.5, token, None]]}}
+    return {
+        "text": "x",
+        "output_ids": [token],
+        "meta_info": {
+            "finish_reason": {"type": "stop", "matched": token},
+            "output_token_logprobs": [[-0.5, token, None]],
+        },
+    }
 
 
 class ScriptedServer:
@@ -57,7 +62,9 @@ class ScriptedServer:
         self._sock.listen(64)
         self.base_url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="error"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
 
     def __enter__(self) -> ScriptedServer:
         self._thread.start()

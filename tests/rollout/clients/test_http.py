@@ -49,15 +49,34 @@ def test_connection_refused_is_retried_then_unavailable() -> None:
         run(_generate(f"http://127.0.0.1:{free_port()}", max_retries=2))
 
 
-@pytest.mark.parametrize("reply, match", [
-    ({"text": "hi"}, "no meta_info"),
-    ({"output_ids": [1], "meta_info": {"finish_reason": {"type": "stop"}}}, "no meta_info.output_token_logprobs"),
-    ({"output_ids": [1], "meta_info": {"output_token_logprobs": [[-1.0, 2, None]],
-                                       "finish_reason": {"type": "stop"}}}, "differ"),
-    ({"output_ids": [1], "meta_info": {"output_token_logprobs": [[-1.0, 1, None]], "finish_reason": None}},
-     "finish_reason"),
-    ({"output_ids": [1], "meta_info": {"output_token_logprobs": [["x"]], "finish_reason": "stop"}}, "malformed"),
-])
+@pytest.mark.parametrize(
+    "reply, match",
+    [
+        ({"text": "hi"}, "no meta_info"),
+        (
+            {"output_ids": [1], "meta_info": {"finish_reason": {"type": "stop"}}},
+            "no meta_info.output_token_logprobs",
+        ),
+        (
+            {
+                "output_ids": [1],
+                "meta_info": {"output_token_logprobs": [[-1.0, 2, None]], "finish_reason": {"type": "stop"}},
+            },
+            "differ",
+        ),
+        (
+            {
+                "output_ids": [1],
+                "meta_info": {"output_token_logprobs": [[-1.0, 1, None]], "finish_reason": None},
+            },
+            "finish_reason",
+        ),
+        (
+            {"output_ids": [1], "meta_info": {"output_token_logprobs": [["x"]], "finish_reason": "stop"}},
+            "malformed",
+        ),
+    ],
+)
 def test_replies_that_break_the_sglang_protocol_are_named(reply, match) -> None:
     with pytest.raises(BadServerReply, match=match):
         parse_generate_reply(reply, "http://s")
@@ -69,8 +88,19 @@ def test_vllm_replies_without_token_ids_ask_for_a_newer_vllm() -> None:
         parse_completion_reply({"choices": [{"text": "x", "finish_reason": "stop"}]}, "http://v")
     with pytest.raises(BadServerReply, match="logprobs"):
         parse_completion_reply({"choices": [{"token_ids": [1], "finish_reason": "stop"}]}, "http://v")
-    ok = parse_completion_reply({"choices": [{"token_ids": [4, 5], "finish_reason": "length", "stop_reason": None,
-                                              "logprobs": {"token_logprobs": [-1.0, -2.0]}}]}, "http://v")
+    ok = parse_completion_reply(
+        {
+            "choices": [
+                {
+                    "token_ids": [4, 5],
+                    "finish_reason": "length",
+                    "stop_reason": None,
+                    "logprobs": {"token_logprobs": [-1.0, -2.0]},
+                }
+            ]
+        },
+        "http://v",
+    )
     assert (ok.output_ids, ok.logprobs, ok.finish_reason) == ([4, 5], [-1.0, -2.0], "length")
 
 
@@ -84,5 +114,8 @@ def test_vllm_client_names_the_server_flags_weight_updates_need() -> None:
         finally:
             await client.aclose()
 
-    with ScriptedServer() as server, pytest.raises(WeightSyncError, match="VLLM_SERVER_DEV_MODE=1.*worker-extension-cls"):
+    with (
+        ScriptedServer() as server,
+        pytest.raises(WeightSyncError, match="VLLM_SERVER_DEV_MODE=1.*worker-extension-cls"),
+    ):
         run(go())

@@ -20,17 +20,20 @@ def _router(urls: list[str], **kwargs) -> Router:
 
 def test_concurrent_requests_spread_evenly() -> None:
     with ScriptedServer(delay_s=0.3) as a, ScriptedServer(delay_s=0.3) as b:
+
         async def go() -> dict:
             router = _router([a.base_url, b.base_url])
             await asyncio.gather(*(router.generate([1], SamplingParams()) for _ in range(10)))
             await router.aclose()
             return router.served
+
         served = run(go())
     assert served == {a.base_url: 5, b.base_url: 5}
 
 
 def test_a_busy_server_gets_fewer_requests() -> None:
     with ScriptedServer(delay_s=1.0) as slow, ScriptedServer(delay_s=0.02) as fast:
+
         async def go() -> dict:
             router = _router([slow.base_url, fast.base_url])
             pending = [asyncio.ensure_future(router.generate([1], SamplingParams())) for _ in range(2)]
@@ -40,6 +43,7 @@ def test_a_busy_server_gets_fewer_requests() -> None:
             await asyncio.gather(*pending)
             await router.aclose()
             return router.served
+
         served = run(go())
     assert served[fast.base_url] == 9 and served[slow.base_url] == 1
 
@@ -48,6 +52,7 @@ def test_a_dead_server_leaves_the_rotation_and_returns_with_the_latest_weights()
     late_port = free_port()
     late_url = f"http://127.0.0.1:{late_port}"
     with ScriptedServer() as live:
+
         async def go() -> tuple[dict, dict, dict]:
             router = _router([live.base_url, late_url], probe_interval_s=0.1)
             await asyncio.gather(*(router.generate([1], SamplingParams()) for _ in range(6)))
@@ -61,6 +66,7 @@ def test_a_dead_server_leaves_the_rotation_and_returns_with_the_latest_weights()
                 loaded = list(late.loaded)
             await router.aclose()
             return first, dict(router.served), {"late_loaded": loaded, "live_loaded": list(live.loaded)}
+
         (served_before, dead_before), served_after, loads = run(go())
     assert served_before == {live.base_url: 6, late_url: 0} and late_url in dead_before
     assert served_after[late_url] > 0
@@ -83,6 +89,7 @@ def test_after_a_distributed_sync_a_returning_server_stays_out_of_rotation() -> 
     late_port = free_port()
     late_url = f"http://127.0.0.1:{late_port}"
     with ScriptedServer() as live:
+
         async def go() -> tuple[dict, dict]:
             router = _router([live.base_url, late_url], probe_interval_s=0.1)
             router.no_return = "it left the weight-update group"
@@ -92,6 +99,7 @@ def test_after_a_distributed_sync_a_returning_server_stays_out_of_rotation() -> 
                 await asyncio.gather(*(router.generate([1], SamplingParams()) for _ in range(4)))
             await router.aclose()
             return dict(router.served), dict(router.dead)
+
         served, dead = run(go())
     assert served == {live.base_url: 8, late_url: 0}
     assert "healthy again but it left the weight-update group" in dead[late_url]

@@ -21,12 +21,19 @@ MAX_NEW_TOKENS = 48
 
 
 def _request(prompt: list[int], seed: int) -> EngineRequest:
-    sampling = RowSampling(temperature=1.0, top_p=1.0, top_k=-1, original_logprobs=False,
-                           generator=torch.Generator().manual_seed(seed))
+    sampling = RowSampling(
+        temperature=1.0,
+        top_p=1.0,
+        top_k=-1,
+        original_logprobs=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return EngineRequest(input_ids=prompt, sampling=sampling, max_new_tokens=MAX_NEW_TOKENS)
 
 
-def _serve(model_dir: Path, prompts: list[list[int]], seeds: list[int], cache_tokens: int) -> list[EngineRequest]:
+def _serve(
+    model_dir: Path, prompts: list[list[int]], seeds: list[int], cache_tokens: int
+) -> list[EngineRequest]:
     """Submit all requests at once to a fresh engine (they share decode steps) and wait for them."""
     core = EngineCore(model_dir, max_running=len(prompts), prefix_cache_tokens=cache_tokens)
     requests = [_request(p, s) for p, s in zip(prompts, seeds)]
@@ -45,8 +52,9 @@ def prompts(caller_tokenizer) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("cache_tokens", [0, 32768], ids=["no-prefix-cache", "prefix-cache"])
-def test_a_request_samples_the_same_tokens_alone_and_among_others_in_any_order(caller_dir, prompts,
-                                                                               cache_tokens) -> None:
+def test_a_request_samples_the_same_tokens_alone_and_among_others_in_any_order(
+    caller_dir, prompts, cache_tokens
+) -> None:
     target, others = prompts[0], prompts[1:]
     alone = _serve(caller_dir, [target], [1234], cache_tokens)[0]
     assert len(alone.output_ids) > 8, "the target finished too early to show anything"
@@ -63,8 +71,9 @@ def test_a_request_samples_the_same_tokens_alone_and_among_others_in_any_order(c
         else:
             # A prefix cached by another request (the shared system prompt) was computed in a forward
             # of another length: float32 rounding of the prompt's KV differs, not the decode path.
-            torch.testing.assert_close(torch.tensor(mine.logprobs), torch.tensor(alone.logprobs),
-                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                torch.tensor(mine.logprobs), torch.tensor(alone.logprobs), atol=1e-5, rtol=0
+            )
 
 
 def test_the_same_request_twice_on_one_engine_repeats_itself(caller_dir, prompts) -> None:

@@ -7,7 +7,9 @@ import torch
 from rest_megatron.rollout.engine.sampling import RowSampling, sample_row, truncate_probs
 
 
-def _settings(temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1, original: bool = False, seed: int = 0):
+def _settings(
+    temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1, original: bool = False, seed: int = 0
+):
     return RowSampling(temperature, top_p, top_k, original, torch.Generator().manual_seed(seed))
 
 

@@ -20,14 +20,22 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=24)
 def _greedy_reference(model_dir, prompt: list[int]) -> list[int]:
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
     with torch.no_grad():
-        return model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)[0, len(prompt):].tolist()
+        return model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)[
+            0, len(prompt) :
+        ].tolist()
 
 
-def test_update_weights_from_disk_changes_outputs_to_the_new_weights(caller_dir, caller_tokenizer, tmp_path) -> None:
+def test_update_weights_from_disk_changes_outputs_to_the_new_weights(
+    caller_dir, caller_tokenizer, tmp_path
+) -> None:
     base_dir = tiny_model_dir("tiny-qwen3")
     sample = make_tiny_task(3, 1, "eval", kinds=("arithmetic",))[0]
-    prompt = caller_tokenizer.encode(caller_tokenizer.apply_chat_template(
-        sample.messages, tools=sample.tools, tokenize=False, add_generation_prompt=True), add_special_tokens=False)
+    prompt = caller_tokenizer.encode(
+        caller_tokenizer.apply_chat_template(
+            sample.messages, tools=sample.tools, tokenize=False, add_generation_prompt=True
+        ),
+        add_special_tokens=False,
+    )
     base_ref, caller_ref = _greedy_reference(base_dir, prompt), _greedy_reference(caller_dir, prompt)
     assert base_ref != caller_ref
     server = start_embedded_servers(base_dir, 1, log_dir=tmp_path, timeout_s=180)[0]

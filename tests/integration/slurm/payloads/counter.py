@@ -47,7 +47,10 @@ def main() -> int:
     rank, world = dist.get_rank(), dist.get_world_size()
     checkpoint = run_dir / "counter.json"
     step = json.loads(checkpoint.read_text())["step"] if checkpoint.exists() else 0
-    total, step_s = int(os.environ.get("COUNTER_STEPS", "40")), float(os.environ.get("COUNTER_STEP_S", "0.25"))
+    total, step_s = (
+        int(os.environ.get("COUNTER_STEPS", "40")),
+        float(os.environ.get("COUNTER_STEP_S", "0.25")),
+    )
     hold = Path(os.environ["COUNTER_HOLD"]) if os.environ.get("COUNTER_HOLD") else None
 
     def event(name: str, **fields: object) -> None:
@@ -59,7 +62,9 @@ def main() -> int:
     event("start", restart=int(os.environ.get("SLURM_RESTART_COUNT", "0")), from_step=step, world=world)
     while True:
         # Ranks agree on the hold too: one rank seeing the file vanish a step early must not end alone.
-        flags = torch.stack([STOP[0], torch.tensor(1.0), torch.tensor(float(hold is not None and hold.exists()))])
+        flags = torch.stack(
+            [STOP[0], torch.tensor(1.0), torch.tensor(float(hold is not None and hold.exists()))]
+        )
         dist.all_reduce(flags, op=dist.ReduceOp.SUM)
         assert int(flags[1]) == world
         if flags[0] > 0:
