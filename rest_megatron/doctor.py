@@ -77,7 +77,8 @@ def check_torch() -> Check:
             "torch",
             "missing",
             f"import failed: {err}",
-            "run scripts/setup.sh (installs the CPU build torch==2.13.0), or pip install a CUDA build on GPU nodes",
+            "run scripts/setup.sh (installs the CPU build torch==2.13.0), "
+            "or pip install a CUDA build on GPU nodes",
         )
     build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU build"
     return Check("torch", "ok", f"{torch.__version__} ({build})")

@@ -187,7 +187,8 @@ def to_hf_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--hf-source",
         default=None,
-        help="Hugging Face folder the run started from (config + tokenizer); default: the checkpoint's record",
+        help="Hugging Face folder the run started from (config + tokenizer); "
+        "default: the checkpoint's record",
     )
     parser.add_argument(
         "--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16 or float16"

@@ -108,8 +108,9 @@ class HFWeights:
                 p.name for p in model_dir.iterdir()
             )
             raise ValueError(
-                f"{model_dir} has neither {INDEX} nor {SINGLE} (found: {', '.join(found[:8]) or 'nothing'}); "
-                "only safetensors are read: re-save the model with save_pretrained(..., safe_serialization=True)"
+                f"{model_dir} has neither {INDEX} nor {SINGLE} "
+                f"(found: {', '.join(found[:8]) or 'nothing'}); only safetensors are read: "
+                "re-save the model with save_pretrained(..., safe_serialization=True)"
             )
         shapes: dict[str, tuple[int, ...]] = {}
         for shard in sorted(set(weight_map.values())):
@@ -124,7 +125,8 @@ class HFWeights:
                 for name in (n for n, s in weight_map.items() if s == shard):
                     if name not in names:
                         raise ValueError(
-                            f"{index.name} says {name} is in {path.name}, but that shard does not contain it: "
+                            f"{index.name} says {name} is in {path.name}, "
+                            "but that shard does not contain it: "
                             "the shard and the index come from different downloads; fetch both again"
                         )
                     shapes[name] = tuple(handle.get_slice(name).get_shape())
@@ -163,7 +165,8 @@ class HFWeights:
             raise ValueError(
                 f"{self.model_dir} has {len(leftover)} tensors that {config} ({facts}) does not account "
                 f"for, e.g. {', '.join(leftover[:4])}: the config does not match the weights (check "
-                "num_hidden_layers, tie_word_embeddings, attention_bias); use the config.json that came with them"
+                "num_hidden_layers, tie_word_embeddings, attention_bias); "
+                "use the config.json that came with them"
             )
 
     def read(self, name: str, rows: slice, cols: slice | None = None) -> torch.Tensor:

@@ -4,12 +4,12 @@ Megatron's distributed checkpoint (and `GPTModel.sharded_state_dict()`) describe
 as a *global* tensor, keyed by a layout-independent name, of which each TP/PP rank holds a
 rectangle. Those global layouts do not depend on TP or PP:
 
-| Megatron key (per layer `decoder.layers.` + …) | global rows (dim 0)                          |
-|------------------------------------------------|----------------------------------------------|
-| `self_attention.linear_qkv.weight` / `.bias`   | per KV group g: q heads of g, then k_g, v_g  |
-| `mlp.linear_fc1.weight`                        | [gate; up] (Megatron's swiglu factory)       |
-| `embedding.word_embeddings.weight`, `output_layer.weight` | the vocabulary, zero-padded to a multiple of 128·TP |
-| everything else                                | the Hugging Face tensor unchanged            |
+| Megatron key (per layer `decoder.layers.` + …)            | global rows (dim 0)                         |
+|-----------------------------------------------------------|---------------------------------------------|
+| `self_attention.linear_qkv.weight` / `.bias`              | per KV group g: q heads of g, then k_g, v_g |
+| `mlp.linear_fc1.weight`                                   | [gate; up] (Megatron's swiglu factory)      |
+| `embedding.word_embeddings.weight`, `output_layer.weight` | the vocabulary, 0-padded to 128·TP multiple |
+| everything else                                           | the Hugging Face tensor unchanged           |
 
 Layers are stacked along an extra leading axis (global layer index). TP splits the QKV rows by whole
 groups and the fc1 rows as two halves (gate and up shards separately), so any rectangle of the

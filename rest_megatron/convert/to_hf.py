@@ -151,7 +151,8 @@ def _check_metadata(metadata: dict[str, Any], rules: list, spec, source: Path) -
         if key not in metadata:
             raise ValueError(
                 f"the checkpoint has no tensor {key}, which {source / 'config.json'} ({facts}) implies: "
-                "the config does not belong to this checkpoint; pass --hf-source with the model the run started from"
+                "the config does not belong to this checkpoint; "
+                "pass --hf-source with the model the run started from"
             )
         shape = tuple(metadata[key].global_shape)
         sample = next(iter(rule.hf_shapes(d, 0 if rule.layered else None).values()))
@@ -163,7 +164,8 @@ def _check_metadata(metadata: dict[str, Any], rules: list, spec, source: Path) -
         )
         if shape != expected or (rows is None and shape[-2] < spec.vocab_size):
             raise ValueError(
-                f"checkpoint tensor {key} has shape {list(shape)} but {source / 'config.json'} ({facts}) implies "
+                f"checkpoint tensor {key} has shape {list(shape)} "
+                f"but {source / 'config.json'} ({facts}) implies "
                 f"{list(expected)}: the config does not belong to this checkpoint; pass --hf-source with the "
                 "model the run started from"
             )

@@ -78,7 +78,8 @@ def model_spec_from_hf(hf: dict[str, Any]) -> ModelSpec:
             f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
         )
     heads = hf["num_attention_heads"]
-    # transformers 5 writes `rope_parameters` (rope_type, rope_theta, scaling keys) and may omit `rope_scaling`.
+    # transformers 5 writes `rope_parameters` (rope_type, rope_theta, scaling keys)
+    # and may omit `rope_scaling`.
     rope_scaling = hf.get("rope_scaling") or hf.get("rope_parameters") or None
     llama3 = None
     if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) not in (None, "default"):
@@ -121,7 +122,8 @@ def llama3_inv_freq(
     high_freq_factor: float,
     original_max_position_embeddings: float,
 ) -> torch.Tensor:
-    """Llama 3.x RoPE frequencies: long wavelengths slowed by `factor`, short ones kept, a smooth ramp between."""
+    """Llama 3.x RoPE frequencies: long wavelengths slowed by `factor`, short ones kept,
+    a smooth ramp between."""
     wavelen = 2 * math.pi / inv_freq
     low_wavelen = original_max_position_embeddings / low_freq_factor
     high_wavelen = original_max_position_embeddings / high_freq_factor
@@ -222,8 +224,9 @@ def require_transformer_engine() -> None:
         import transformer_engine.pytorch  # noqa: F401
     except Exception as error:  # noqa: BLE001 - a broken install (no libcuda, ABI mismatch) raises OSError etc.
         raise RuntimeError(
-            f"Transformer Engine is selected (model.transformer_impl) but does not import: {type(error).__name__}: "
-            f"{error}. Install it with the gpu extra (pip install -e '.[gpu]', built for this torch and CUDA), "
+            "Transformer Engine is selected (model.transformer_impl) but does not import: "
+            f"{type(error).__name__}: {error}. Install it with the gpu extra "
+            "(pip install -e '.[gpu]', built for this torch and CUDA), "
             "or set model.transformer_impl=local to run Megatron's local layers on purpose"
         ) from error
 

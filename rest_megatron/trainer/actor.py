@@ -295,7 +295,8 @@ def check_on_device(batch: MicroBatch, device: torch.device) -> None:
         if isinstance(value, torch.Tensor) and value.device.type != device.type:
             raise ValueError(
                 f"micro-batch tensor {key!r} is on {value.device}, the actor computes on {device}; build "
-                "micro-batches with device=runtime.device (trainer/batching.py) or move them with batching.to_device"
+                "micro-batches with device=runtime.device (trainer/batching.py) "
+                "or move them with batching.to_device"
             )
 
 

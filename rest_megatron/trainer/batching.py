@@ -9,8 +9,9 @@ for the whole step, because pipeline parallelism exchanges activations of a fixe
 
 Packed micro-batches (`pack_microbatches`) put several trajectories end to end in one row of
 `micro_batch_size × the step's padded length` tokens instead of padding each one, and record where each
-starts in `cu_seqlens` ([segments + 1] int32; segments past `num_trajectories` are padding): attention stays within a
-segment (THD on GPU, a block-diagonal causal mask on CPU) and `position_ids` restart at every segment.
+starts in `cu_seqlens` ([segments + 1] int32; segments past `num_trajectories` are padding):
+attention stays within a segment (THD on GPU, a block-diagonal causal mask on CPU) and
+`position_ids` restart at every segment.
 Packing changes which tokens share a row, so anything normalized per row must go through
 `unpack_rows`/`pack_rows` to stay per trajectory.
 """
@@ -120,7 +121,8 @@ def share_microbatches(
     packed: bool = False,
     device: torch.device | str = "cpu",
 ) -> list[MicroBatch]:
-    """A share's micro-batches on `device`: padded rows stacked micro_batch_size at a time, or one packed row each."""
+    """A share's micro-batches on `device`: padded rows stacked micro_batch_size at a time,
+    or one packed row each."""
     if packed:
         capacity = micro_batch_size * share.length
         bins = _bins(share.samples, capacity)  # the driver's bins again: first-fit restarts at a bin boundary
@@ -152,7 +154,8 @@ def make_microbatches(
     length_multiple: int = 8,
     device: torch.device | str = "cpu",
 ) -> list[MicroBatch]:
-    """This DP rank's micro-batches of the step, on `device`. Rows are padded up so every rank gets the same count."""
+    """This DP rank's micro-batches of the step, on `device`. Rows are padded up so every rank
+    gets the same count."""
     if not samples:
         raise ValueError(
             "a training step needs at least one trajectory; check the rollout and dynamic sampling"
@@ -242,7 +245,8 @@ def _padding_row(length: int, pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def unpack_rows(values: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """[1, L] packed per-token values -> [segments, longest] rows, zero-padded (the inverse of `pack_rows`)."""
+    """[1, L] packed per-token values -> [segments, longest] rows, zero-padded
+    (the inverse of `pack_rows`)."""
     bounds = cu_seqlens.tolist()
     lengths = [b - a for a, b in zip(bounds, bounds[1:])]
     out = values.new_zeros(len(lengths), max(lengths))

@@ -42,7 +42,8 @@ PREEMPTED_EXIT_CODE = 143
 
 
 def rl_step(rt: Runtime, step: int) -> dict[str, float]:
-    """One training step: rollout → rewards → advantages → mini-batches → old-policy stats → weights → updates."""
+    """One training step: rollout → rewards → advantages → mini-batches → old-policy stats → weights
+    → updates."""
     cfg, timings, metrics, shares = rt.config, {}, {}, None
     started = time.perf_counter()
     prompts = rt.train_prompts.batch(step)

@@ -267,7 +267,8 @@ def rollout_status_metrics(trajectories: list[Any], max_failed_fraction: float) 
 
 
 def evaluate(rt: Runtime) -> float:
-    """Driver: mean reward of one greedy trajectory per held-out prompt (NaN on other ranks, which log nothing)."""
+    """Driver: mean reward of one greedy trajectory per held-out prompt
+    (NaN on other ranks, which log nothing)."""
     prompts = rt.eval_prompts.batch(0)
     greedy = None
     if rt.is_driver:
@@ -288,7 +289,8 @@ def evaluate(rt: Runtime) -> float:
 
 
 def write_hf_folder(rt: Runtime, out: Path, *, max_shard_bytes: int = 5 * 2**30) -> None:
-    """Collective: gather the live model's HF-named tensors; the driver writes a complete HF folder at `out`."""
+    """Collective: gather the live model's HF-named tensors; the driver writes a complete HF folder
+    at `out`."""
     staging = out.parent / f".{out.name}.partial"
     writer = None
     if rt.is_driver:

@@ -23,7 +23,8 @@ from rest_megatron.algo.weights import primary_region
 def region_means(
     values: torch.Tensor, region_mask: torch.Tensor, loss_mask: torch.Tensor
 ) -> dict[str, float]:
-    """Mean of `values` over trained tokens of each primary region ([B, S] inputs; regions with no token omitted)."""
+    """Mean of `values` over trained tokens of each primary region
+    ([B, S] inputs; regions with no token omitted)."""
     primary = primary_region(region_mask)
     out = {}
     for region in Region:

@@ -43,7 +43,8 @@ class Runtime:
     eval_prompts: PromptStream | None
     is_driver: bool
     device: torch.device
-    """Where this rank computes: the model, micro-batches, losses and collectives (from `init_distributed`)."""
+    """Where this rank computes: the model, micro-batches, losses and collectives
+    (from `init_distributed`)."""
     logger: RunLogger | None = None
     services: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     rollout: Any = None

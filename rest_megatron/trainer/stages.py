@@ -37,7 +37,8 @@ from rest_megatron.trainer.run_log import region_means
 def score(
     trajectories: Sequence[Any], prompts: Sequence[Prompt], *, reward: str, step: int, params: dict[str, Any]
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Rewards [N] of trajectories (grouped: prompt i owns trajectories i*n .. i*n+n-1) and mean components."""
+    """Rewards [N] of trajectories (grouped: prompt i owns trajectories i*n .. i*n+n-1)
+    and mean components."""
     fn = get_reward(reward)
     per_prompt = len(trajectories) // len(prompts)
     rewards, totals = [], {}

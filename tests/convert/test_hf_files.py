@@ -82,7 +82,8 @@ def test_index_and_shard_disagree(tmp_path) -> None:
     [
         (
             {"num_attention_heads": 2},
-            r"model.layers.0.self_attn.q_proj.weight in model.safetensors has shape \[128, 128\] but .*config.json .*num_attention_heads=2.* implies \[64, 128\]",
+            r"model.layers.0.self_attn.q_proj.weight in model.safetensors has shape \[128, 128\] "
+            r"but .*config.json .*num_attention_heads=2.* implies \[64, 128\]",
         ),
         (
             {"num_hidden_layers": 5},
@@ -122,7 +123,8 @@ def test_missing_config_and_pytorch_bin_only(tmp_path) -> None:
     (folder / "model.safetensors").unlink()
     with pytest.raises(
         ValueError,
-        match=r"neither model.safetensors.index.json nor model.safetensors \(found: pytorch_model.bin\).*safe_serialization=True",
+        match=r"neither model.safetensors.index.json nor model.safetensors "
+        r"\(found: pytorch_model.bin\).*safe_serialization=True",
     ):
         _open(folder)
 

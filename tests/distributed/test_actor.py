@@ -177,7 +177,8 @@ def test_forward_only_logprobs_equal_train_pass(gloo, tmp_path) -> None:
 
 
 def _tempered_stats_against_logits(seed: int, temperature: float) -> float:
-    """Largest |log π_T − reference| where the reference is log_softmax(logits / T) of the model's own logits."""
+    """Largest |log π_T − reference| where the reference is log_softmax(logits / T) of the model's
+    own logits."""
     spec = model_spec_from_hf(tiny_hf_config("tiny-qwen3"))
     init_model_parallel(ParallelLayout(tp=1, pp=1), seed=1234, timeout_s=120)
     actor = build_actor(spec, OptimizerSettings(lr=1e-3), chunk_size=7, temperature=temperature)

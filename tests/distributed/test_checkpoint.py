@@ -118,7 +118,8 @@ def test_save_at_tp2_load_at_pp2_and_recover_from_a_truncated_shard(gloo, tmp_pa
 
 
 def _save_after_sigterm_to_every_child(root: str) -> int:
-    """Save, SIGTERM every process this rank started (what `scancel -s TERM` does to a job step), save again."""
+    """Save, SIGTERM every process this rank started (what `scancel -s TERM` does to a job step),
+    save again."""
     import os
     import signal
     import time

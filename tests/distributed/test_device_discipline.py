@@ -1,4 +1,5 @@
-"""Device discipline on real gloo ranks with an emulated accelerator (`rest_megatron.testing.emulated_device`).
+"""Device discipline on real gloo ranks with an emulated accelerator
+(`rest_megatron.testing.emulated_device`).
 
 On a GPU the trainer's tensors must be on the runtime's device: NCCL serves only CUDA tensors, and a
 host tensor next to a device tensor is an error. On a CPU rank both are the host, so these paths run

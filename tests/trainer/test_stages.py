@@ -13,7 +13,10 @@ from rest_megatron.rollout.trajectory import Trajectory
 from rest_megatron.trainer.stages import score
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-REFERENCE = '<think>weather</think>\n<tool_call>\n{"name": "get_weather", "parameters": {"city": "Paris"}}\n</tool_call>'
+REFERENCE = (
+    "<think>weather</think>\n"
+    '<tool_call>\n{"name": "get_weather", "parameters": {"city": "Paris"}}\n</tool_call>'
+)
 TOOL = {
     "type": "function",
     "function": {
