@@ -23,15 +23,15 @@ def _run(tp: int, model_dir: str | None, rows: int, seq: int, micro: int, steps:
     from rest_megatron.algo.regions import NUM_REGIONS
     from rest_megatron.algo.weights import get_token_weights
     from rest_megatron.assets import tiny_hf_config
+    from rest_megatron.config import AlgorithmConfig, OptimizerConfig
     from rest_megatron.distributed import ParallelLayout, init_model_parallel
     from rest_megatron.model.builder import load_hf_config, model_spec_from_hf
     from rest_megatron.testing.memory import peak_allocated_bytes
-    from rest_megatron.trainer.actor import PolicyObjective, build_actor
-    from rest_megatron.trainer.optimizer import OptimizerSettings
+    from rest_megatron.trainer.actor import build_actor
 
     init_model_parallel(ParallelLayout(tp=tp, pp=1), seed=0)
     spec = model_spec_from_hf(load_hf_config(model_dir) if model_dir else tiny_hf_config("tiny-qwen3"))
-    actor = build_actor(spec, OptimizerSettings(lr=1e-5), tp=tp)
+    actor = build_actor(spec, OptimizerConfig(num_steps=1, lr=1e-5), tp=tp)
     gen = torch.Generator().manual_seed(0)
     from megatron.core import parallel_state
 
@@ -59,7 +59,7 @@ def _run(tp: int, model_dir: str | None, rows: int, seq: int, micro: int, steps:
             mb["weights"] = paper(
                 loss_mask=mb["loss_mask"], region_mask=mb["region_mask"], step=0, collision=st.collision
             )
-        actor.train_step(batch, PolicyObjective())
+        actor.train_step(batch, AlgorithmConfig())
 
     step()  # warm-up: Adam's moments, caches
     started = time.perf_counter()

@@ -15,6 +15,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
 from rest_megatron.model.cpu_shims import apply_cpu_shims, install_cpu_rng_tracker
 
@@ -111,8 +113,6 @@ def destroy_model_parallel() -> None:
     process that switches layouts (the test harness) would pile up thousands of threads and burn
     half a core per rank while idle.
     """
-    from megatron.core import parallel_state
-
     groups = [group for group in parallel_state._global_process_group_list or [] if group is not None]
     parallel_state.destroy_model_parallel()
     live = dist.distributed_c10d._world.pg_map
@@ -137,9 +137,6 @@ def init_model_parallel(layout: ParallelLayout, *, seed: int = 1234, timeout_s: 
     can switch layouts. The seed gives every DP replica the same weights and every TP rank its own
     dropout stream, as Megatron's `model_parallel_cuda_manual_seed` does.
     """
-    from megatron.core import parallel_state
-    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
-
     if not dist.is_initialized():
         raise RuntimeError("call init_distributed() before init_model_parallel()")
     layout.dp(dist.get_world_size())

@@ -16,11 +16,14 @@ reaches the forward value or the backward pass.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Protocol
 
 import torch
 
 from rest_megatron.algo.registry import Registry
+from rest_megatron.config.schema import AlgorithmConfig
 
 
 def valid_mask(loss_mask: torch.Tensor, *tensors: torch.Tensor | None) -> torch.Tensor:
@@ -52,7 +55,7 @@ get_policy_loss = _POLICY_LOSSES.get
 policy_loss_names = _POLICY_LOSSES.names
 
 
-_KL_ESTIMATORS: Registry = Registry("KL estimator (kl_type)")
+_KL_ESTIMATORS: Registry = Registry("KL estimator (algorithm.kl_estimator)")
 register_kl_estimator = _KL_ESTIMATORS.register
 get_kl_estimator = _KL_ESTIMATORS.get
 kl_estimator_names = _KL_ESTIMATORS.names
@@ -76,11 +79,11 @@ def kl_k3(delta: torch.Tensor) -> torch.Tensor:
     return torch.exp(-delta) + delta - 1.0
 
 
-def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_type: str) -> torch.Tensor:
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_estimator: str) -> torch.Tensor:
     """Per-token estimate of KL(π_θ ‖ π_ref) from samples of π_θ (Schulman's k1, k2, k3, registered by name)
     as a function of δ = log π_θ − log π_ref. δ is clamped to ±20 so that k3's exponential cannot overflow.
     """
-    estimator = get_kl_estimator(kl_type)
+    estimator = get_kl_estimator(kl_estimator)
     return estimator((logprobs - ref_logprobs).clamp(-20.0, 20.0))
 
 
@@ -97,7 +100,7 @@ def ppo_clip_loss(
     clip_high: float = 0.2,
     dual_clip: float | None = 3.0,
     kl_coef: float = 0.0,
-    kl_type: str = "k3",
+    kl_estimator: str = "k3",
     entropy_coef: float = 0.0,
     log_ratio_clamp: float = 20.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -107,7 +110,7 @@ def ppo_clip_loss(
         ρ   = exp(clamp(log π_θ − log π_old, ±log_ratio_clamp))
         L   = max(−Â ρ, −Â clip(ρ, 1 − clip_low, 1 + clip_high))
         L   = min(L, −Â·dual_clip)                    where Â < 0 (skipped when dual_clip is None)
-        L  += kl_coef · KL_{kl_type}(π_θ ‖ π_ref)     (needs ref_logprobs when kl_coef != 0)
+        L  += kl_coef · KL_{kl_estimator}(π_θ ‖ π_ref)     (needs ref_logprobs when kl_coef != 0)
         L  −= entropy_coef · H                        (needs a differentiable `entropy` when entropy_coef != 0)
     and L = 0 on tokens that are not valid (loss_mask 0, or non-finite old/ref logprob or advantage).
 
@@ -126,7 +129,7 @@ def ppo_clip_loss(
         ratio_sq_sum        Σ ρ²  (with ratio_sum and num_tokens: the spread of ρ over the update)
         ratio_max           max ρ (all-reduce with MAX; −inf when there are no valid tokens)
         ratio_min           min ρ (all-reduce with MIN; +inf when there are no valid tokens)
-        ref_kl_sum          Σ KL_{kl_type}(π_θ ‖ π_ref)   (only when ref_logprobs is given)
+        ref_kl_sum          Σ KL_{kl_estimator}(π_θ ‖ π_ref)   (only when ref_logprobs is given)
         entropy_sum         Σ H                            (only when entropy is given)
     """
     if dual_clip is not None and dual_clip <= 1.0:
@@ -155,7 +158,7 @@ def ppo_clip_loss(
     ref_kl = None
     if ref_logprobs is not None:
         safe_ref = torch.where(valid, ref_logprobs.detach(), logprobs.detach())
-        ref_kl = kl_estimate(logprobs, safe_ref, kl_type)
+        ref_kl = kl_estimate(logprobs, safe_ref, kl_estimator)
         if kl_coef != 0.0:
             loss = loss + kl_coef * ref_kl
     safe_entropy = None
@@ -189,3 +192,22 @@ def ppo_clip_loss(
         if safe_entropy is not None:
             metrics["entropy_sum"] = safe_entropy.detach().sum()
     return loss, metrics
+
+
+_LOSS_INPUTS = frozenset({"logprobs", "old_logprobs", "advantages", "loss_mask", "ref_logprobs", "entropy"})
+
+
+def policy_loss_params(algorithm: AlgorithmConfig) -> dict[str, object]:
+    """The recipe's values of the chosen loss's keyword parameters.
+
+    A loss's parameters are its signature past the tensor inputs; each one named like a field of
+    `AlgorithmConfig` takes that field's value, the others keep the loss's default. Naming a parameter
+    after its config field is what connects the two, so neither side keeps a list of the other.
+    """
+    fields = {f.name for f in dataclasses.fields(algorithm)}
+    signature = inspect.signature(get_policy_loss(algorithm.policy_loss))
+    return {
+        name: getattr(algorithm, name)
+        for name in signature.parameters
+        if name in fields and name not in _LOSS_INPUTS
+    }

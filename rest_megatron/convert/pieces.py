@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory, is_main_replica
+from megatron.core.utils import unwrap_model
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,6 @@ def local_pieces(model: torch.nn.Module) -> list[Piece]:
 
     `model` is the GPTModel or any Megatron wrapper around it (DDP, Float16Module).
     """
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory, is_main_replica
-    from megatron.core.utils import unwrap_model
-
     pieces: list[Piece] = []
     pending = list(unwrap_model(model).sharded_state_dict().values())
     while pending:

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from safetensors.torch import save_file
 
 from rest_megatron.convert.adapters import Adapter
@@ -175,9 +177,6 @@ def _load_unit(
     model_dir: Path, unit: Unit, metadata: dict[str, Any], num_layers: int
 ) -> dict[str, torch.Tensor]:
     """The global tensors of one unit (for a layer: that layer's slice of each stacked tensor)."""
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
-
     request = {}
     for rule in unit.rules:
         meta = metadata[rule.megatron_key()]
@@ -226,8 +225,6 @@ def plan_export(
         hf_source: the Hugging Face folder the run started from; default: the checkpoint's record.
         dtype: `auto` keeps the checkpoint's dtype; or float32, bfloat16, float16.
     """
-    from megatron.core import dist_checkpointing
-
     out = check_empty_output(out, "--out")
     max_bytes = parse_size(max_shard_size)
     if dtype != "auto" and dtype not in DTYPES:

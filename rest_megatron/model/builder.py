@@ -21,10 +21,16 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+# Megatron is imported inside the functions that build the model: `plan` and the HF-file checks read
+# `ModelSpec` from here on machines where importing megatron-core (seconds, or broken) is not wanted.
+if TYPE_CHECKING:
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.transformer import ModuleSpec, TransformerConfig
 
 SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
@@ -152,7 +158,7 @@ def transformer_config(
     use_cpu_initialization: bool | None = None,
     init_method_std: float = 0.02,
     **overrides: Any,
-):
+) -> TransformerConfig:
     """Megatron `TransformerConfig` for `spec` at a TP/PP layout. `overrides` pass through verbatim."""
     from megatron.core.transformer import TransformerConfig
 
@@ -231,7 +237,7 @@ def require_transformer_engine() -> None:
         ) from error
 
 
-def layer_spec(spec: ModelSpec, *, transformer_impl: str = "auto"):
+def layer_spec(spec: ModelSpec, *, transformer_impl: str = "auto") -> ModuleSpec:
     """The layer spec of `resolve_transformer_impl(transformer_impl)`: Transformer Engine or local."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
@@ -244,13 +250,13 @@ def layer_spec(spec: ModelSpec, *, transformer_impl: str = "auto"):
 
 def build_gpt_model(
     spec: ModelSpec,
-    config,
+    config: TransformerConfig,
     *,
     padded_vocab: int | None = None,
     transformer_impl: str = "auto",
     max_sequence_length: int | None = None,
     device: torch.device | None = None,
-):
+) -> GPTModel:
     """This rank's pipeline stage of the GPT model (parallel state must be initialized), on `device`
     (default: `distributed.compute_device()`)."""
     from megatron.core import parallel_state

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import random as megatron_random
 
 _APPLIED = False
 
@@ -168,9 +170,6 @@ def install_cpu_rng_tracker(seed: int) -> None:
     Must run after `initialize_model_parallel` (the tensor-parallel rank picks the stream), and
     replaces `model_parallel_cuda_manual_seed`, which would touch CUDA generators.
     """
-    from megatron.core import parallel_state
-    from megatron.core.tensor_parallel import random as megatron_random
-
     tracker = CpuRNGStatesTracker()
     # Same offsets as megatron.core.tensor_parallel.random.model_parallel_cuda_manual_seed.
     tracker.add("data-parallel-rng", seed)

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from megatron.core import parallel_state
 from torch import Tensor
 
 from rest_megatron.ops.fused_output import fused_output_token_stats
@@ -68,8 +69,6 @@ def model_token_stats(
 
     Returns TokenStats of [B, S] float32 tensors (batch-first, like Megatron's per-token loss).
     """
-    from megatron.core import parallel_state
-
     weight = output_weight(gpt)
     stats = fused_output_token_stats(
         hidden.transpose(0, 1).to(weight.dtype),  # [S(/TP), B, H]; Float16Module hands back float32

@@ -23,34 +23,33 @@ both factors to cancel them.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.optimizer import MegatronOptimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.packed_seq_params import PackedSeqParams
 
 from rest_megatron.algo.aggregation import get_aggregation
-from rest_megatron.algo.policy_loss import get_policy_loss, valid_mask
+from rest_megatron.algo.policy_loss import get_policy_loss, policy_loss_params, valid_mask
+from rest_megatron.config import AlgorithmConfig, OptimizerConfig
+from rest_megatron.convert.from_hf import load_hf_into_model
+from rest_megatron.convert.hf_files import HFWeights
+from rest_megatron.distributed import compute_device
+from rest_megatron.model.builder import ModelSpec, build_gpt_model, padded_vocab_size, transformer_config
 from rest_megatron.ops.megatron_head import hidden_states_instead_of_logits, model_token_stats
 from rest_megatron.ops.vocab_parallel import TokenStats
-from rest_megatron.trainer.optimizer import unwrap_ddp
+from rest_megatron.trainer.batching import MicroBatch
+from rest_megatron.trainer.optimizer import build_optimizer, unwrap_ddp, wrap_ddp
+from rest_megatron.trainer.schedule import ForwardStep, LossFunc, LossOutputs, run_schedule, train_update
 
-MicroBatch = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True, kw_only=True)
-class PolicyObjective:
-    """Which registered loss and aggregation the train step uses, and their keyword parameters."""
-
-    policy_loss: str = "ppo_clip"
-    """Name in the policy-loss registry."""
-    policy_loss_params: dict[str, Any] = field(default_factory=dict)
-    """Keyword parameters of the policy loss (clip_low, clip_high, dual_clip, kl_coef, ...)."""
-    aggregation: str = "token-mean-weighted"
-    """Name in the aggregation registry."""
+LossForBatch = Callable[[torch.Tensor, MicroBatch], tuple[torch.Tensor, LossOutputs]]
+"""A micro-batch's loss and reported values from the last stage's hidden states."""
 
 
 class PolicyActor:
@@ -59,8 +58,8 @@ class PolicyActor:
     def __init__(
         self,
         model: torch.nn.Module,
-        optimizer: Any,
-        scheduler: Any,
+        optimizer: MegatronOptimizer | None,
+        scheduler: OptimizerParamScheduler | None,
         *,
         vocab_size: int,
         chunk_size: int = 1024,
@@ -68,8 +67,6 @@ class PolicyActor:
         temperature: float = 1.0,
         device: torch.device | None = None,
     ) -> None:
-        from rest_megatron.distributed import compute_device
-
         self.model = model
         self.device = device or compute_device()
         """Where micro-batches, losses and this actor's collectives live (the runtime's device)."""
@@ -107,12 +104,16 @@ class PolicyActor:
         )
 
     def _run_schedule(
-        self, microbatches: list[MicroBatch], loss_for_batch, *, forward_only: bool
-    ) -> list[Any]:
-        from megatron.core.pipeline_parallel import get_forward_backward_func
+        self, microbatches: list[MicroBatch], loss_for_batch: LossForBatch, *, forward_only: bool
+    ) -> list[LossOutputs]:
+        return run_schedule(
+            self.model, microbatches, self._forward_step(loss_for_batch), forward_only=forward_only
+        )
 
-        def forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
-            batch = next(data_iterator)
+    def _forward_step(self, loss_for_batch: LossForBatch) -> ForwardStep:
+        """The schedule's forward step: hidden states on the last stage, scored by `loss_for_batch`."""
+
+        def forward_step(batch: MicroBatch, model: torch.nn.Module) -> tuple[torch.Tensor, LossFunc]:
             check_on_device(batch, self.device)
             with (
                 hidden_states_instead_of_logits(self.network) if self.network.post_process else nullcontext()
@@ -120,16 +121,7 @@ class PolicyActor:
                 hidden = model(batch["tokens"], **self._attention_inputs(batch))  # [B, S, H] last stage
             return hidden, lambda output: loss_for_batch(output, batch)
 
-        micro_batch_size, seq_length = microbatches[0]["tokens"].shape
-        return get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=iter(microbatches),
-            model=[self.model],
-            num_microbatches=len(microbatches),
-            seq_length=seq_length,
-            micro_batch_size=micro_batch_size,
-            forward_only=forward_only,
-        )
+        return forward_step
 
     def _attention_inputs(self, batch: MicroBatch) -> dict[str, Any]:
         """Positions and masking: causal per row, or per packed segment (THD with TE, else a mask)."""
@@ -139,8 +131,6 @@ class PolicyActor:
             return {"position_ids": positions, "attention_mask": None}
         cu_seqlens = batch["cu_seqlens"].to(tokens.device)
         if self.packed_format == "thd":
-            from megatron.core.packed_seq_params import PackedSeqParams
-
             longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
             params = PackedSeqParams(
                 qkv_format="thd",
@@ -162,8 +152,6 @@ class PolicyActor:
     @torch.no_grad()
     def token_stats(self, microbatches: list[MicroBatch]) -> list[TokenStats]:
         """Per-token log π(y), H and Σπ² ([B, S] each, float32) for every micro-batch, on every rank."""
-        from megatron.core import parallel_state
-
         self.model.eval()
         outputs = self._run_schedule(
             microbatches,
@@ -192,7 +180,7 @@ class PolicyActor:
         return results
 
     # ------------------------------------------------------------------------------------------ train
-    def train_step(self, microbatches: list[MicroBatch], objective: PolicyObjective) -> dict[str, float]:
+    def train_step(self, microbatches: list[MicroBatch], algorithm: AlgorithmConfig) -> dict[str, float]:
         """One optimizer update of the policy loss over `microbatches` (this rank's part of one mini-batch);
         returns the update's metrics on every rank.
 
@@ -201,13 +189,11 @@ class PolicyActor:
         mini-batches calls this once per mini-batch, each with its denominator, so an update's gradient
         does not depend on how its trajectories are cut into micro-batches or spread over DP ranks.
         """
-        from megatron.core import parallel_state
-
         started = time.perf_counter()
-        aggregation = get_aggregation(objective.aggregation)
-        policy_loss = get_policy_loss(objective.policy_loss)
-        params = objective.policy_loss_params
-        entropy_grad = float(params.get("entropy_coef", 0.0)) != 0.0
+        aggregation = get_aggregation(algorithm.aggregation)
+        policy_loss = get_policy_loss(algorithm.policy_loss)
+        params = policy_loss_params(algorithm)
+        entropy_grad = algorithm.entropy_coef != 0.0
         masks = [
             valid_mask(mb["loss_mask"], mb["old_logprobs"], mb["advantages"], mb.get("ref_logprobs"))
             for mb in microbatches
@@ -221,7 +207,7 @@ class PolicyActor:
         undo_averaging = len(microbatches) * parallel_state.get_data_parallel_world_size()
         mask_of = {id(mb): m for m, mb in zip(masks, microbatches)}
 
-        def loss_for_batch(hidden: torch.Tensor, batch: MicroBatch):
+        def loss_for_batch(hidden: torch.Tensor, batch: MicroBatch) -> tuple[torch.Tensor, LossOutputs]:
             stats = self.stats_from_hidden(hidden, batch["labels"], entropy_grad=entropy_grad)
             mask = mask_of[id(batch)]
             loss, metrics = policy_loss(
@@ -241,29 +227,25 @@ class PolicyActor:
             metrics["entropy_sum"] = (stats.entropy.detach().double() * mask).sum()
             return contribution * undo_averaging, metrics
 
-        self.model.zero_grad_buffer()
-        self.optimizer.zero_grad()
-        outputs = self._run_schedule(microbatches, loss_for_batch, forward_only=False)
-        update_ok, grad_norm, _ = self.optimizer.step()
-        self.scheduler.step(increment=1)
+        outputs, update_ok, grad_norm = train_update(
+            self.model, self.optimizer, self.scheduler, microbatches, self._forward_step(loss_for_batch)
+        )
         metrics = self._reduce_metrics(outputs)
         if "ratio_sq" in metrics:  # spread of ρ over the update's tokens: 0 at the first update of a step
             metrics["ratio_std"] = max(metrics.pop("ratio_sq") - metrics["ratio"] ** 2, 0.0) ** 0.5
         num_tokens = sum(float(mb["loss_mask"].sum()) for mb in microbatches)
         metrics.update(
-            grad_norm=float(grad_norm or 0.0),
+            grad_norm=grad_norm,
             lr=float(self.optimizer.param_groups[0]["lr"]),
-            update_ok=float(bool(update_ok)),
+            update_ok=float(update_ok),
             tokens_per_s=num_tokens
             * parallel_state.get_data_parallel_world_size()
             / (time.perf_counter() - started),
         )
         return metrics
 
-    def _reduce_metrics(self, outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    def _reduce_metrics(self, outputs: list[LossOutputs]) -> dict[str, float]:
         """Sum (max/min for ratio extremes) over micro-batches and DP ranks; share with every rank."""
-        from megatron.core import parallel_state
-
         reduced: dict[str, float] = {}
         if parallel_state.is_pipeline_last_stage():
             keys = sorted(outputs[0])
@@ -316,9 +298,11 @@ def packed_causal_mask(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def build_actor(
-    spec: Any,
-    settings: Any,
+    spec: ModelSpec,
+    optimizer: OptimizerConfig,
     *,
+    updates_per_step: int = 1,
+    use_distributed_optimizer: bool = False,
     tp: int = 1,
     pp: int = 1,
     dtype: torch.dtype = torch.float32,
@@ -335,13 +319,11 @@ def build_actor(
     """Build this rank's actor (model parallel state must be initialized for `tp`×`pp`).
 
     Args:
-        spec: a `rest_megatron.model.builder.ModelSpec`.
-        settings: a `rest_megatron.trainer.optimizer.OptimizerSettings`.
+        optimizer: Adam and its LR schedule, whose horizon is `optimizer.num_steps` × `updates_per_step`.
+        use_distributed_optimizer: shard optimizer states over DP (ZeRO-1); meant for GPU runs.
         device: where the model, micro-batches and collectives live (default: `distributed.compute_device()`).
         transformer_impl: `model.transformer_impl` (see `model.builder.resolve_transformer_impl`).
     """
-    from rest_megatron.trainer.optimizer import build_optimizer, wrap_ddp
-
     model = _build_model(
         spec,
         tp=tp,
@@ -355,12 +337,12 @@ def build_actor(
         device=device,
         transformer_impl=transformer_impl,
     )
-    model = wrap_ddp(model, use_distributed_optimizer=settings.use_distributed_optimizer)
-    optimizer, scheduler = build_optimizer([model], settings)
+    model = wrap_ddp(model, use_distributed_optimizer=use_distributed_optimizer)
+    megatron_optimizer, scheduler = build_optimizer([model], optimizer, updates_per_step=updates_per_step)
     packed_format = "thd" if uses_transformer_engine(model) else "mask"
     return PolicyActor(
         model,
-        optimizer,
+        megatron_optimizer,
         scheduler,
         vocab_size=spec.vocab_size,
         chunk_size=chunk_size,
@@ -370,14 +352,11 @@ def build_actor(
     )
 
 
-def build_reference(spec: Any, hf_dir: str | Path, **layout: Any) -> PolicyActor:
+def build_reference(spec: ModelSpec, hf_dir: str | Path, **layout: Any) -> PolicyActor:
     """The frozen reference policy of KL regularization: the same network, layout and temperature as the
     actor (`layout`: build_actor's keyword arguments but the optimizer settings), weights from the HF folder
     `hf_dir`, and no DDP, gradients or optimizer. Use only its `token_stats` (vocab-parallel, no logits);
     it runs in the actor's process groups."""
-    from rest_megatron.convert.from_hf import load_hf_into_model
-    from rest_megatron.convert.hf_files import HFWeights
-
     chunk_size, temperature = layout.pop("chunk_size", 1024), layout.pop("temperature", 1.0)
     device = layout.get("device")
     model = _build_model(spec, **layout)
@@ -396,7 +375,7 @@ def build_reference(spec: Any, hf_dir: str | Path, **layout: Any) -> PolicyActor
 
 
 def _build_model(
-    spec: Any,
+    spec: ModelSpec,
     *,
     tp: int = 1,
     pp: int = 1,
@@ -409,8 +388,6 @@ def _build_model(
     device: torch.device | None = None,
     transformer_impl: str = "auto",
 ) -> torch.nn.Module:
-    from rest_megatron.model.builder import build_gpt_model, padded_vocab_size, transformer_config
-
     config = transformer_config(
         spec,
         tp=tp,

@@ -31,6 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.strategies import filesystem_async
+from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 from rest_megatron.distributed import compute_device
 from rest_megatron.trainer.optimizer import unwrap_ddp
@@ -51,8 +54,6 @@ def _start_writer_results_queue() -> None:
     keeps an ignored disposition across exec, so starting it under SIG_IGN makes it outlive the signal;
     it still stops at exit, when its owner tells it to shut down.
     """
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
     if getattr(filesystem_async, "_results_queue", True) is not None:  # started already (or not this version)
         return
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -78,8 +79,6 @@ def _rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
     state["megatron_tracker"] = get_cuda_rng_tracker().get_states()
     return state
 
@@ -90,8 +89,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
     get_cuda_rng_tracker().set_states(state["megatron_tracker"])
 
 
@@ -123,8 +120,6 @@ def save_checkpoint(
     num_keep_last: int = 0,
 ) -> Path:
     """Save a checkpoint of `step` under `root` on every rank (collective); returns its directory."""
-    from megatron.core import dist_checkpointing
-
     root = Path(root)
     final, tmp = root / _step_name(step), root / f".tmp-{_step_name(step)}"
     rank = dist.get_rank()
@@ -228,8 +223,6 @@ def load_checkpoint(
     Returns the trainer state (step, data cursor, ...) plus `checkpoint_dir` and `skipped`, the
     checkpoints that failed verification when `fallback` let the loader move past them.
     """
-    from megatron.core import dist_checkpointing
-
     candidates = _candidates(Path(path))
     if not candidates:
         raise CheckpointError(f"no checkpoint under {path}; start without checkpoint.resume or fix the path")

@@ -73,7 +73,7 @@ def rl_step(rt: Runtime, step: int) -> dict[str, float]:
         stages.attach_reference(everything, rt.reference.token_stats(everything))
     timings["time/old_policy"] = time.perf_counter() - started
     started = time.perf_counter()
-    update = stages.ppo_updates(rt.actor, updates, rt.objective, epochs=cfg.optimizer.ppo_epochs)
+    update = stages.ppo_updates(rt.actor, updates, cfg.algorithm, epochs=cfg.optimizer.ppo_epochs)
     timings["time/update"] = time.perf_counter() - started
     started = time.perf_counter()
     sync_weights(rt, step + 1)

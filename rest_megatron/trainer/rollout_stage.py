@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 
 from rest_megatron.config import SandboxConfig
 from rest_megatron.convert.hf_files import copy_metadata
@@ -204,8 +205,6 @@ def scatter_to_dp(per_dp_rank: list[Any] | None) -> tuple[Any, int]:
     """Collective. The driver passes one entry per data-parallel rank; every rank gets the entry of its
     own DP rank (its tensor and pipeline peers get the same one) and nothing else. Returns the entry and
     the bytes this rank received (0 on the driver, which keeps its own)."""
-    from megatron.core import parallel_state
-
     device = (
         torch.device("cuda", torch.cuda.current_device())
         if dist.get_backend() == "nccl"

@@ -10,19 +10,25 @@ import contextlib
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from rest_megatron.config import Config, config_to_dict, save_config
+from rest_megatron.convert.from_hf import load_hf_into_model
+from rest_megatron.convert.hf_files import HFWeights
 from rest_megatron.data.prompts import Prompt, PromptStream, drop_long_prompts, load_prompts
 from rest_megatron.distributed import ParallelLayout, init_distributed, init_model_parallel
-from rest_megatron.model.builder import load_hf_config, model_spec_from_hf
+from rest_megatron.model.builder import ModelSpec, load_hf_config, model_spec_from_hf
 from rest_megatron.rollout.chat import ChatRenderer, template_renders_tools
-from rest_megatron.trainer.actor import PolicyActor, PolicyObjective, build_actor, build_reference
-from rest_megatron.trainer.optimizer import OptimizerSettings
+from rest_megatron.trainer.actor import PolicyActor, build_actor, build_reference
 from rest_megatron.trainer.run_log import RunLogger
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from rest_megatron.trainer.rollout_stage import RolloutServices  # rollout_stage imports this module
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -32,12 +38,11 @@ class Runtime:
     """The live state of a run on one rank."""
 
     config: Config
-    spec: Any
+    spec: ModelSpec
     hf_dir: Path
     """The Hugging Face folder the run started from (config, tokenizer; weights for the first sync)."""
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     actor: PolicyActor
-    objective: PolicyObjective
     run_dir: Path
     train_prompts: PromptStream
     eval_prompts: PromptStream | None
@@ -47,7 +52,7 @@ class Runtime:
     (from `init_distributed`)."""
     logger: RunLogger | None = None
     services: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-    rollout: Any = None
+    rollout: RolloutServices | None = None
     """The driver's `rollout_stage.RolloutServices` (None on other ranks)."""
     reference: PolicyActor | None = None
     """The frozen reference policy (weights of `hf_dir`) when `algorithm.kl_coef` > 0, else None."""
@@ -62,33 +67,13 @@ def resolve_model_dir(path: str) -> Path:
     return tiny_model_dir(path) if path in TINY_MODELS else Path(path)
 
 
-def _optimizer_settings(config: Config) -> OptimizerSettings:
-    opt = config.optimizer
-    return OptimizerSettings(
-        lr=opt.lr,
-        min_lr=opt.min_lr,
-        lr_schedule=opt.lr_schedule,
-        num_warmup_steps=opt.num_warmup_steps,
-        num_steps=opt.num_steps * config.num_updates_per_step,
-        weight_decay=opt.weight_decay,
-        adam_beta1=opt.adam_beta1,
-        adam_beta2=opt.adam_beta2,
-        adam_eps=opt.adam_eps,
-        clip_grad=opt.clip_grad,
-        use_distributed_optimizer=config.parallel.use_distributed_optimizer,
-    )
-
-
-def load_hf_weights(actor: PolicyActor, spec: Any, hf_dir: Path) -> None:
+def load_hf_weights(actor: PolicyActor, spec: ModelSpec, hf_dir: Path) -> None:
     """Fill the actor's model from a Hugging Face folder and make its optimizer train those weights.
 
     In bf16/fp16 the Megatron optimizer keeps fp32 main copies of the parameters, taken when it was
     built, and every step writes them back: without the re-sync the first update would turn the policy
     into the random initialisation.
     """
-    from rest_megatron.convert.from_hf import load_hf_into_model
-    from rest_megatron.convert.hf_files import HFWeights
-
     load_hf_into_model(actor.network, spec, HFWeights.open(hf_dir, spec=spec))
     actor.optimizer.reload_model_params()
 
@@ -118,23 +103,16 @@ def start_runtime(config: Config) -> Runtime:
         device=device,
         transformer_impl=config.model.transformer_impl,
     )
-    actor = build_actor(spec, _optimizer_settings(config), **model_layout)
+    actor = build_actor(
+        spec,
+        config.optimizer,
+        updates_per_step=config.num_updates_per_step,
+        use_distributed_optimizer=config.parallel.use_distributed_optimizer,
+        **model_layout,
+    )
     load_hf_weights(actor, spec, hf_dir)
     # KL anchors the policy to the run's starting HF folder (before any SFT warm start), as verl's ref.
     reference = build_reference(spec, hf_dir, **model_layout) if config.algorithm.kl_coef > 0 else None
-    algo = config.algorithm
-    objective = PolicyObjective(
-        policy_loss=algo.policy_loss,
-        policy_loss_params={
-            "clip_low": algo.clip_low,
-            "clip_high": algo.clip_high,
-            "dual_clip": algo.dual_clip,
-            "kl_coef": algo.kl_coef,
-            "kl_type": algo.kl_estimator,
-            "entropy_coef": algo.entropy_coef,
-        },
-        aggregation=algo.aggregation,
-    )
     data = config.data
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     renderer = ChatRenderer(tokenizer)
@@ -174,7 +152,6 @@ def start_runtime(config: Config) -> Runtime:
         hf_dir=hf_dir,
         tokenizer=tokenizer,
         actor=actor,
-        objective=objective,
         run_dir=run_dir,
         train_prompts=train,
         eval_prompts=evaluation,

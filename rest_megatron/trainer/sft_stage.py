@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import random
 
+from megatron.core import parallel_state
+
+from rest_megatron.config import OptimizerConfig
 from rest_megatron.data.sft import collate, tokenize_for_sft
 from rest_megatron.data.tiny_task import demonstration, make_tiny_task
 from rest_megatron.trainer.batching import to_device
-from rest_megatron.trainer.optimizer import OptimizerSettings, build_optimizer
+from rest_megatron.trainer.optimizer import build_optimizer
 from rest_megatron.trainer.runtime import Runtime
 from rest_megatron.trainer.sft import sft_train_step
 
@@ -28,17 +31,15 @@ def sft_warm_start(rt: Runtime) -> None:
             "sft.num_steps > 0 needs gold demonstrations, which only data.train_path=tiny-task has; "
             "set sft.num_steps=0 or start from an SFT checkpoint"
         )
-    from megatron.core import parallel_state
-
     samples = make_tiny_task(cfg.data.seed, cfg.sft.num_samples, "train")
     examples = [tokenize_for_sft(rt.tokenizer, demonstration(s), s.tools) for s in samples]
     dp, rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
     rng = random.Random(cfg.data.seed)  # the same draws on every rank; each takes its share
     optimizer, scheduler = build_optimizer(
         [rt.actor.model],
-        OptimizerSettings(
-            lr=cfg.sft.lr,
+        OptimizerConfig(
             num_steps=cfg.sft.num_steps,
+            lr=cfg.sft.lr,
             num_warmup_steps=min(5, cfg.sft.num_steps - 1),
             lr_schedule="cosine",
             clip_grad=cfg.optimizer.clip_grad,

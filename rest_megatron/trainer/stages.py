@@ -18,9 +18,11 @@ from rest_megatron.algo.advantages import dynamic_sampling_keep_mask, get_advant
 from rest_megatron.algo.policy_loss import valid_mask
 from rest_megatron.algo.rewards import get_reward
 from rest_megatron.algo.weights import get_token_weights
+from rest_megatron.config import AlgorithmConfig
 from rest_megatron.data.prompts import Prompt
 from rest_megatron.ops.vocab_parallel import TokenStats
 from rest_megatron.rollout.trajectory import UNTRAINABLE
+from rest_megatron.trainer.actor import PolicyActor
 from rest_megatron.trainer.batching import (
     MicroBatch,
     Share,
@@ -203,12 +205,12 @@ def microbatches(
 
 
 def ppo_updates(
-    actor: Any, updates: list[list[MicroBatch]], objective: Any, *, epochs: int
+    actor: PolicyActor, updates: list[list[MicroBatch]], algorithm: AlgorithmConfig, *, epochs: int
 ) -> dict[str, float]:
     """`epochs` passes over the mini-batches, one optimizer update each (`actor.train_step`: its own
     loss denominator); the step's metrics from `combine_update_metrics`."""
     return combine_update_metrics(
-        [actor.train_step(mbs, objective) for _ in range(epochs) for mbs in updates]
+        [actor.train_step(mbs, algorithm) for _ in range(epochs) for mbs in updates]
     )
 
 

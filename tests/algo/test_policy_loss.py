@@ -76,15 +76,15 @@ def test_dual_clip_off_and_asymmetric_clip():
 
 
 @pytest.mark.parametrize(
-    "kl_type, value, grad",
+    "kl_estimator, value, grad",
     # δ = log π_θ − log π_ref = ln 2.  k1 = δ = 0.693147 (grad 1); k2 = δ²/2 = 0.240227 (grad δ);
     # k3 = e^{−δ} + δ − 1 = 0.5 + 0.693147 − 1 = 0.193147 (grad 1 − e^{−δ} = 0.5).
     [("k1", 0.693147, 1.0), ("k2", 0.240227, 0.693147), ("k3", 0.193147, 0.5)],
 )
-def test_kl_term_by_hand(kl_type, value, grad):
+def test_kl_term_by_hand(kl_estimator, value, grad):
     logp = torch.tensor([[-1.0]], dtype=torch.float64, requires_grad=True)
     ref = logp.detach() - math.log(2.0)
-    kl = kl_estimate(logp, ref, kl_type)
+    kl = kl_estimate(logp, ref, kl_estimator)
     assert float(kl.detach()) == pytest.approx(value, abs=1e-6)
     kl.sum().backward()
     assert float(logp.grad) == pytest.approx(grad, abs=1e-6)
@@ -97,7 +97,7 @@ def test_kl_term_by_hand(kl_type, value, grad):
         loss_mask=torch.ones(1, 1),
         ref_logprobs=ref,
         kl_coef=0.1,
-        kl_type=kl_type,
+        kl_estimator=kl_estimator,
     )
     assert float(loss.detach()) == pytest.approx(0.1 * value, abs=1e-7)
     assert float(metrics["ref_kl_sum"]) == pytest.approx(value, abs=1e-6)
@@ -133,7 +133,7 @@ def test_missing_inputs_for_optional_terms_raise():
         get_policy_loss("ppo_clip")(
             logprobs=logp, old_logprobs=old, advantages=adv, loss_mask=mask, entropy_coef=0.1
         )
-    with pytest.raises(ValueError, match="kl_type"):
+    with pytest.raises(ValueError, match="kl_estimator"):
         kl_estimate(logp, old, "k9")
 
 
@@ -166,7 +166,9 @@ def test_matches_float64_reference_values_and_gradients(seed):
     adv = torch.randn(B, T, generator=g, dtype=torch.float64) * 2
     ent = (torch.rand(B, T, generator=g, dtype=torch.float64) * 3).requires_grad_()
     mask = (torch.rand(B, T, generator=g) < 0.8).long()
-    params = dict(clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.05, kl_type="k3", entropy_coef=0.01)
+    params = dict(
+        clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.05, kl_estimator="k3", entropy_coef=0.01
+    )
     loss, _ = get_policy_loss("ppo_clip")(
         logprobs=logp,
         old_logprobs=old,
@@ -306,8 +308,8 @@ def test_unknown_policy_loss_lists_the_registered_ones():
         get_policy_loss("reinforce++")
 
 
-@pytest.mark.parametrize("kl_type", ["k1", "k2", "k3"])
-def test_kl_term_shares_the_updates_weighted_denominator(kl_type):
+@pytest.mark.parametrize("kl_estimator", ["k1", "k2", "k3"])
+def test_kl_term_shares_the_updates_weighted_denominator(kl_estimator):
     """Two micro-batches of one update, float32 as the trainer runs: Σ contributions = Σ m·w·(L_pg + β·k) / Σ m·w
     over both, against the same sum written out in float64."""
     from rest_megatron.algo.aggregation import get_aggregation
@@ -339,7 +341,7 @@ def test_kl_term_shares_the_updates_weighted_denominator(kl_type):
             loss_mask=b["mask"],
             ref_logprobs=b["ref"].float(),
             kl_coef=beta,
-            kl_type=kl_type,
+            kl_estimator=kl_estimator,
         )
         total += float(
             aggregation(
@@ -357,7 +359,7 @@ def test_kl_term_shares_the_updates_weighted_denominator(kl_type):
             pg = max(-a * rho, -a * min(max(rho, 0.8), 1.2))
             pg = min(pg, -a * 3.0) if a < 0 else pg
             delta = lp - ref
-            kl = {"k1": delta, "k2": 0.5 * delta**2, "k3": math.exp(-delta) + delta - 1}[kl_type]
+            kl = {"k1": delta, "k2": 0.5 * delta**2, "k3": math.exp(-delta) + delta - 1}[kl_estimator]
             numerator += w * (pg + beta * kl)
             weight_sum += w
     assert total == pytest.approx(numerator / weight_sum, rel=1e-5, abs=1e-6)

@@ -16,13 +16,13 @@ import torch.distributed as dist
 from rest_megatron.algo.regions import NUM_REGIONS
 from rest_megatron.algo.weights import get_token_weights
 from rest_megatron.assets import tiny_hf_config
+from rest_megatron.config import AlgorithmConfig, OptimizerConfig
 from rest_megatron.distributed import ParallelLayout, init_model_parallel
 from rest_megatron.model.builder import model_spec_from_hf
-from rest_megatron.trainer.actor import PolicyObjective, build_actor
-from rest_megatron.trainer.optimizer import OptimizerSettings
+from rest_megatron.trainer.actor import build_actor
 
 NUM_SEQS, SEQ, MICRO_BATCH, STEP = 8, 20, 2, 150
-OBJECTIVE = PolicyObjective(policy_loss_params={"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0})
+OBJECTIVE = AlgorithmConfig(clip_low=0.2, clip_high=0.28, dual_clip=3.0)
 
 
 def _global_batch(seed: int, vocab: int) -> dict[str, torch.Tensor]:
@@ -59,10 +59,10 @@ def _build(tp: int, pp: int, init_dir: str, *, save_init: bool, distributed_opti
     # Adam's first step is lr·g/(|g|+eps): with the default eps=1e-8, elements whose gradient is ~1e-8
     # turn float32 reduction-order noise into update noise of up to lr. eps=1e-5 keeps the update a
     # well-conditioned function of the gradient, so comparing weights tests the gradient.
-    settings = OptimizerSettings(
-        lr=1e-3, clip_grad=1.0, adam_eps=1e-5, use_distributed_optimizer=distributed_optimizer
+    settings = OptimizerConfig(num_steps=1, lr=1e-3, clip_grad=1.0, adam_eps=1e-5)
+    actor = build_actor(
+        spec, settings, use_distributed_optimizer=distributed_optimizer, tp=tp, pp=pp, chunk_size=7
     )
-    actor = build_actor(spec, settings, tp=tp, pp=pp, chunk_size=7)
     if save_init:
         if dist.get_rank() == 0:
             os.makedirs(init_dir, exist_ok=True)
@@ -181,7 +181,7 @@ def _tempered_stats_against_logits(seed: int, temperature: float) -> float:
     own logits."""
     spec = model_spec_from_hf(tiny_hf_config("tiny-qwen3"))
     init_model_parallel(ParallelLayout(tp=1, pp=1), seed=1234, timeout_s=120)
-    actor = build_actor(spec, OptimizerSettings(lr=1e-3), chunk_size=7, temperature=temperature)
+    actor = build_actor(spec, OptimizerConfig(num_steps=1, lr=1e-3), chunk_size=7, temperature=temperature)
     batch = _global_batch(seed, spec.vocab_size)
     microbatch = {k: batch[k][:2] for k in ("tokens", "labels", "loss_mask")}
     ours = actor.token_stats([microbatch])[0]

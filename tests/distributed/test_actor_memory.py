@@ -15,6 +15,7 @@ import torch
 
 from rest_megatron.algo.regions import NUM_REGIONS
 from rest_megatron.assets import tiny_hf_config
+from rest_megatron.config import AlgorithmConfig, OptimizerConfig
 from rest_megatron.distributed import ParallelLayout, init_model_parallel
 from rest_megatron.model.builder import (
     build_gpt_model,
@@ -24,8 +25,7 @@ from rest_megatron.model.builder import (
 )
 from rest_megatron.ops.megatron_head import hidden_states_instead_of_logits
 from rest_megatron.testing.memory import peak_allocated_bytes
-from rest_megatron.trainer.actor import PolicyObjective, build_actor
-from rest_megatron.trainer.optimizer import OptimizerSettings
+from rest_megatron.trainer.actor import build_actor
 
 
 def largest_allocation_bytes(fn) -> int:
@@ -65,7 +65,7 @@ def _batch(vocab: int) -> list[dict[str, torch.Tensor]]:
 def _peaks() -> dict[str, int]:
     init_model_parallel(ParallelLayout(tp=2, pp=1), seed=0, timeout_s=120)
     spec = model_spec_from_hf(tiny_hf_config("tiny-qwen3"))
-    actor = build_actor(spec, OptimizerSettings(lr=1e-4), tp=2, chunk_size=64)
+    actor = build_actor(spec, OptimizerConfig(num_steps=1, lr=1e-4), tp=2, chunk_size=64)
     batch = _batch(spec.vocab_size)
     peaks: dict[str, int] = {}
     batch[0]["old_logprobs"] = actor.token_stats(batch)[0].logprob
@@ -79,8 +79,8 @@ def _peaks() -> dict[str, int]:
 
     ours_train()
     peaks["train"], _ = peak_allocated_bytes(ours_train)
-    actor.train_step(batch, PolicyObjective())
-    peaks["train_step_largest"] = largest_allocation_bytes(lambda: actor.train_step(batch, PolicyObjective()))
+    actor.train_step(batch, AlgorithmConfig())
+    peaks["train_step_largest"] = largest_allocation_bytes(lambda: actor.train_step(batch, AlgorithmConfig()))
     peaks["stats_largest"] = largest_allocation_bytes(lambda: actor.token_stats(batch))
 
     baseline = build_gpt_model(spec, transformer_config(spec, tp=2))

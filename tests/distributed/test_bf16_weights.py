@@ -14,12 +14,12 @@ import torch
 from safetensors import safe_open
 
 from rest_megatron.assets import tiny_model_dir
+from rest_megatron.config import OptimizerConfig
 from rest_megatron.convert.live import iter_hf_tensors
 from rest_megatron.distributed import ParallelLayout, init_model_parallel
 from rest_megatron.model.builder import load_hf_config, model_spec_from_hf
 from rest_megatron.trainer.actor import build_actor
 from rest_megatron.trainer.checkpoint import load_checkpoint, save_checkpoint
-from rest_megatron.trainer.optimizer import OptimizerSettings
 from rest_megatron.trainer.runtime import load_hf_weights
 
 BF16_RTOL = 2.0**-8  # twice bf16's relative rounding error: the HF float32 values rounded once
@@ -49,8 +49,10 @@ def _load_step_resume_step(root: str, distributed_optimizer: bool) -> tuple[floa
     init_model_parallel(ParallelLayout(tp=1, pp=1), seed=1234, timeout_s=120)
     hf_dir = tiny_model_dir("tiny-qwen3")
     spec = model_spec_from_hf(load_hf_config(hf_dir))
-    settings = OptimizerSettings(lr=1e-2, use_distributed_optimizer=distributed_optimizer)
-    actor = build_actor(spec, settings, dtype=torch.bfloat16, chunk_size=16)
+    settings = OptimizerConfig(num_steps=1, lr=1e-2)
+    actor = build_actor(
+        spec, settings, use_distributed_optimizer=distributed_optimizer, dtype=torch.bfloat16, chunk_size=16
+    )
     load_hf_weights(actor, spec, hf_dir)
     save_checkpoint(
         root, 0, actor.model, actor.optimizer, actor.scheduler
@@ -58,7 +60,9 @@ def _load_step_resume_step(root: str, distributed_optimizer: bool) -> tuple[floa
     _zero_gradient_step(actor)
     after_load = _worst_relative_gap(actor, spec, hf_dir)
 
-    resumed = build_actor(spec, settings, dtype=torch.bfloat16, chunk_size=16)  # a new random init
+    resumed = build_actor(
+        spec, settings, use_distributed_optimizer=distributed_optimizer, dtype=torch.bfloat16, chunk_size=16
+    )  # a new random init
     state = load_checkpoint(root, resumed.model, resumed.optimizer, resumed.scheduler)
     assert not state["optimizer_saved"]
     _zero_gradient_step(resumed)

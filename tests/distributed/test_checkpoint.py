@@ -10,15 +10,15 @@ import torch.distributed as dist
 
 from rest_megatron.algo.weights import get_token_weights
 from rest_megatron.assets import tiny_hf_config
+from rest_megatron.config import AlgorithmConfig, OptimizerConfig
 from rest_megatron.distributed import ParallelLayout, init_model_parallel
 from rest_megatron.model.builder import model_spec_from_hf
 from rest_megatron.testing.gloo import DistributedRunError, GlooPool
-from rest_megatron.trainer.actor import PolicyObjective, build_actor
+from rest_megatron.trainer.actor import build_actor
 from rest_megatron.trainer.checkpoint import load_checkpoint, save_checkpoint
-from rest_megatron.trainer.optimizer import OptimizerSettings
 from tests.distributed.test_actor import _global_batch, _local_microbatches
 
-SETTINGS = OptimizerSettings(lr=1e-3, lr_schedule="cosine", num_warmup_steps=1, num_steps=4, min_lr=1e-4)
+SETTINGS = OptimizerConfig(lr=1e-3, lr_schedule="cosine", num_warmup_steps=1, num_steps=4, min_lr=1e-4)
 
 
 def _actor(tp: int, pp: int):
@@ -36,7 +36,7 @@ def _train(actor, spec, steps: range, seed: int) -> None:
             mb["weights"] = paper(
                 loss_mask=mb["loss_mask"], region_mask=mb["region_mask"], step=step, collision=st.collision
             )
-        actor.train_step(microbatches, PolicyObjective())
+        actor.train_step(microbatches, AlgorithmConfig())
 
 
 def _weights(actor) -> dict[str, torch.Tensor]:

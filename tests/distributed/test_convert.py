@@ -172,14 +172,14 @@ def test_each_family_imports_at_tp2pp2_with_hf_logits_and_round_trips(gloo, tmp_
 def _train_rest_steps(source: str, root: str, seed: int) -> dict:
     """Import at TP2×PP2, two ResT steps, save with optimizer state; logits and live gather after."""
     from rest_megatron.algo.weights import get_token_weights
-    from rest_megatron.trainer.actor import PolicyObjective, build_actor
+    from rest_megatron.config import AlgorithmConfig, OptimizerConfig
+    from rest_megatron.trainer.actor import build_actor
     from rest_megatron.trainer.checkpoint import load_checkpoint, save_checkpoint
-    from rest_megatron.trainer.optimizer import OptimizerSettings
     from tests.distributed.test_actor import _global_batch, _local_microbatches
 
     convert_from_hf(source, f"{root}/init", tp=2, pp=2)
     spec = model_spec_from_hf(load_hf_config(source))
-    actor = build_actor(spec, OptimizerSettings(lr=1e-3), tp=2, pp=2, chunk_size=16)
+    actor = build_actor(spec, OptimizerConfig(num_steps=1, lr=1e-3), tp=2, pp=2, chunk_size=16)
     state = load_checkpoint(f"{root}/init", actor.model)  # weights only: a fresh run has no optimizer state
     initial = {k: v.detach().clone() for k, v in actor.network.state_dict().items() if torch.is_tensor(v)}
     paper = get_token_weights("paper")
@@ -191,7 +191,7 @@ def _train_rest_steps(source: str, root: str, seed: int) -> dict:
             mb["weights"] = paper(
                 loss_mask=mb["loss_mask"], region_mask=mb["region_mask"], step=step, collision=st.collision
             )
-        metrics.append(actor.train_step(microbatches, PolicyObjective()))
+        metrics.append(actor.train_step(microbatches, AlgorithmConfig()))
     save_checkpoint(
         f"{root}/run", 2, actor.model, actor.optimizer, actor.scheduler, {"hf_source": state["hf_source"]}
     )

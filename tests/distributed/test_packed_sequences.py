@@ -167,14 +167,14 @@ def test_pack_layout_keeps_every_token_once_and_order() -> None:
 def _stats_on_gpu(seed: int) -> dict:
     """Padded against packed (THD through Transformer Engine) token stats on this rank's GPU."""
     from rest_megatron.assets import tiny_hf_config
+    from rest_megatron.config import OptimizerConfig
     from rest_megatron.distributed import ParallelLayout, init_model_parallel
     from rest_megatron.model.builder import model_spec_from_hf
     from rest_megatron.trainer.actor import build_actor
-    from rest_megatron.trainer.optimizer import OptimizerSettings
 
     init_model_parallel(ParallelLayout(tp=1, pp=1), seed=1234, timeout_s=120)
     spec = model_spec_from_hf(tiny_hf_config("tiny-qwen3"))
-    actor = build_actor(spec, OptimizerSettings(lr=1e-3), chunk_size=7)
+    actor = build_actor(spec, OptimizerConfig(num_steps=1, lr=1e-3), chunk_size=7)
     samples = _samples(seed, spec.vocab_size)
     lengths = [len(s.token_ids) - 1 for s in samples]
     out = {"packed_format": actor.packed_format}

@@ -18,17 +18,17 @@ import torch.distributed as dist
 
 from rest_megatron.algo.regions import NUM_REGIONS
 from rest_megatron.assets import tiny_hf_config
+from rest_megatron.config import AlgorithmConfig, OptimizerConfig
 from rest_megatron.distributed import ParallelLayout, init_model_parallel
 from rest_megatron.model.builder import model_spec_from_hf
 from rest_megatron.trainer import stages
-from rest_megatron.trainer.actor import PolicyObjective, build_actor
+from rest_megatron.trainer.actor import build_actor
 from rest_megatron.trainer.batching import Share, TrainingSample
-from rest_megatron.trainer.optimizer import OptimizerSettings
 from rest_megatron.trainer.rollout_stage import scatter_to_dp
 
 NUM_SAMPLES, NUM_UPDATES, STEP = 16, 2, 150
 # A narrow clip range, so that the second update's ratios (one Adam step of lr 1e-3 away) reach it.
-OBJECTIVE = PolicyObjective(policy_loss_params={"clip_low": 0.01, "clip_high": 0.01, "dual_clip": 3.0})
+OBJECTIVE = AlgorithmConfig(clip_low=0.01, clip_high=0.01, dual_clip=3.0)
 
 
 def _samples(seed: int, vocab: int) -> list[TrainingSample]:
@@ -57,7 +57,9 @@ def _ppo_step(micro_batch_size: int, seed: int) -> list[dict[str, float]]:
         ParallelLayout(tp=1, pp=1), seed=1234, timeout_s=120
     )  # same initial weights everywhere
     spec = model_spec_from_hf(tiny_hf_config("tiny-qwen3"))
-    actor = build_actor(spec, OptimizerSettings(lr=1e-3, clip_grad=1.0, adam_eps=1e-5), chunk_size=7)
+    actor = build_actor(
+        spec, OptimizerConfig(num_steps=1, lr=1e-3, clip_grad=1.0, adam_eps=1e-5), chunk_size=7
+    )
     plan = None
     if dist.get_rank() == 0:
         plan = stages.plan_updates(

@@ -13,16 +13,14 @@ import torch
 import torch.distributed as dist
 
 from rest_megatron.assets import tiny_hf_config, tiny_model_dir
+from rest_megatron.config import AlgorithmConfig, OptimizerConfig
 from rest_megatron.distributed import ParallelLayout, init_model_parallel
 from rest_megatron.model.builder import model_spec_from_hf
 from rest_megatron.trainer import stages
-from rest_megatron.trainer.actor import PolicyObjective, build_actor, build_reference
-from rest_megatron.trainer.optimizer import OptimizerSettings
+from rest_megatron.trainer.actor import build_actor, build_reference
 from tests.distributed.test_ppo_updates import STEP, _samples
 
-OBJECTIVE = PolicyObjective(
-    policy_loss_params={"clip_low": 0.2, "clip_high": 0.2, "dual_clip": 3.0, "kl_coef": 0.5, "kl_type": "k3"}
-)
+OBJECTIVE = AlgorithmConfig(clip_low=0.2, clip_high=0.2, dual_clip=3.0, kl_coef=0.5, kl_estimator="k3")
 
 
 def _kl_step(tp: int, pp: int, hf_dir: str, seed: int) -> dict:
@@ -32,7 +30,7 @@ def _kl_step(tp: int, pp: int, hf_dir: str, seed: int) -> dict:
     init_model_parallel(ParallelLayout(tp=tp, pp=pp), seed=1234, timeout_s=120)
     spec = model_spec_from_hf(tiny_hf_config("tiny-qwen3"))
     layout = dict(tp=tp, pp=pp, chunk_size=7, temperature=0.8)
-    actor = build_actor(spec, OptimizerSettings(lr=1e-3, clip_grad=1.0, adam_eps=1e-5), **layout)
+    actor = build_actor(spec, OptimizerConfig(num_steps=1, lr=1e-3, clip_grad=1.0, adam_eps=1e-5), **layout)
     load_hf_into_model(actor.network, spec, HFWeights.open(hf_dir, spec=spec))
     reference = build_reference(spec, hf_dir, **layout)
     assert not any(p.requires_grad for p in reference.network.parameters())

@@ -27,16 +27,16 @@ TOLERANCE = 1e-4
 
 def _actor_logprobs(model_dir: str, batch: dict[str, torch.Tensor], tp: int) -> torch.Tensor:
     """(runs on every gloo rank) log π(labels | tokens) from the Megatron actor loaded from `model_dir`."""
+    from rest_megatron.config import OptimizerConfig
     from rest_megatron.convert.from_hf import load_hf_into_model
     from rest_megatron.convert.hf_files import HFWeights
     from rest_megatron.distributed import ParallelLayout, init_model_parallel
     from rest_megatron.model.builder import load_hf_config, model_spec_from_hf
     from rest_megatron.trainer.actor import build_actor
-    from rest_megatron.trainer.optimizer import OptimizerSettings
 
     init_model_parallel(ParallelLayout(tp=tp, pp=1), seed=0)
     spec = model_spec_from_hf(load_hf_config(model_dir))
-    actor = build_actor(spec, OptimizerSettings(lr=0.0), tp=tp, pp=1, chunk_size=16)
+    actor = build_actor(spec, OptimizerConfig(num_steps=1, lr=0.0), tp=tp, pp=1, chunk_size=16)
     load_hf_into_model(actor.network, spec, HFWeights.open(model_dir, spec=spec))
     return actor.token_stats([batch])[0].logprob
 

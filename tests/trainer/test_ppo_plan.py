@@ -123,9 +123,10 @@ def test_update_metrics_combine_as_mean_extremes_and_last() -> None:
 
 def test_the_lr_schedule_horizon_counts_every_update_of_every_epoch() -> None:
     from rest_megatron.config import load_config
-    from rest_megatron.trainer.runtime import _optimizer_settings
+    from rest_megatron.trainer.optimizer import lr_schedule_steps
 
     recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "tiny-cpu.yaml")
     config = load_config(recipe, ["optimizer.mini_batch_size=16", "optimizer.ppo_epochs=3"])
     assert config.num_updates_per_step == 32 // 16 * 3
-    assert _optimizer_settings(config).num_steps == config.optimizer.num_steps * 6
+    horizon = lr_schedule_steps(config.optimizer, updates_per_step=config.num_updates_per_step)
+    assert horizon == config.optimizer.num_steps * 6
