@@ -83,7 +83,7 @@ class Rule:
     when: str | None = None
     """A `ModelSpec` attribute that must be true for the rule to apply (e.g. `qkv_bias`)."""
 
-    def applies(self, spec: Any) -> bool:
+    def applies(self, spec: ModelSpec) -> bool:
         return self.when is None or bool(getattr(spec, self.when))
 
     def only_when(self, attribute: str) -> Rule:

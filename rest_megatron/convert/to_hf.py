@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from rest_megatron.convert.adapters import Adapter
 from rest_megatron.convert.from_hf import DTYPES, HF_SOURCE_DIR
 from rest_megatron.convert.hf_files import INDEX, check_empty_output, copy_metadata, read_config
-from rest_megatron.convert.mapping import Unit, describe, dims, split_global, units
+from rest_megatron.convert.mapping import Rule, Unit, describe, dims, split_global, units
 from rest_megatron.model.builder import ModelSpec
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
@@ -144,7 +144,7 @@ class ShardWriter:
         return names
 
 
-def _check_metadata(metadata: dict[str, Any], rules: list, spec, source: Path) -> None:
+def _check_metadata(metadata: dict[str, Any], rules: list[Rule], spec: ModelSpec, source: Path) -> None:
     """The checkpoint has every tensor the config implies, with the implied shape."""
     d = dims(spec)
     facts = ", ".join(f"{k}={v}" for k, v in describe(spec).items())

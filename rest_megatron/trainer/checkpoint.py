@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.strategies import filesystem_async
+from megatron.core.optimizer import MegatronOptimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 from rest_megatron.distributed import compute_device
@@ -92,7 +94,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     get_cuda_rng_tracker().set_states(state["megatron_tracker"])
 
 
-def _optimizer_has_state(optimizer: Any) -> bool:
+def _optimizer_has_state(optimizer: MegatronOptimizer) -> bool:
     """Whether any rank's optimizer holds state (Adam moments exist only after the first step)."""
     parts = getattr(optimizer, "chained_optimizers", [optimizer])
     local = any(len(getattr(part, "optimizer", part).state) > 0 for part in parts)
@@ -101,7 +103,9 @@ def _optimizer_has_state(optimizer: Any) -> bool:
     return bool(flag.item())
 
 
-def _sharded_state(model: torch.nn.Module, optimizer: Any, *, is_loading: bool) -> dict[str, Any]:
+def _sharded_state(
+    model: torch.nn.Module, optimizer: MegatronOptimizer | None, *, is_loading: bool
+) -> dict[str, Any]:
     model_state = unwrap_ddp(model).sharded_state_dict()
     state = {"model": model_state}
     if optimizer is not None:
@@ -113,8 +117,8 @@ def save_checkpoint(
     root: str | Path,
     step: int,
     model: torch.nn.Module,
-    optimizer: Any = None,
-    scheduler: Any = None,
+    optimizer: MegatronOptimizer | None = None,
+    scheduler: OptimizerParamScheduler | None = None,
     trainer_state: dict[str, Any] | None = None,
     *,
     num_keep_last: int = 0,
@@ -213,8 +217,8 @@ def _candidates(path: Path) -> list[Path]:
 def load_checkpoint(
     path: str | Path,
     model: torch.nn.Module,
-    optimizer: Any = None,
-    scheduler: Any = None,
+    optimizer: MegatronOptimizer | None = None,
+    scheduler: OptimizerParamScheduler | None = None,
     *,
     fallback: bool = False,
 ) -> dict[str, Any]:

@@ -4,7 +4,7 @@
 grad reduction over the DP group when the pipeline schedule finishes), and `build_optimizer` returns
 megatron-core's optimizer (Adam with global-norm clipping; the distributed optimizer when the DDP
 wrapper shards for it) plus its `OptimizerParamScheduler`. Both are used unchanged on CPU (gloo) and
-GPU (NCCL). The settings are the recipe's own `OptimizerConfig`.
+GPU (NCCL). The optimizer are the recipe's own `OptimizerConfig`.
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def lr_schedule_steps(settings: OptimizerConfig, *, updates_per_step: int = 1) -> int:
+def lr_schedule_steps(optimizer: OptimizerConfig, *, updates_per_step: int = 1) -> int:
     """Optimizer updates the LR schedule spans: `num_steps` training steps of `updates_per_step` updates
     each (mini-batches × PPO epochs), and always past the warmup."""
-    return max(settings.num_steps * updates_per_step, settings.num_warmup_steps + 1)
+    return max(optimizer.num_steps * updates_per_step, optimizer.num_warmup_steps + 1)
 
 
 def build_optimizer(
-    model_chunks: list[DistributedDataParallel], settings: OptimizerConfig, *, updates_per_step: int = 1
+    model_chunks: list[DistributedDataParallel], optimizer: OptimizerConfig, *, updates_per_step: int = 1
 ) -> tuple[MegatronOptimizer, OptimizerParamScheduler]:
     """megatron-core optimizer and LR/WD scheduler for DDP-wrapped `model_chunks`.
 
@@ -57,16 +57,16 @@ def build_optimizer(
     laid out for exactly one of the two.
     """
     config = model_chunks[0].config
-    optimizer = get_megatron_optimizer(
+    megatron_optimizer = get_megatron_optimizer(
         MegatronOptimizerConfig(
             optimizer="adam",
-            lr=settings.lr,
-            min_lr=settings.min_lr,
-            weight_decay=settings.weight_decay,
-            adam_beta1=settings.adam_beta1,
-            adam_beta2=settings.adam_beta2,
-            adam_eps=settings.adam_eps,
-            clip_grad=settings.clip_grad,
+            lr=optimizer.lr,
+            min_lr=optimizer.min_lr,
+            weight_decay=optimizer.weight_decay,
+            adam_beta1=optimizer.adam_beta1,
+            adam_beta2=optimizer.adam_beta2,
+            adam_eps=optimizer.adam_eps,
+            clip_grad=optimizer.clip_grad,
             bf16=config.bf16,
             fp16=config.fp16,
             params_dtype=config.params_dtype,
@@ -74,19 +74,19 @@ def build_optimizer(
         ),
         model_chunks,
     )
-    decay_steps = lr_schedule_steps(settings, updates_per_step=updates_per_step)
-    cosine = settings.lr_schedule == "cosine"
+    decay_steps = lr_schedule_steps(optimizer, updates_per_step=updates_per_step)
+    cosine = optimizer.lr_schedule == "cosine"
     scheduler = OptimizerParamScheduler(
-        optimizer,
-        init_lr=0.0 if settings.num_warmup_steps else settings.lr,
-        max_lr=settings.lr,
-        min_lr=settings.min_lr if cosine else settings.lr,
-        lr_warmup_steps=settings.num_warmup_steps,
+        megatron_optimizer,
+        init_lr=0.0 if optimizer.num_warmup_steps else optimizer.lr,
+        max_lr=optimizer.lr,
+        min_lr=optimizer.min_lr if cosine else optimizer.lr,
+        lr_warmup_steps=optimizer.num_warmup_steps,
         lr_decay_steps=decay_steps,
         lr_decay_style="cosine" if cosine else "constant",
-        start_wd=settings.weight_decay,
-        end_wd=settings.weight_decay,
+        start_wd=optimizer.weight_decay,
+        end_wd=optimizer.weight_decay,
         wd_incr_steps=decay_steps,
         wd_incr_style="constant",
     )
-    return optimizer, scheduler
+    return megatron_optimizer, scheduler

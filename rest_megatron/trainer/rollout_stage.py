@@ -20,7 +20,7 @@ import socket
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 import torch
@@ -33,9 +33,9 @@ from rest_megatron.convert.live import iter_hf_tensors
 from rest_megatron.convert.to_hf import ShardWriter
 from rest_megatron.data.prompts import Prompt
 from rest_megatron.rollout.agent_loop import AgentLoop, AgentSettings, RolloutPrompt
-from rest_megatron.rollout.clients import Router
+from rest_megatron.rollout.clients import InferenceClient, Router
 from rest_megatron.rollout.launch import free_port
-from rest_megatron.rollout.trajectory import UNTRAINABLE, TrajectoryStatus
+from rest_megatron.rollout.trajectory import UNTRAINABLE, Trajectory, TrajectoryStatus
 from rest_megatron.rollout.types import RolloutFailed, WeightSyncError
 from rest_megatron.rollout.weight_sync import (
     DiskWeightSync,
@@ -142,7 +142,7 @@ def _weight_sync(
 
 
 def _join_group(
-    rt: Runtime, clients: list[Any], loop: asyncio.AbstractEventLoop, name: str
+    rt: Runtime, clients: list[InferenceClient], loop: asyncio.AbstractEventLoop, name: str
 ) -> DistributedWeightSync:
     """A weight-update group of the trainer's rank 0 and `clients`, joined by all of them."""
     r = rt.config.rollout
@@ -201,7 +201,10 @@ def sampling_seed(data_seed: int, step: int) -> int:
     return (data_seed * 1_000_003 + step) % 2**31 * 2**20
 
 
-def scatter_to_dp(per_dp_rank: list[Any] | None) -> tuple[Any, int]:
+Entry = TypeVar("Entry")
+
+
+def scatter_to_dp(per_dp_rank: list[Entry] | None) -> tuple[Entry, int]:
     """Collective. The driver passes one entry per data-parallel rank; every rank gets the entry of its
     own DP rank (its tensor and pipeline peers get the same one) and nothing else. Returns the entry and
     the bytes this rank received (0 on the driver, which keeps its own)."""
@@ -234,7 +237,7 @@ def generate(
     tag: str = "train",
     agent: AgentLoop | None = None,
     seed: int | None = None,
-) -> list[Any] | None:
+) -> list[Trajectory] | None:
     """Driver: `num_samples` trajectories per prompt (grouped by prompt). Other ranks: None."""
     if not rt.is_driver:
         return None
@@ -243,7 +246,7 @@ def generate(
     return rt.rollout.loop.run_until_complete(agent.run_batch(requests))
 
 
-def rollout_status_metrics(trajectories: list[Any], max_failed_fraction: float) -> dict[str, float]:
+def rollout_status_metrics(trajectories: list[Trajectory], max_failed_fraction: float) -> dict[str, float]:
     """`rollout/<status>_frac` for every final status; raise RolloutFailed when more than
     `max_failed_fraction` of the trajectories failed or were aborted (with the first one's reason)."""
     counts = Counter(t.status for t in trajectories)

@@ -28,7 +28,9 @@ def run_schedule(
 ) -> list[LossOutputs]:
     """Run `forward_step` on every micro-batch (all [B, S] alike: the pipeline sends fixed shapes)."""
 
-    def megatron_forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
+    def megatron_forward_step(
+        data_iterator: Iterator[MicroBatch], model: torch.nn.Module
+    ) -> tuple[torch.Tensor, LossFunc]:
         return forward_step(next(data_iterator), model)
 
     micro_batch_size, seq_length = microbatches[0]["tokens"].shape

@@ -17,11 +17,11 @@ import torch
 from rest_megatron.algo.advantages import dynamic_sampling_keep_mask, get_advantage
 from rest_megatron.algo.policy_loss import valid_mask
 from rest_megatron.algo.rewards import get_reward
-from rest_megatron.algo.weights import get_token_weights
-from rest_megatron.config import AlgorithmConfig
+from rest_megatron.algo.weights import TokenWeightFn, get_token_weights
+from rest_megatron.config import AlgorithmConfig, ParallelConfig
 from rest_megatron.data.prompts import Prompt
 from rest_megatron.ops.vocab_parallel import TokenStats
-from rest_megatron.rollout.trajectory import UNTRAINABLE
+from rest_megatron.rollout.trajectory import UNTRAINABLE, Trajectory
 from rest_megatron.trainer.actor import PolicyActor
 from rest_megatron.trainer.batching import (
     MicroBatch,
@@ -37,7 +37,12 @@ from rest_megatron.trainer.run_log import region_means
 
 
 def score(
-    trajectories: Sequence[Any], prompts: Sequence[Prompt], *, reward: str, step: int, params: dict[str, Any]
+    trajectories: Sequence[Trajectory],
+    prompts: Sequence[Prompt],
+    *,
+    reward: str,
+    step: int,
+    params: dict[str, Any],
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Rewards [N] of trajectories (grouped: prompt i owns trajectories i*n .. i*n+n-1)
     and mean components."""
@@ -65,7 +70,7 @@ def advantages(
 
 
 def to_samples(
-    trajectories: Sequence[Any], advantages: torch.Tensor, keep: torch.Tensor
+    trajectories: Sequence[Trajectory], advantages: torch.Tensor, keep: torch.Tensor
 ) -> list[TrainingSample]:
     """The kept trajectories as training samples (non-finite sampling logprobs become 0, masked out).
 
@@ -138,7 +143,7 @@ def attach_reference(microbatches: list[MicroBatch], reference_stats: list[Token
 
 
 def per_trajectory(
-    weights_fn: Any, cu_seqlens: torch.Tensor | None, *, step: int, **tensors_and_params: Any
+    weights_fn: TokenWeightFn, cu_seqlens: torch.Tensor | None, *, step: int, **tensors_and_params: Any
 ) -> torch.Tensor:
     """Token weights normalized per trajectory: per row, or per segment of a packed row (`cu_seqlens`)."""
     if cu_seqlens is None:
@@ -191,7 +196,7 @@ def plan_updates(
 
 
 def microbatches(
-    share: Share, parallel: Any, *, pad_id: int, device: torch.device | str = "cpu"
+    share: Share, parallel: ParallelConfig, *, pad_id: int, device: torch.device | str = "cpu"
 ) -> list[MicroBatch]:
     """This rank's micro-batches of one update on `device`, built from its share only (`parallel`: the
     config's parallel section: micro_batch_size, pack_sequences)."""

@@ -310,8 +310,8 @@ def test_unknown_policy_loss_lists_the_registered_ones():
 
 @pytest.mark.parametrize("kl_estimator", ["k1", "k2", "k3"])
 def test_kl_term_shares_the_updates_weighted_denominator(kl_estimator):
-    """Two micro-batches of one update, float32 as the trainer runs: Σ contributions = Σ m·w·(L_pg + β·k) / Σ m·w
-    over both, against the same sum written out in float64."""
+    """Two micro-batches of one update, float32 as the trainer runs:
+    Σ contributions = Σ m·w·(L_pg + β·k) / Σ m·w over both, against the same sum written out in float64."""
     from rest_megatron.algo.aggregation import get_aggregation
 
     g = torch.Generator().manual_seed(11)
@@ -378,3 +378,18 @@ def test_the_config_accepts_exactly_the_registered_kl_estimators():
         assert load_config(recipe, [f"algorithm.kl_estimator={name}"]).algorithm.kl_estimator == name
     with pytest.raises(ConfigError, match="kl_estimator"):
         load_config(recipe, ["algorithm.kl_estimator=k4"])
+
+
+def test_the_recipe_sets_every_loss_parameter_named_like_an_algorithm_field() -> None:
+    from rest_megatron.algo.policy_loss import policy_loss_params
+    from rest_megatron.config import AlgorithmConfig
+
+    algorithm = AlgorithmConfig(clip_high=0.28, dual_clip=None, kl_coef=0.1, kl_estimator="k2")
+    assert policy_loss_params(algorithm) == {
+        "clip_low": 0.2,
+        "clip_high": 0.28,
+        "dual_clip": None,
+        "kl_coef": 0.1,
+        "kl_estimator": "k2",
+        "entropy_coef": 0.0,
+    }  # log_ratio_clamp has no field: the loss's default stays
