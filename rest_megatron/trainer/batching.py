@@ -125,7 +125,7 @@ def share_microbatches(
     or one packed row each."""
     if packed:
         capacity = micro_batch_size * share.length
-        bins = _bins(share.samples, capacity)  # the driver's bins again: first-fit restarts at a bin boundary
+        bins = _bins(share.samples, capacity)  # the driver's bins again: next-fit restarts at a bin boundary
         bins += [[]] * (share.num_rows - len(bins))
         return [to_device(_packed_row(b, capacity, pad_id), device) for b in bins]
     rows = [_row(s, share.length, pad_id) for s in share.samples]
@@ -205,7 +205,7 @@ def pack_microbatches(
 
 
 def _bins(samples: Sequence[TrainingSample], capacity: int) -> list[list[TrainingSample]]:
-    """First-fit in order: a new row starts when the next trajectory would overflow the current one."""
+    """Next-fit in order: a new row starts when the next trajectory would overflow the current one."""
     bins: list[list[TrainingSample]] = [[]]
     used = 0
     for sample in samples:
