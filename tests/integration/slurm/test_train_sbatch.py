@@ -86,11 +86,20 @@ def _events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.endswith("\n")]
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+def _diagnosis(cluster: LocalSlurmCluster, job: int) -> str:
+    """Everything a timed-out wait needs to be understood: the job's record and log, its live stepds,
+    the daemons' logs."""
+    record = cluster.job(job)
+    return f"{record}\nstepds: {cluster.stepds(job)}\n== job log\n{_log(record)[-3000:]}\n{cluster.logs()}"
+
+
+def _wait_for(
+    condition: Callable[[], bool], timeout_s: float, what: str, cluster: LocalSlurmCluster, job: int
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise TimeoutError(what)
+            raise TimeoutError(f"{what}\n{_diagnosis(cluster, job)}")
         time.sleep(0.2)
 
 
@@ -116,11 +125,7 @@ def _release_requeued(cluster: LocalSlurmCluster, job: int, restarts: int, timeo
         ):
             cluster.slurm("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
         time.sleep(0.5)
-    record = cluster.job(job)
-    raise TimeoutError(
-        f"job {job} did not run restart {restarts}: {record}\nstepds: {cluster.stepds(job)}\n"
-        f"== job log\n{_log(record)[-3000:]}\n{cluster.logs()}"
-    )
+    raise TimeoutError(f"job {job} did not run restart {restarts}\n{_diagnosis(cluster, job)}")
 
 
 @pytest.mark.timeout(600)
@@ -161,17 +166,25 @@ def test_preempted_job_resumes(
     def past(step: int) -> bool:
         return progress.exists() and int(progress.read_text() or 0) >= step
 
-    _wait_for(lambda: past(3), 180, "first attempt made no progress")
+    _wait_for(lambda: past(3), 180, "first attempt made no progress", slurm_cluster, job)
     slurm_cluster.slurm("scancel", "--batch", "--signal=TERM", str(job))
     _release_requeued(slurm_cluster, job, restarts=1)
     _wait_for(
         lambda: len(_events(run_dir)) >= 3 and past(_events(run_dir)[1]["step"] + 3),
         180,
         "second attempt made no progress",
+        slurm_cluster,
+        job,
     )
     slurm_cluster.slurm("scontrol", "requeue", str(job))
     # The second attempt has saved before the hold goes, so only the third one may finish.
-    _wait_for(lambda: len(_events(run_dir)) >= 4, 120, "second attempt did not save on the preemption")
+    _wait_for(
+        lambda: len(_events(run_dir)) >= 4,
+        120,
+        "second attempt did not save on the preemption",
+        slurm_cluster,
+        job,
+    )
     hold.unlink()
     _release_requeued(slurm_cluster, job, restarts=2)
     record = slurm_cluster.wait_job(job, timeout_s=180)
