@@ -108,7 +108,8 @@ def ppo_clip_loss(
         L   = max(−Â ρ, −Â clip(ρ, 1 − clip_low, 1 + clip_high))
         L   = min(L, −Â·dual_clip)                    where Â < 0 (skipped when dual_clip is None)
         L  += kl_coef · KL_{kl_type}(π_θ ‖ π_ref)     (needs ref_logprobs when kl_coef != 0)
-        L  −= entropy_coef · H                        (needs a differentiable `entropy` when entropy_coef != 0)
+        L  −= entropy_coef · H                        (needs a differentiable `entropy` when
+                                                       entropy_coef != 0)
     and L = 0 on tokens that are not valid (loss_mask 0, or non-finite old/ref logprob or advantage).
 
     Gradients flow only through `logprobs` and `entropy`; old_logprobs, ref_logprobs and advantages are
