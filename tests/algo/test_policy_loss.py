@@ -308,8 +308,8 @@ def test_unknown_policy_loss_lists_the_registered_ones():
 
 @pytest.mark.parametrize("kl_type", ["k1", "k2", "k3"])
 def test_kl_term_shares_the_updates_weighted_denominator(kl_type):
-    """Two micro-batches of one update, float32 as the trainer runs: Σ contributions = Σ m·w·(L_pg + β·k) / Σ m·w
-    over both, against the same sum written out in float64."""
+    """Two micro-batches of one update, float32 as the trainer runs:
+    Σ contributions = Σ m·w·(L_pg + β·k) / Σ m·w over both, against the same sum written out in float64."""
     from rest_megatron.algo.aggregation import get_aggregation
 
     g = torch.Generator().manual_seed(11)
