@@ -125,13 +125,15 @@ def main() -> int:
         ratio = ideal_s / concurrent_s
         ratios.append(ratio)
         print(
-            f"run {index + 1}: turns/trajectory mean {statistics.mean(turns):.2f} (min {min(turns)}, max {max(turns)}), "
+            f"run {index + 1}: turns/trajectory mean {statistics.mean(turns):.2f} "
+            f"(min {min(turns)}, max {max(turns)}), "
             f"{calls} tool calls, same trajectories in both modes: {same}"
         )
         print(f"  one after another   {sequential_s:7.2f} s")
         print(f"  concurrent          {concurrent_s:7.2f} s   speedup {sequential_s / concurrent_s:5.2f}x")
         print(
-            f"  ideal overlap       {ideal_s:7.2f} s   (longest single trajectory; {tool_s:.2f} s of it in tools)"
+            f"  ideal overlap       {ideal_s:7.2f} s   "
+            f"(longest single trajectory; {tool_s:.2f} s of it in tools)"
         )
         print(f"  ideal / concurrent  {ratio:7.2f}     (goal >= 0.8)")
     print(f"median ideal / concurrent over {len(ratios)} run(s): {statistics.median(ratios):.2f}")

@@ -73,7 +73,8 @@ def _row(
     p99 = _percentile(latencies, 0.99) * 1000
     ratio = f"{p50 / baseline_p50:.2f}x" if baseline_p50 else "1.00x"
     line = (
-        f"| {label:<22} | {concurrency:>5} | {len(latencies):>5} | {len(latencies) / wall:>8.1f} | {p50:>8.1f} | "
+        f"| {label:<22} | {concurrency:>5} | {len(latencies):>5} | "
+        f"{len(latencies) / wall:>8.1f} | {p50:>8.1f} | "
         f"{p99:>8.1f} | {ratio:>6} | {failures:>4} |"
     )
     return line, p50
@@ -93,7 +94,8 @@ async def main_async(args: argparse.Namespace) -> int:
         "2",
     ]
     print(
-        f"# sandbox benchmark: {args.calls} calls per row, {os.cpu_count()} CPUs, server {' '.join(server_args)}"
+        f"# sandbox benchmark: {args.calls} calls per row, {os.cpu_count()} CPUs, "
+        f"server {' '.join(server_args)}"
     )
     print("| mode                   | conc. | calls |  calls/s |  p50 ms  |  p99 ms  | p50 vs | fail |")
     print("|------------------------|-------|-------|----------|----------|----------|--------|------|")

@@ -161,7 +161,8 @@ def main() -> None:
         f"gloo, 1 thread/rank; torch {torch.__version__}"
     )
     print(
-        f"{'variant':34s} {'peak extra GiB/rank':>20s} {'needs logits shard':>19s} {'wall s':>8s} {'CPU s':>8s}"
+        f"{'variant':34s} {'peak extra GiB/rank':>20s} {'needs logits shard':>19s} "
+        f"{'wall s':>8s} {'CPU s':>8s}"
     )
     for k in names:
         needs = f"{logits_gib:.2f} GiB" if k in ("a", "b", "d", "b+bwd") else "-"

@@ -1,8 +1,8 @@
 """Weight sync to an inference server: disk (HF folder written, then loaded) versus distributed
 (bucketed broadcast), of the same model to the same server, in one run.
 
-    OMP_NUM_THREADS=1 python benchmarks/weight_sync.py [--model tiny-qwen3|HF_DIR] [--repeats 3] [--bucket-mb 512]
-                                                        [--hidden-size 512 --layers 8]
+    OMP_NUM_THREADS=1 python benchmarks/weight_sync.py [--model tiny-qwen3|HF_DIR] [--repeats 3]
+                                                        [--bucket-mb 512] [--hidden-size 512 --layers 8]
 
 `--hidden-size`/`--layers` widen the built-in model (random weights, its tokenizer) to time a model
 whose size, not per-request overhead, dominates.

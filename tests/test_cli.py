@@ -69,7 +69,8 @@ def test_missing_module_prints_a_clear_message_and_exits_2(
     monkeypatch.setitem(COMMANDS, "frobnicate", Command("rest_megatron.no_such_module:main", "argv", "x"))
     assert main(["frobnicate", "--flag"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "`rest-megatron frobnicate` is not available in this build yet (module rest_megatron.no_such_module missing)"
+        "`rest-megatron frobnicate` is not available in this build yet "
+        "(module rest_megatron.no_such_module missing)"
     )
     monkeypatch.setitem(COMMANDS, "frobnicate", Command("rest_megatron.doctor:no_such_function", "argv", "x"))
     assert main(["frobnicate"]) == 2
@@ -106,7 +107,8 @@ def test_train_config_errors_exit_2_with_the_message(
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert main(["train", TINY_CPU, model_override, "algorithm.weigths=entropy"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "rest-megatron train: config error: unknown key 'algorithm.weigths'; did you mean 'algorithm.weights'?"
+        "rest-megatron train: config error: unknown key 'algorithm.weigths'; "
+        "did you mean 'algorithm.weights'?"
     )
     # torchrun's WORLD_SIZE is what the layout is checked against
     monkeypatch.setenv("WORLD_SIZE", "3")

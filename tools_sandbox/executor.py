@@ -156,7 +156,8 @@ class Executor:
 
     # -- scratch directories and uids --------------------------------------------------------------
     def new_scratch(self, uid: int | None) -> Path:
-        """A fresh private scratch directory of at most `limits.scratch_mb`, owned by `uid` when there is one."""
+        """A fresh private scratch directory of at most `limits.scratch_mb`, owned by `uid` when there
+        is one."""
         path = Path(tempfile.mkdtemp(prefix="call-", dir=self.scratch_root))
         try:
             self.scratch.prepare(path, uid if self.uid_pool is not None else None, self.limits.scratch_mb)
@@ -282,7 +283,8 @@ class Executor:
         """Run one command to completion in a fresh sandbox.
 
         Args:
-            run: what to run, e.g. `{"mode": "python", "path": "main.py"}` or `{"mode": "exec", "argv": [...]}`.
+            run: what to run, e.g. `{"mode": "python", "path": "main.py"}` or
+                `{"mode": "exec", "argv": [...]}`.
             limits: caps for this call (CPU and memory may be lower than the server's; wall is enforced here).
             files: files to create in the scratch directory first (relative names).
             stdin: bytes fed to the process's stdin.

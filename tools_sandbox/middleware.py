@@ -81,7 +81,10 @@ def _too_large(max_bytes: int) -> str:
 
 
 def _too_slow(timeout_s: float) -> str:
-    return f"the request body did not arrive within {timeout_s:g} s; send it at once (the server's --read-timeout-s)"
+    return (
+        f"the request body did not arrive within {timeout_s:g} s; "
+        "send it at once (the server's --read-timeout-s)"
+    )
 
 
 class BodyGuard:

@@ -54,7 +54,8 @@ class ToolOutcome:
 
 
 def _in_service(tool: str, arguments: dict) -> ToolOutcome:
-    """A `SERVICE_TOOLS` tool (the calculator's bounded parser, a lookup), run here rather than in a sandbox."""
+    """A `SERVICE_TOOLS` tool (the calculator's bounded parser, a lookup), run here rather than in a
+    sandbox."""
     start = time.perf_counter()
     ok, output, error = SERVICE_TOOLS[tool](arguments)
     return ToolOutcome(ok, output, error, duration_s=time.perf_counter() - start)

@@ -135,7 +135,8 @@ def calls_match(
 # An expected call is `{name: {argument: [allowed values]}}`, and "" among the allowed values means the
 # argument may be left out. The rules are BFCL's AST checker as we read it, written out:
 # - a predicted argument must be in the tool's schema (when one is given) and in the answer key; every
-#   `required` argument of the schema must be given; an answer-key argument may be omitted only if "" is allowed;
+#   `required` argument of the schema must be given; an answer-key argument may be omitted only if ""
+#   is allowed;
 # - types follow the schema (BFCL type names or JSON-schema ones): an int is accepted where a float is
 #   declared, bool is never a number, and a value whose type equals that of an allowed value is accepted
 #   whatever the schema says (the answer key wins; BFCL's "variable" case);
@@ -170,12 +171,14 @@ _LENIENT_DROP = str.maketrans("", "", " ,./-_*^")
 
 
 def normalize_answer_string(text: str) -> str:
-    """The lenient form strings are compared in ("April 1, 2024" == "april 1 2024"), so format noise is no error."""
+    """The lenient form strings are compared in ("April 1, 2024" == "april 1 2024"), so format noise is
+    no error."""
     return text.translate(_LENIENT_DROP).lower().replace("'", '"')
 
 
 def _answer_equal(value: Any, candidate: Any, spec: Mapping[str, Any] | None) -> bool:
-    """`value` equals one allowed `candidate`, with lenient strings and answer-key dicts (see the rules above)."""
+    """`value` equals one allowed `candidate`, with lenient strings and answer-key dicts (see the rules
+    above)."""
     spec = spec if isinstance(spec, Mapping) else {}
     if isinstance(candidate, str):
         return isinstance(value, str) and normalize_answer_string(value) == normalize_answer_string(candidate)

@@ -62,7 +62,8 @@ def as_turns(response: str | Sequence[str]) -> list[str]:
 
 
 def match_score(first: Sequence[str], second: Sequence[str]) -> float:
-    """ToolRL's list similarity: 1 if equal (in order), else |A ∩ B| / |A ∪ B| on multisets (0 if one is empty)."""
+    """ToolRL's list similarity: 1 if equal (in order), else |A ∩ B| / |A ∪ B| on multisets (0 if one
+    is empty)."""
     if list(first) == list(second):
         return 1.0
     if not first or not second:
@@ -73,7 +74,8 @@ def match_score(first: Sequence[str], second: Sequence[str]) -> float:
 
 
 def toolrl_format_ok(response: str, ground_truth: str) -> bool:
-    """ToolRL's format rule: the tags the ground truth uses, each once, in think → tool_call → response order."""
+    """ToolRL's format rule: the tags the ground truth uses, each once, in think → tool_call → response
+    order."""
     text = response.strip()
     want_response = "<response>" in ground_truth
     want_call = "<tool_call>" in ground_truth
@@ -182,8 +184,8 @@ def toolrl_reward(
     For the unscheduled ToolRL reward pass constants: format 1/0, correctness 3/−3.
 
     Differences from rlla.py, all lenient and all about parsing: "arguments" is accepted for
-    "parameters" unless `accept_arguments` is False, blank lines and whole-block JSON lists inside the block are tolerated, and text inside
-    <think> is never a call.
+    "parameters" unless `accept_arguments` is False, blank lines and whole-block JSON lists inside the
+    block are tolerated, and text inside <think> is never a call.
     """
     if isinstance(ground_truth, Mapping):
         ground_truth = ground_truth.get("reference")

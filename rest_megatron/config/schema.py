@@ -147,8 +147,9 @@ class RolloutConfig:
     trainer's rank 0 to every server through one process group (NCCL with SGLang or vLLM on GPU,
     gloo with the embedded engine and vLLM on CPU); `auto` is `distributed` for the servers the
     trainer starts itself and `disk` for `server_urls` (`rollout/weight_sync.py` `resolve_weight_sync`
-    says why); set `distributed` for given servers that can reach the trainer's rank 0. A server that is down misses a
-    distributed update (it stays out of rotation); with `disk` it catches up when it returns."""
+    says why); set `distributed` for given servers that can reach the trainer's rank 0. A server that is
+    down misses a distributed update (it stays out of rotation); with `disk` it catches up when it
+    returns."""
 
     weight_sync_bucket_mb: float = 512.0
     """Megabytes per broadcast bucket of the distributed weight sync (`rollout/weight_sync.py`)."""

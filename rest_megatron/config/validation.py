@@ -21,9 +21,9 @@ _AT_LEAST_ONE = (
     "model.padded_vocab_multiple", "parallel.tp", "parallel.pp", "parallel.micro_batch_size",
     "rollout.num_servers", "rollout.server_tp", "rollout.num_samples_per_prompt", "rollout.max_new_tokens",
     "rollout.max_turns", "data.num_prompts_per_step", "data.max_prompt_tokens", "data.max_response_tokens",
-    "optimizer.num_steps", "optimizer.ppo_epochs", "logging.log_interval", "sandbox.memory_mb", "sandbox.max_processes",
-    "sandbox.max_file_mb", "sandbox.max_output_bytes", "sandbox.max_concurrency", "launch.nnodes",
-    "launch.nproc_per_node",
+    "optimizer.num_steps", "optimizer.ppo_epochs", "logging.log_interval", "sandbox.memory_mb",
+    "sandbox.max_processes", "sandbox.max_file_mb", "sandbox.max_output_bytes", "sandbox.max_concurrency",
+    "launch.nnodes", "launch.nproc_per_node",
 )  # fmt: skip
 _NON_NEGATIVE = (
     "parallel.dp", "algorithm.clip_high", "algorithm.kl_coef", "algorithm.entropy_coef", "optimizer.min_lr",
@@ -228,7 +228,8 @@ def _check_combinations(config: Config) -> list[str]:
         )
     if r.engine == "sglang" and r.weight_sync == "distributed" and launch.device == "cpu":
         errors.append(
-            f"rollout.weight_sync={r.weight_sync} with rollout.engine=sglang broadcasts over NCCL, which needs "
+            f"rollout.weight_sync={r.weight_sync} with rollout.engine=sglang broadcasts over NCCL, "
+            "which needs "
             "launch.device=cuda; set rollout.weight_sync=disk, or train on CPU with rollout.engine=embedded"
         )
     if r.engine != "vllm" and (r.vllm or r.vllm_python):
@@ -323,7 +324,8 @@ def layout_errors(
     errors = []
     if heads % tp:
         errors.append(
-            f"{tp_key}={tp} does not divide the model's {heads} attention heads; choose {tp_key} from {_divisors(heads)}"
+            f"{tp_key}={tp} does not divide the model's {heads} attention heads; "
+            f"choose {tp_key} from {_divisors(heads)}"
         )
     if groups % tp:
         errors.append(
@@ -332,7 +334,8 @@ def layout_errors(
         )
     if layers % pp:
         errors.append(
-            f"{pp_key}={pp} does not divide the model's {layers} layers; choose {pp_key} from {_divisors(layers)}"
+            f"{pp_key}={pp} does not divide the model's {layers} layers; "
+            f"choose {pp_key} from {_divisors(layers)}"
         )
     return errors
 

@@ -1,8 +1,10 @@
 """`rest-megatron data`: prepare published data sets as our prompt JSONL, and inspect files.
 
     rest-megatron data prepare --format xlam --in xlam_function_calling_60k.json --out data/xlam
-    rest-megatron data prepare --format toolrl --in rlla_4k/rlla_rl.json --out data/toolrl_4k --split test=0.02 --seed 1234
-    rest-megatron data prepare --format bfcl --in .../bfcl_eval/data/BFCL_v4_simple_python.json --out data/bfcl-simple
+    rest-megatron data prepare --format toolrl --in rlla_4k/rlla_rl.json --out data/toolrl_4k
+                               --split test=0.02 --seed 1234
+    rest-megatron data prepare --format bfcl --in .../bfcl_eval/data/BFCL_v4_simple_python.json
+                               --out data/bfcl-simple
     rest-megatron data inspect data/xlam/data.jsonl
 
 Exit codes of `prepare`: 0 when at least one record was written, rejections or not (they are listed in
@@ -31,7 +33,8 @@ formats:
 
 output (each run replaces them, written to a temporary name and renamed):
   DIR/data.jsonl      one record per line: messages, tools (OpenAI-style JSON schema), ground_truth
-                      {{"calls": [{{"name", "arguments"}}], "ordered", "answer"?}}; point data.train_path at it
+                      {{"calls": [{{"name", "arguments"}}], "ordered", "answer"?}}; point data.train_path \
+at it
   DIR/train.jsonl     with --split test=F: the records, less the held-out ones (instead of data.jsonl)
   DIR/test.jsonl      with --split test=F: a fraction F of the prompts (at least one), drawn with --seed;
                       records with the same prompt, or from the same source record, stay on one side
@@ -103,7 +106,8 @@ def _print_summary(summary: Summary) -> None:
         print(f"{summary.input}:{rejected.line}: {rejected.reason}: {rejected.detail}", file=sys.stderr)
     if len(summary.rejections) > NUM_REJECTIONS_SHOWN:
         print(
-            f"... and {len(summary.rejections) - NUM_REJECTIONS_SHOWN} more in {summary.out_dir / REJECTED_FILE}",
+            f"... and {len(summary.rejections) - NUM_REJECTIONS_SHOWN} more in "
+            f"{summary.out_dir / REJECTED_FILE}",
             file=sys.stderr,
         )
 
@@ -128,7 +132,8 @@ def prepare_main(args: argparse.Namespace) -> int:
     _print_summary(summary)
     if summary.num_written == 0:
         print(
-            f"rest-megatron data prepare: no valid record in {args.source} (is --format {args.format} right?)",
+            f"rest-megatron data prepare: no valid record in {args.source} "
+            f"(is --format {args.format} right?)",
             file=sys.stderr,
         )
         return EXIT_NOTHING_VALID

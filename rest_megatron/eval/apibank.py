@@ -1,4 +1,5 @@
-"""API-Bank levels 1–3 under the ResT authors' protocol (`API-Bank/generate.py` and `evaluate.py` in their code).
+"""API-Bank levels 1–3 under the ResT authors' protocol (`API-Bank/generate.py` and `evaluate.py` in
+their code).
 
 Data: the processed level files `level-1-api_processed.json`, `level-2-…`, `level-3-…` that the authors
 evaluate on (ToolRL's release of API-Bank, github.com/qiancheng0/ToolRL; 399, 67 and 131 entries), each a
@@ -170,7 +171,8 @@ def judge(entry: ApiBankEntry, text: str) -> EntryResult:
 
 
 def level_summary(results: dict[str, list[EntryResult]]) -> dict[str, Any]:
-    """The authors' leaderboard numbers: per-level and micro-averaged overall accuracy in percent (2 places)."""
+    """The authors' leaderboard numbers: per-level and micro-averaged overall accuracy in percent
+    (2 places)."""
     out: dict[str, Any] = {}
     correct = total = 0
     for name, entries in results.items():

@@ -101,7 +101,8 @@ def bfcl() -> types.SimpleNamespace:
 
 
 def _compile_functions(path: Path, names: list[str], namespace: dict[str, Any]) -> dict[str, Any]:
-    """The named top-level functions of a Python file, compiled alone into `namespace` (its imports skipped)."""
+    """The named top-level functions of a Python file, compiled alone into `namespace` (its imports
+    skipped)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     found = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
     missing = set(names) - {node.name for node in found}

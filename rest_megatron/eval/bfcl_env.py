@@ -42,7 +42,8 @@ class _CallTimeout(Exception):
 
 @contextlib.contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise _CallTimeout in the block after `seconds` (a no-op off the main thread, where signals cannot go)."""
+    """Raise _CallTimeout in the block after `seconds` (a no-op off the main thread, where signals cannot
+    go)."""
     if threading.current_thread() is not threading.main_thread() or seconds <= 0:
         yield
         return
@@ -106,7 +107,8 @@ def parse_call_string(text: str) -> tuple[str, list[Any], dict[str, Any]]:
 
 
 def keyword_call(text: str, methods: Mapping[str, Any]) -> dict[str, Any]:
-    """A ground-truth call string as `{"name", "arguments"}`, positional arguments named by the method's signature."""
+    """A ground-truth call string as `{"name", "arguments"}`, positional arguments named by the method's
+    signature."""
     name, args, kwargs = parse_call_string(text)
     if args:
         if name not in methods:
@@ -151,7 +153,8 @@ class MultiTurnEpisode:
         self._model_methods = methods_of(self.model)
         self._truth_methods = methods_of(self.truth)
         self.model_results: list[str] = []
-        """Every execution result of the model's calls so far, all turns (BFCL's response check reads them)."""
+        """Every execution result of the model's calls so far, all turns (BFCL's response check reads
+        them)."""
         self._calls_this_turn = 0
 
     def execute(self, calls: Sequence[ToolCall | Mapping[str, Any]]) -> list[str]:

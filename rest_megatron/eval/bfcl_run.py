@@ -45,7 +45,8 @@ class RunSettings:
     """Wall-clock limit of one environment call in multi-turn entries."""
     mode: str = "fc"
     """"fc": the docs go to the chat template's `tools` and replies are `<tool_call>` JSON (BFCL's Qwen
-    FC handler); "prompting": BFCL's default system prompt lists the docs and replies are Python call lists."""
+    FC handler); "prompting": BFCL's default system prompt lists the docs and replies are Python call
+    lists."""
 
 
 def prompting_messages(

@@ -1,13 +1,14 @@
-"""BFCL verdicts: a model's text (or environment objects) in, a verdict and its reason out, by BFCL's own code.
+"""BFCL verdicts: a model's text (or environment objects) in, a verdict and its reason out, by BFCL's own
+code.
 
 | category kind                      | judged by (bfcl-eval, see `bfcl_checker`)                             |
-|------------------------------------|------------------------------------------------------------------------|
-| answer-key categories (simple,     | the handler's decoding, `is_function_calling_format_output`, then      |
-| multiple, parallel, Java, JS, live)| `ast_checker` with the category's language                             |
-| irrelevance, live_irrelevance      | correct when decoding fails or yields no call (`is_empty_output`)      |
-| live_relevance                     | correct when at least one call decodes                                 |
-| multi_turn_*                       | after every turn with a ground truth: `state_checker`, then            |
-|                                    | `response_checker` over all the model's results so far                 |
+|------------------------------------|-----------------------------------------------------------------------|
+| answer-key categories (simple,     | the handler's decoding, `is_function_calling_format_output`, then     |
+| multiple, parallel, Java, JS, live)| `ast_checker` with the category's language                            |
+| irrelevance, live_irrelevance      | correct when decoding fails or yields no call (`is_empty_output`)     |
+| live_relevance                     | correct when at least one call decodes                                |
+| multi_turn_*                       | after every turn with a ground truth: `state_checker`, then           |
+|                                    | `response_checker` over all the model's results so far                |
 
 Our own matcher (`rest_megatron.algo.function_match`) scores training rewards; `tests/eval/
 test_function_match_vs_bfcl.py` holds it to BFCL's checker.

@@ -239,7 +239,8 @@ def run_bfcl(args: argparse.Namespace) -> int:
         )
         report["bfcl_scores"] = bfcl_scores(report["categories"])
         print(
-            f"BFCL leaderboard scores (bfcl-eval {package_version()}; categories not run count 0, as in BFCL):\n"
+            f"BFCL leaderboard scores (bfcl-eval {package_version()}; "
+            "categories not run count 0, as in BFCL):\n"
             f"{format_leaderboard(report['bfcl_scores'])}\n"
         )
         return report

@@ -26,7 +26,8 @@ from rest_megatron.eval.bfcl_score import EntryResult, summarize
 
 
 class Progress:
-    """Prints "label: done/total, correct, rate, time left" at most every `every_s` seconds, and at the end."""
+    """Prints "label: done/total, correct, rate, time left" at most every `every_s` seconds, and at the
+    end."""
 
     def __init__(self, label: str, total: int, *, every_s: float = 5.0, stream: TextIO | None = None) -> None:
         self.label, self.total, self.every_s = label, total, every_s

@@ -6,7 +6,8 @@ Trainer, per GPU, on the worst pipeline stage (Megatron mixed precision; Adam):
 |-------------|-----------------------------------------------------------------------------------------|
 | parameters  | P_gpu × dtype bytes (2 in bf16)                                                         |
 | gradients   | P_gpu × 4: Megatron DDP accumulates main grads in fp32 (`grad_reduce_in_fp32=True`)    |
-| optimizer   | P_gpu × 12 (fp32 master copy + Adam m, v), ÷ dp with the distributed optimizer; 8 in fp32 (no master copy) |
+| optimizer   | P_gpu × 12 (fp32 master copy + Adam m, v), ÷ dp with the distributed optimizer; 8 in fp32 |
+|             | (no master copy)                                                                        |
 | activations | per layer, Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large        |
 |             | Transformer Models", Table 2), with s tokens, b micro-batch, h hidden, a heads, t = TP: |
 |             |   TP only:  s·b·h·(10 + 24/t) + 5·a·s²·b/t                                                |

@@ -149,7 +149,8 @@ def make_plan(
     trainer_gpus = num_gpus - rollout.num_gpus
     if trainer_gpus < 1:
         raise PlanRefused(
-            f"the rollout servers take {rollout.num_gpus} GPUs (rollout.num_servers × rollout.server_tp) of the "
+            f"the rollout servers take {rollout.num_gpus} GPUs (rollout.num_servers × rollout.server_tp) "
+            "of the "
             f"{num_gpus} given, leaving none for the trainer; pass more --gpus or lower rollout.num_servers"
         )
     mini_batch = config.optimizer.mini_batch_size or config.rollout_batch_size
@@ -212,9 +213,10 @@ def _no_valid_layout(
     )
     return (
         f"no trainer layout fits {gpus} GPUs: tp must divide the {arch.num_attention_heads} heads and "
-        f"{arch.num_query_groups} KV groups (at most {MAX_TP}), pp must divide the {arch.num_layers} layers, and the "
-        f"mini-batch of {mini_batch} trajectories must split into micro-batches of {micro_batch} × dp; change "
-        f"--gpus{hint}, the rollout's GPU count, optimizer.mini_batch_size or parallel.micro_batch_size"
+        f"{arch.num_query_groups} KV groups (at most {MAX_TP}), pp must divide the {arch.num_layers} layers, "
+        f"and the mini-batch of {mini_batch} trajectories must split into micro-batches of {micro_batch} "
+        f"× dp; change --gpus{hint}, the rollout's GPU count, optimizer.mini_batch_size or "
+        "parallel.micro_batch_size"
     )
 
 
@@ -242,10 +244,11 @@ def _nothing_fits(
     static = arch.num_parameters() * (DTYPE_BYTES[dtype] + 4 + optimizer_bytes_per_param(dtype, 1, False))
     with_savers = ", ".join(savers[:-1]) + " and " + savers[-1] if len(savers) > 1 else "".join(savers)
     return (
-        f"nothing fits on {num_gpus} × {gpu_gib:g} GiB ({trainer_gpus} for the trainer): the smallest layout, "
-        f"{layout.name} with {with_savers or 'no memory savers'}, needs {need / GIB:.1f} GiB per GPU, "
-        f"{(need - limit) / GIB:.1f} GiB over the {limit / GIB:.1f} GiB limit. The weights, fp32 gradients and "
-        f"Adam states of {arch.num_parameters() / 1e9:.2f} B parameters alone take {static / GIB:.0f} GiB, so the "
-        f"trainer needs at least {math.ceil(static / limit)} GPUs of this size; use more or larger GPUs, or lower "
-        "parallel.micro_batch_size or data.max_prompt_tokens + data.max_response_tokens"
+        f"nothing fits on {num_gpus} × {gpu_gib:g} GiB ({trainer_gpus} for the trainer): "
+        f"the smallest layout, {layout.name} with {with_savers or 'no memory savers'}, "
+        f"needs {need / GIB:.1f} GiB per GPU, {(need - limit) / GIB:.1f} GiB over the "
+        f"{limit / GIB:.1f} GiB limit. The weights, fp32 gradients and Adam states of "
+        f"{arch.num_parameters() / 1e9:.2f} B parameters alone take {static / GIB:.0f} GiB, so the "
+        f"trainer needs at least {math.ceil(static / limit)} GPUs of this size; use more or larger GPUs, "
+        "or lower parallel.micro_batch_size or data.max_prompt_tokens + data.max_response_tokens"
     )

@@ -55,7 +55,8 @@ def _table(rows: list[list[str]]) -> list[str]:
 def _overrides(c: Candidate) -> str:
     layout = c.layout
     return (
-        f"parallel.tp={layout.tp} parallel.pp={layout.pp} parallel.sequence_parallel={str(layout.sequence_parallel).lower()} "
+        f"parallel.tp={layout.tp} parallel.pp={layout.pp} "
+        f"parallel.sequence_parallel={str(layout.sequence_parallel).lower()} "
         f"parallel.use_distributed_optimizer={str(layout.distributed_optimizer).lower()} "
         f"model.recompute_activations={str(layout.recompute).lower()}"
     )
@@ -68,7 +69,8 @@ def format_plan(plan: Plan, *, recipe_path: str, model_source: str, model_name: 
         f"plan for {recipe_path} on {_gpus(plan.num_gpus)} × {plan.gpu_bytes / GIB:g} GiB",
         f"model    {model_name} from {model_source}",
         f"         {_count(a.num_parameters())} parameters: {a.num_layers} layers, hidden {a.hidden_size}, "
-        f"FFN {a.ffn_hidden_size}, {a.num_attention_heads} heads / {a.num_query_groups} KV groups × {a.head_dim}, "
+        f"FFN {a.ffn_hidden_size}, {a.num_attention_heads} heads / "
+        f"{a.num_query_groups} KV groups × {a.head_dim}, "
         f"vocab {a.vocab_size}, {'tied' if a.tie_word_embeddings else 'untied'} embeddings",
         f"batch    micro-batches of {w.micro_batch_size} × {w.seq_length} tokens in {w.dtype}; "
         f"{plan.mini_batch} trajectories per optimizer update",
@@ -79,9 +81,11 @@ def format_plan(plan: Plan, *, recipe_path: str, model_source: str, model_name: 
         m = r.memory
         per_traj = m.kv_tokens // w.seq_length
         lines += [
-            f"rollout  {r.engine} on {_gpus(r.num_gpus)} of their own (num_servers × server_tp); per server GPU: "
+            f"rollout  {r.engine} on {_gpus(r.num_gpus)} of their own (num_servers × server_tp); "
+            "per server GPU: "
             f"weights {_gib(m.weights)} GiB, KV cache {m.kv_bytes_per_token // 1024} KiB/token,",
-            f"         at memory fraction {r.mem_fraction:g} {m.kv_tokens:,} tokens = {per_traj} trajectories of "
+            f"         at memory fraction {r.mem_fraction:g} {m.kv_tokens:,} tokens = "
+            f"{per_traj} trajectories of "
             f"{w.seq_length} at once",
         ]
     headroom = 1 - plan.limit / plan.gpu_bytes
@@ -89,7 +93,8 @@ def format_plan(plan: Plan, *, recipe_path: str, model_source: str, model_name: 
         f"trainer  {_gpus(plan.trainer_gpus)}; limit {_gib(plan.limit)} GiB per GPU "
         f"({plan.gpu_bytes / GIB:g} GiB less {headroom:.0%} headroom)",
         "",
-        "GiB per GPU on the fullest pipeline stage. SP sequence parallel, DO distributed optimizer, RC full recompute,",
+        "GiB per GPU on the fullest pipeline stage. SP sequence parallel, DO distributed optimizer, "
+        "RC full recompute,",
         "ref the frozen reference policy (algorithm.kl_coef > 0)",
     ]
     rows, recipe_shown = [list(_COLUMNS)], False
@@ -116,7 +121,8 @@ def format_plan(plan: Plan, *, recipe_path: str, model_source: str, model_name: 
     plain, sharded, recomputed = variant(False, False), variant(True, False), variant(False, True)
     lines += [
         "",
-        f"savers at {best.layout.name}: optimizer {_gib(plain.optimizer)} GiB without, {_gib(sharded.optimizer)} "
+        f"savers at {best.layout.name}: optimizer {_gib(plain.optimizer)} GiB without, "
+        f"{_gib(sharded.optimizer)} "
         f"GiB with the distributed optimizer; activations {_gib(plain.activations)} GiB without, "
         f"{_gib(recomputed.activations)} GiB with full recompute",
         f"output head: fused, {min(w.head_chunk, tokens)}-row chunks: {_gib(fused)} GiB; unfused logits "

@@ -87,7 +87,8 @@ class RolloutPrompt:
     """Sampling seed of the first turn (turn k uses seed + k), so a resumed run samples what the
     uninterrupted one would; None lets the server draw one."""
     render_tools: bool = True
-    """Give `tools` to the chat template (`data.prompts.Prompt.render_tools`); the sandbox gets them anyway."""
+    """Give `tools` to the chat template (`data.prompts.Prompt.render_tools`); the sandbox gets them
+    anyway."""
 
     @property
     def template_tools(self) -> list[dict[str, Any]] | None:

@@ -95,7 +95,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def passthrough_flags(
     options: Mapping[str, Any], *, owned: Mapping[str, str] = _OWNED, section: str = "rollout.sglang"
 ) -> list[str]:
-    """`{"mem_fraction_static": 0.7, "enable_metrics": True}` -> `["--mem-fraction-static", "0.7", "--enable-metrics"]`."""
+    """`{"mem_fraction_static": 0.7, "enable_metrics": True}` ->
+    `["--mem-fraction-static", "0.7", "--enable-metrics"]`."""
     flags: list[str] = []
     for key, value in options.items():
         name = str(key).replace("-", "_")
@@ -178,7 +179,8 @@ def vllm_logprobs_mode(temperature: float, top_p: float, top_k: int) -> str:
     if temperature == 1.0:
         return "raw_logprobs"
     raise ValueError(
-        f"rollout.engine=vllm cannot report the trainer's log-probs at rollout.temperature={temperature} with "
+        f"rollout.engine=vllm cannot report the trainer's log-probs at rollout.temperature={temperature} "
+        "with "
         f"rollout.top_p={top_p} / rollout.top_k={top_k}: its processed log-probs are renormalized over the "
         "top-k/top-p set, its raw ones are untempered; set rollout.temperature=1, or rollout.top_p=1 and "
         "rollout.top_k=-1, or use rollout.engine=sglang"
@@ -475,7 +477,8 @@ class ServerProcess:
 
 
 def _start_all(make: Callable[[int], ServerProcess], count: int, timeout_s: float) -> list[ServerProcess]:
-    """Start `count` servers built by `make(index)`, wait until all are healthy; on any failure stop them all."""
+    """Start `count` servers built by `make(index)`, wait until all are healthy; on any failure stop them
+    all."""
     servers: list[ServerProcess] = []
     try:
         for index in range(count):
@@ -556,10 +559,12 @@ def gpu_placement(
         )
         shared = " (shared)" if share else ""
         raise ValueError(
-            f"{trainer_gpus} trainer GPU(s){shared} + rollout.num_servers={num_servers} × rollout.server_tp={server_tp} "
+            f"{trainer_gpus} trainer GPU(s){shared} + rollout.num_servers={num_servers} × "
+            f"rollout.server_tp={server_tp} "
             f"= {need} GPUs, but this node has {len(ids)} ({seen}); lower launch.nproc_per_node, "
             "rollout.num_servers or rollout.server_tp, expose more GPUs, set rollout.share_trainer_gpus=true "
-            "(servers beside the trainer on the same GPUs), or start the servers elsewhere and give rollout.server_urls"
+            "(servers beside the trainer on the same GPUs), or start the servers elsewhere and give "
+            "rollout.server_urls"
         )
     servers = [",".join(ids[first + i * server_tp : first + (i + 1) * server_tp]) for i in range(num_servers)]
     return ids[:trainer_gpus], servers

@@ -11,8 +11,9 @@ with the same fields as SGLang's `/init_weights_update_group` and `/update_weigh
 (`weight_sync.bucket_payload`), so `DistributedWeightSync` drives SGLang, the embedded engine and
 vLLM alike. The buckets are held until the last one (`flush_cache`), then loaded through vLLM's
 in-place `reload_weights`, which takes Hugging Face names and fuses them (q/k/v, gate/up) as a
-checkpoint load does; so a server holds one extra copy of the weights while it receives them. This module must import with vLLM's packages
-only: the servers run in their own venv (`scripts/setup_vllm.sh`) with the repository on PYTHONPATH.
+checkpoint load does; so a server holds one extra copy of the weights while it receives them. This
+module must import with vLLM's packages only: the servers run in their own venv
+(`scripts/setup_vllm.sh`) with the repository on PYTHONPATH.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ it. `DiskWeightSync` names the folders by step, pushes through a `Router` (so a 
 gets the weights when it returns), and deletes old folders.
 
 **Distributed** (NCCL with SGLang and vLLM on GPU; gloo with the embedded engine and vLLM on CPU),
-`rollout.weight_sync: distributed` (or `auto`): the trainer's rank 0 and every server's TP ranks form one process group,
+`rollout.weight_sync: distributed` (or `auto`): the trainer's rank 0 and every server's TP ranks form
+one process group,
 
     rank 0            : the trainer (sender)
     ranks 1 .. tp_0   : server 0's TP ranks          (rank_offset 1)

@@ -101,14 +101,16 @@ class _Ops(TorchDispatchMode):
         to_device = _is_device(kwargs.get("device"))
         if func.namespace == "c10d" and host_inputs:
             raise HostTensorError(
-                f"{name} got a tensor on {host_inputs[0].device}: this process group serves only the runtime's "
+                f"{name} got a tensor on {host_inputs[0].device}: "
+                "this process group serves only the runtime's "
                 f"device (as NCCL serves only CUDA); create the tensor with device=the runtime's device"
             )
         if device_inputs and name not in _CROSS_DEVICE_OPS:
             mixed = [x for x in host_inputs if x.dim() > 0]
             if mixed:
                 raise HostTensorError(
-                    f"{name} mixes device tensors with a host tensor of shape {tuple(mixed[0].shape)}; move it to "
+                    f"{name} mixes device tensors with a host tensor of shape {tuple(mixed[0].shape)}; "
+                    "move it to "
                     "the runtime's device"
                 )
         wrapper_of = {id(x.inner): x for x in device_inputs}

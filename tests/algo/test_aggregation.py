@@ -30,7 +30,8 @@ HAND = {
 
 
 def _aggregate(name, loss, mask, weights, splits):
-    """Σ over micro-batches (row chunks) of the contributions, with the denominator summed over all of them."""
+    """Σ over micro-batches (row chunks) of the contributions, with the denominator summed over all
+    of them."""
     agg = get_aggregation(name)
     chunks = list(zip(loss.split(splits), mask.split(splits), weights.split(splits)))
     denominator = sum(agg.denominator(loss_mask=m, weights=w) for _, m, w in chunks)

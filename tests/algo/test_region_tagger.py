@@ -171,7 +171,10 @@ def test_tags_split_across_tokens() -> None:
 
 
 def test_two_calls_in_one_turn() -> None:
-    text = '<tool_call>{"name": "alpha", "arguments": {"a": 1}}</tool_call><tool_call>{"name": "beta", "arguments": {}}</tool_call>'
+    text = (
+        '<tool_call>{"name": "alpha", "arguments": {"a": 1}}</tool_call>'
+        '<tool_call>{"name": "beta", "arguments": {}}</tool_call>'
+    )
     ids = encode(text)
     pieces = token_pieces(ids, TOK)
     masks = tag_regions(ids, TOK)

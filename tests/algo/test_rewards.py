@@ -19,7 +19,10 @@ GT_CALLS = (
     "<think>Need f and g.</think>\n<tool_call>\n"
     '{"name": "f", "parameters": {"a": 1, "b": "x"}}\n{"name": "g", "parameters": {}}\n</tool_call>'
 )
-PERFECT = '<think>ok</think>\n<tool_call>\n{"name": "f", "arguments": {"a": 1.0, "b": "x"}}\n{"name": "g", "arguments": {}}\n</tool_call>'
+PERFECT = (
+    '<think>ok</think>\n<tool_call>\n{"name": "f", "arguments": {"a": 1.0, "b": "x"}}\n'
+    '{"name": "g", "arguments": {}}\n</tool_call>'
+)
 PARTIAL = '<think>y</think><tool_call>\n{"name": "f", "arguments": {"a": 1.0, "c": 2}}\n</tool_call>'
 MALFORMED = '<think>y</think><tool_call>\n{"name": "f", "arguments": {"a": 1}\n</tool_call>'
 NO_CALL = "I would call f."
@@ -65,7 +68,10 @@ def test_toolrl_by_hand_over_the_schedule(step):
 def test_toolrl_unscheduled_constants_and_order_of_parallel_calls():
     # ToolRL without the schedule: format 1/0, correctness 3/−3. Swapped calls are not an exact match,
     # but the partial credit is full: names 1 (multisets), f 1 + 2, g 1 -> 5/5 -> 3.
-    swapped = '<think>t</think><tool_call>\n{"name": "g", "arguments": {}}\n{"name": "f", "arguments": {"b": "x", "a": 1}}\n</tool_call>'
+    swapped = (
+        '<think>t</think><tool_call>\n{"name": "g", "arguments": {}}\n'
+        '{"name": "f", "arguments": {"b": "x", "a": 1}}\n</tool_call>'
+    )
     params = dict(format_max=1.0, format_min=0.0, correct_max=3.0, correct_min=-3.0)
     assert get_reward("toolrl")(swapped, GT_CALLS, step=0, **params) == (
         4.0,
@@ -114,7 +120,10 @@ def test_toolrl_unclosed_call_and_bad_ground_truth():
 
 def test_function_match_reward():
     gt = {"calls": [{"name": "f", "arguments": {"a": 1}}, {"name": "g", "arguments": {}}]}
-    good = '<tool_call>{"name": "g", "arguments": {}}</tool_call><tool_call>{"name": "f", "arguments": {"a": 1.0}}</tool_call>'
+    good = (
+        '<tool_call>{"name": "g", "arguments": {}}</tool_call>'
+        '<tool_call>{"name": "f", "arguments": {"a": 1.0}}</tool_call>'
+    )
     assert get_reward("function_match")(good, gt) == (
         1.0,
         {"match": 1.0, "num_calls": 2.0, "num_errors": 0.0},
@@ -235,7 +244,8 @@ def test_toolrl_strict_parameters_key_follows_rlla():
     assert reward(PERFECT, GT_CALLS, step=0, **{**params, "accept_arguments": True})[1]["correctness"] == 3.0
     as_parameters = PERFECT.replace('"arguments"', '"parameters"')
     assert reward(as_parameters, GT_CALLS, step=0, **params)[1]["correctness"] == 3.0
-    # h is no expected name: names f, h vs f, g -> 1/3; f: keys 1 + values 2 -> 3 of max 5 -> 6·(10/3)/5 − 3 = 1
+    # h is no expected name: names f, h vs f, g -> 1/3; f: keys 1 + values 2 -> 3 of max 5
+    # -> 6·(10/3)/5 − 3 = 1
     other = as_parameters.replace('{"name": "g", "parameters": {}}', '{"name": "h", "arguments": {}}')
     assert reward(other, GT_CALLS, step=0, **params)[1]["correctness"] == pytest.approx(1.0)
 

@@ -39,7 +39,8 @@ def write_recipe(tmp_path: Path, model_dir: Path) -> Callable[..., Path]:
         if text is None:
             text = """
                 model: {path: "{model}"}
-                data: {train_path: tiny-task, num_prompts_per_step: 4, max_prompt_tokens: 256, max_response_tokens: 256}
+                data: {train_path: tiny-task, num_prompts_per_step: 4,
+                       max_prompt_tokens: 256, max_response_tokens: 256}
                 optimizer: {num_steps: 3}
                 rollout: {num_samples_per_prompt: 4, max_new_tokens: 64}
             """

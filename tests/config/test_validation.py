@@ -39,7 +39,8 @@ def test_tp_must_divide_the_query_groups(write_recipe: WriteRecipe) -> None:
     # the fixture model has 8 heads in 2 KV groups: tp=4 splits heads but not groups
     message = _error(write_recipe(), "parallel.tp=4", "launch.nproc_per_node=4")
     assert message == (
-        "parallel.tp=4 does not divide the model's 2 query groups (num_key_value_heads); choose parallel.tp from 1, 2"
+        "parallel.tp=4 does not divide the model's 2 query groups (num_key_value_heads); "
+        "choose parallel.tp from 1, 2"
     )
 
 
@@ -87,8 +88,8 @@ def test_missing_data_files(write_recipe: WriteRecipe, tmp_path: Path) -> None:
     message = _error(write_recipe(), "data.train_path=no/such.jsonl")
     assert message == (
         "data.train_path 'no/such.jsonl' not found; make it with `rest-megatron data prepare --format FORMAT "
-        "--in SOURCE --out no` (see `rest-megatron data prepare --help`), or give an existing JSONL file or the "
-        "built-in 'tiny-task'"
+        "--in SOURCE --out no` (see `rest-megatron data prepare --help`), or give an existing JSONL file "
+        "or the built-in 'tiny-task'"
     )
     assert "data.eval_path 'gone.jsonl' not found" in _error(write_recipe(), "data.eval_path=gone.jsonl")
     train = tmp_path / "train.jsonl"
@@ -102,9 +103,9 @@ def test_all_problems_are_reported_together(write_recipe: WriteRecipe) -> None:
         "3 config errors:",
         "  - parallel.tp must be >= 1, got 0",
         "  - rollout.top_p must be in (0, 1], got 1.5",
-        "  - data.train_path 'nope.jsonl' not found; make it with `rest-megatron data prepare --format FORMAT "
-        "--in SOURCE --out .` (see `rest-megatron data prepare --help`), or give an existing JSONL file or the "
-        "built-in 'tiny-task'",
+        "  - data.train_path 'nope.jsonl' not found; make it with `rest-megatron data prepare "
+        "--format FORMAT --in SOURCE --out .` (see `rest-megatron data prepare --help`), or give an "
+        "existing JSONL file or the built-in 'tiny-task'",
     ]
 
 
@@ -121,7 +122,8 @@ def test_all_problems_are_reported_together(write_recipe: WriteRecipe) -> None:
         (["algorithm.weights_params={gama_name: 2}"], "algorithm.weights_params has 'gama_name'"),
         (
             ["algorithm.weights=hybrid", "algorithm.weights_params={gama_name: 2}"],
-            "algorithm.weights_params has 'gama_name', which algorithm.weights=hybrid does not take; it takes: "
+            "algorithm.weights_params has 'gama_name', which algorithm.weights=hybrid does not take; "
+            "it takes: "
             "alpha, averaging, clip_max, clip_min, eps, gamma_answer, gamma_args, gamma_format, gamma_name",
         ),
         (
@@ -160,8 +162,8 @@ def test_all_problems_are_reported_together(write_recipe: WriteRecipe) -> None:
         ),
         (
             ["parallel.micro_batch_size=3"],
-            "the rollout batch data.num_prompts_per_step × rollout.num_samples_per_prompt = 16 must be a multiple "
-            "of parallel.micro_batch_size × data-parallel size = 3 × 1 = 3",
+            "the rollout batch data.num_prompts_per_step × rollout.num_samples_per_prompt = 16 "
+            "must be a multiple of parallel.micro_batch_size × data-parallel size = 3 × 1 = 3",
         ),
         (
             ["optimizer.num_warmup_steps=10"],

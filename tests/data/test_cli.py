@@ -1,4 +1,5 @@
-"""`rest-megatron data prepare` and `data inspect` through the top-level CLI: output files, summary, exit codes."""
+"""`rest-megatron data prepare` and `data inspect` through the top-level CLI: output files, summary,
+exit codes."""
 
 from __future__ import annotations
 

@@ -9,7 +9,10 @@ from rest_megatron.data.formats.pycalls import looks_like_calls, parse_calls
 
 
 def test_calls_with_literals_names_with_spaces_and_reserved_keys() -> None:
-    text = "[Get Weather(city=\"Rome, IT\", days=3), math.hypot(x=-1.5, y=2e3), f(from='a', max-results=5, on=true, off=None, xs=[1, (2, 3)], m={'k': [1]})]"
+    text = (
+        '[Get Weather(city="Rome, IT", days=3), math.hypot(x=-1.5, y=2e3), '
+        "f(from='a', max-results=5, on=true, off=None, xs=[1, (2, 3)], m={'k': [1]})]"
+    )
     assert parse_calls(text) == [
         {"name": "Get Weather", "arguments": {"city": "Rome, IT", "days": 3}},
         {"name": "math.hypot", "arguments": {"x": -1.5, "y": 2000.0}},

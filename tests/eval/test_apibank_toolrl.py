@@ -1,4 +1,5 @@
-"""`eval apibank` and `eval toolrl`: the authors' scoring rules, and both commands end to end on the tiny model.
+"""`eval apibank` and `eval toolrl`: the authors' scoring rules, and both commands end to end on the
+tiny model.
 
 The level files in `fixtures/apibank/` are small files written in the processed format the authors
 evaluate on (6 entries over the three levels). The tiny random model answers nothing right, so the
@@ -58,14 +59,21 @@ def test_the_authors_soft_match() -> None:
         "parameters": {"new_appointment_date": "2023-03-26", "appointment_id": "34567890"},
     }
     line = json.dumps(call)
+    as_ints = json.dumps(
+        dict(call, parameters={"appointment_id": 34567890, "new_appointment_date": "2023-03-26"})
+    )
     verdicts = {
         f"<think> ok </think>\n<tool_call>\n{line}\n</tool_call>": True,
-        f'<tool_call>\n{{"name": "GetCurrentTime", "parameters": {{}}}}\n{line}\n</tool_call>': True,  # any call
-        f'<tool_call>\n{line}\n</tool_call>\n<tool_call>\n{{"name": "X", "parameters": {{}}}}\n</tool_call>': False,
+        # any call
+        f'<tool_call>\n{{"name": "GetCurrentTime", "parameters": {{}}}}\n{line}\n</tool_call>': True,
+        f"<tool_call>\n{line}\n</tool_call>\n"
+        f'<tool_call>\n{{"name": "X", "parameters": {{}}}}\n</tool_call>': False,
         line: True,  # no tag: the whole reply's lines are read
-        f"<tool_call>\n{json.dumps(call['parameters'])}\n</tool_call>": True,  # bare parameters: the reference's function
-        f"<tool_call>\n{json.dumps(dict(call, parameters={'appointment_id': 34567890, 'new_appointment_date': '2023-03-26'}))}\n</tool_call>": False,
-        f"<tool_call>\n[1]\n{line}\n</tool_call>": False,  # a non-object ends the scan, as the authors' loop does
+        # bare parameters: the reference's function
+        f"<tool_call>\n{json.dumps(call['parameters'])}\n</tool_call>": True,
+        f"<tool_call>\n{as_ints}\n</tool_call>": False,
+        # a non-object ends the scan, as the authors' loop does
+        f"<tool_call>\n[1]\n{line}\n</tool_call>": False,
         f"<tool_call>\n{{not json\n{line}\n</tool_call>": True,  # unparsable lines are skipped
         "I cannot help with that.": False,
     }

@@ -46,7 +46,8 @@ def as_text(calls: list[dict[str, Any]]) -> str:
 
 
 def play(entry: Any, edit: Any = None) -> str | None:
-    """Run the ground truth as model output, `edit(turn, calls)` changing it first; the first failing turn's reason."""
+    """Run the ground truth as model output, `edit(turn, calls)` changing it first; the first failing
+    turn's reason."""
     episode = MultiTurnEpisode(entry)
     for turn in range(len(entry.turns)):
         calls = episode.truth_calls(turn)

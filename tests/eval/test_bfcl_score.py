@@ -27,9 +27,11 @@ pytestmark = needs_bfcl
 ANSWER_KEY_CATEGORIES = [c for c in CATEGORY_FILES if c not in IRRELEVANCE | RELEVANCE | MULTI_TURN]
 MAX_DEFECTS = 8  # 6 entries in bfcl-eval 2026.3.23, all in live_simple and live_multiple
 JAVA_UNRENDERED = {
-    "simple_java_36": "an Object[] mixing strings and numbers: BFCL's converter keeps the quotes of string elements",
+    "simple_java_36": "an Object[] mixing strings and numbers: BFCL's converter keeps the quotes of "
+    "string elements",
     "simple_java_65": "a String[] of key/value pairs with booleans: same",
-    "simple_java_81": "a String argument BFCL's converter unquotes ('GC pause' -> 'C paus') when no quotes are sent",
+    "simple_java_81": "a String argument BFCL's converter unquotes ('GC pause' -> 'C paus') when no "
+    "quotes are sent",
 }
 """Java answers our test renderer cannot write as a literal that BFCL's Java converter parses back to the
 key (the model would meet the same converter; these are not our checker's verdicts, which are BFCL's)."""

@@ -35,8 +35,8 @@ CATEGORIES = [
     "live_parallel_multiple",
 ]
 ON_PURPOSE: dict[str, str] = {
-    "calls reversed": "parallel calls pair by a perfect matching; BFCL pairs each expected call with the first "
-    "unused model call that passes, so when one model call fits two expected calls it can be "
+    "calls reversed": "parallel calls pair by a perfect matching; BFCL pairs each expected call with the "
+    "first unused model call that passes, so when one model call fits two expected calls it can be "
     "used up and a pairing that exists is missed (parallel_178 reversed); a reward should not "
     "depend on the order of independent calls",
 }
@@ -65,7 +65,8 @@ def _first(allowed: list[Any], spec: dict[str, Any]) -> Any:
 
 
 def reference(entry: Any, *, omit: bool = False, alternative: int = 0) -> Calls:
-    """The answer key as calls (first allowed values; `alternative`: the n-th allowed value where there is one)."""
+    """The answer key as calls (first allowed values; `alternative`: the n-th allowed value where there
+    is one)."""
     calls = []
     for expected in entry.answer:
         ((name, key),) = expected.items()

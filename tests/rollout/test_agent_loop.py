@@ -42,7 +42,8 @@ async def _rollout(client, tokenizer, sandbox_url: str, prompts: list[RolloutPro
 
 
 def _check_bookkeeping(trajectory, model) -> None:
-    """Tokens = prompt + segments; mask 1 exactly on sampled tokens; logprobs are the model's at those positions."""
+    """Tokens = prompt + segments; mask 1 exactly on sampled tokens; logprobs are the model's at those
+    positions."""
     trajectory.check()
     ids = trajectory.token_ids
     for segment in trajectory.segments:

@@ -111,7 +111,10 @@ def test_embedded_command() -> None:
 
 
 def test_a_server_that_exits_reports_its_status_and_log_tail(tmp_path) -> None:
-    script = "import sys; print('loading model'); print('error: unknown flag --frobnicate', file=sys.stderr); sys.exit(3)"
+    script = (
+        "import sys; print('loading model'); "
+        "print('error: unknown flag --frobnicate', file=sys.stderr); sys.exit(3)"
+    )
     server = ServerProcess(
         [sys.executable, "-c", script],
         base_url=f"http://127.0.0.1:{free_port()}",
@@ -340,7 +343,8 @@ def test_gpu_placement_refuses_what_does_not_fit() -> None:
 FAKE_SGLANG = """import json, os, sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 argv = sys.argv[1:]
-seen = {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "raw_logprob_env": os.environ.get("SGLANG_RETURN_ORIGINAL_LOGPROB"),
+seen = {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "raw_logprob_env": os.environ.get("SGLANG_RETURN_ORIGINAL_LOGPROB"),
         "argv": argv}
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):

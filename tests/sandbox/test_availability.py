@@ -203,8 +203,8 @@ def test_background_processes_of_a_session_call_die_when_the_call_ends(server) -
             sid = await client.create_session(["python"])
             start = (
                 "import subprocess\nchild = subprocess.Popen(['sleep', '300'])\n"
-                "orphan = int(subprocess.run(['sh', '-c', 'sleep 300 >/dev/null 2>&1 & echo $!'], capture_output=True,"
-                " text=True).stdout)\nprint('started')"
+                "orphan = int(subprocess.run(['sh', '-c', 'sleep 300 >/dev/null 2>&1 & echo $!'], "
+                "capture_output=True, text=True).stdout)\nprint('started')"
             )
             assert (await client.call_tool("python", {"code": start}, session_id=sid)).output == "started\n"
             check = (

@@ -6,8 +6,9 @@ Hostile clients (127.0.0.2 with the secret, 127.0.0.3 without) loop over every a
 session processes and memory, half-sent and oversized requests without the secret. It passes when
 every normal call succeeds, their p99 latency stays under P99_BOUND_S, `/health` answers within
 1 s throughout (plus twice the worst `/health` latency of the same server idle, measured just before:
-on a machine shared with other jobs, scheduling alone can take seconds), and afterwards the service's descriptors, sandbox processes, scratch mounts and
-the scratch file system's free space are back where they were.
+on a machine shared with other jobs, scheduling alone can take seconds), and afterwards the
+service's descriptors, sandbox processes, scratch mounts and the scratch file system's free space
+are back where they were.
 
 REST_SANDBOX_SOAK_S changes the duration (default 60 s). The figures are printed (`pytest -s`).
 """
@@ -162,8 +163,10 @@ async def _hostile_with_secret(base_url: str, stop: float, count: list[int]) -> 
 async def _hostile_without_secret(host: str, port: int, stop: float, count: list[int]) -> None:
     attacks = [
         b"POST /run_code HTTP/1.1\r\nHost: x\r\n",  # half-sent headers
-        b"POST /run_code HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 16000000\r\n\r\n{",
-        b"POST /run_code HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{not json",
+        b"POST /run_code HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 16000000\r\n\r\n{",
+        b"POST /run_code HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 9\r\n\r\n{not json",
         b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n",
     ]
     held: list[socket.socket] = []
@@ -248,7 +251,8 @@ def test_soak_hostile_clients_beside_normal_clients(tmp_path: Path) -> None:
             f"\nsoak {SOAK_S:g} s: {len(latencies)} normal calls, {len(failures)} failures, p50 "
             f"{p.get('p50_ms', 0):.0f} ms, p99 {p.get('p99_ms', 0):.0f} ms, max {p.get('max_ms', 0):.0f} ms; "
             f"{hostile[0]} hostile requests with the secret, {unauthenticated[0]} without; /health worst "
-            f"{worst_health[0] * 1000:.0f} ms (idle: {idle_health[0] * 1000:.0f} ms); before {baseline}, after {after}"
+            f"{worst_health[0] * 1000:.0f} ms (idle: {idle_health[0] * 1000:.0f} ms); "
+            f"before {baseline}, after {after}"
         )
 
     assert latencies and not failures, failures[:5]

@@ -63,7 +63,8 @@ class RlimitBackend:
             (
                 ["import ctypes, json"],
                 f"an unprivileged uid cannot run {self.python} (is it under a private "
-                "directory such as /root?); install Python world-readable, or pass --sandbox-python /usr/bin/python3",
+                "directory such as /root?); install Python world-readable, "
+                "or pass --sandbox-python /usr/bin/python3",
             ),
             # The worker imports tools_sandbox from its checkout after dropping to the call's uid.
             (
@@ -72,8 +73,9 @@ class RlimitBackend:
                     str(PACKAGE_DIR),
                     str(PACKAGE_DIR / "worker.py"),
                 ],
-                f"an unprivileged uid cannot read {PACKAGE_DIR} (a private directory on the way, such as one from "
-                "`mktemp -d`?); make it and its parents world-readable (chmod o+rx), or use bubblewrap",
+                f"an unprivileged uid cannot read {PACKAGE_DIR} (a private directory on the way, "
+                "such as one from `mktemp -d`?); make it and its parents world-readable (chmod o+rx), "
+                "or use bubblewrap",
             ),
         )
         for code, problem in checks:

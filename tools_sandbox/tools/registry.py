@@ -141,7 +141,8 @@ class ToolRegistry:
 
 
 def builtin_registry(*, bfcl: bool = True) -> ToolRegistry:
-    """The registry with calculator, lookup_price, python and (when `bfcl-eval` is installed) the BFCL classes."""
+    """The registry with calculator, lookup_price, python and (when `bfcl-eval` is installed) the BFCL
+    classes."""
     from tools_sandbox.tools import bfcl as bfcl_tools
 
     registry = ToolRegistry()

@@ -7,7 +7,7 @@
 | `hammer` | `hammer.py` | Hammer's xLAM-shaped data, irrelevance records (no call) included |
 | `toolace` | `toolace.py` | ToolACE dialogs: tools in the system prompt, calls as `[f(x=1)]` |
 | `bfcl` | `bfcl.py` | BFCL questions with their possible_answer ground truth |
-| `apibank` | `apibank.py` | API-Bank evaluation files: level-1/2 prompt-answer pairs, level-3 tasks, raw dialogs |
+| `apibank` | `apibank.py` | API-Bank eval files: level-1/2 prompt-answer pairs, level-3 tasks, raw dialogs |
 
 Shared pieces: `base.py` (reading by line, outcomes, record building), `schema.py` (tool schemas as
 OpenAI-style JSON schema), `pycalls.py` (Python-syntax calls), `validate.py` (the checks every record

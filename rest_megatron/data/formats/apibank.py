@@ -4,7 +4,8 @@ Three published shapes, recognised record by record (a file may be JSONL or one 
 
 1. Prompt/answer pairs (`json_test_data/level-1-api.json`, `level-2-api.json`, the `-response` files):
    {"file", "id", "instruction": "...API descriptions:\n{json per API}", "input": "User: …\nAI: …\n
-   API-Request: [Api(k='v')]->result\n…\nGenerate API Request:", "expected_output": "API-Request: [Api(k='v')]"}
+   API-Request: [Api(k='v')]->result\n…\nGenerate API Request:",
+   "expected_output": "API-Request: [Api(k='v')]"}
    (or "AI: text" for response generation; "output" is read where "expected_output" is missing). The tools
    are the instruction's API descriptions plus any a ToolSearcher call in the history returned (level 2).
 2. Level-3 tasks (`level-3.json`): {"requirement", "response", "apis": [{"api_name", "input", "output"}]}.

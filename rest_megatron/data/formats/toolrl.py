@@ -1,6 +1,7 @@
 """ToolRL's rlla data (Qian et al. 2025; the RL set ResT trains on): instruction, input, output.
 
-    {"instruction": "<system prompt listing the tools>", "input": "**Dialogue Records History**\n<user>…</user>",
+    {"instruction": "<system prompt listing the tools>",
+     "input": "**Dialogue Records History**\n<user>…</user>",
      "output": "<think>…</think>\n<tool_call>\n{\"name\": …, \"parameters\": {…}}\n…\n</tool_call>"}
     (or "<think>…</think>\n<response>…</response>" for a turn that answers without calling)
 

@@ -81,7 +81,8 @@ def check_call(call: Any, tools: dict[str, dict[str, Any]], where: str) -> None:
     if unknown:
         raise RecordError(
             "undeclared_argument",
-            f"{where} passes {unknown} to {call['name']!r}, whose parameters are {sorted(params['properties'])}",
+            f"{where} passes {unknown} to {call['name']!r}, "
+            f"whose parameters are {sorted(params['properties'])}",
         )
 
 

@@ -5,7 +5,8 @@
       -> {"output_ids": [...], "meta_info": {"output_token_logprobs": [[logprob, token_id, text], ...],
                                             "finish_reason": {"type": "stop"|"length"|"abort", ...}}}
     POST /update_weights_from_disk {"model_path": ...}          -> {"success": bool, "message": str}
-    POST /init_weights_update_group {master_address, master_port, rank_offset, world_size, group_name, backend}
+    POST /init_weights_update_group {master_address, master_port, rank_offset, world_size, group_name,
+                                     backend}
     POST /update_weights_from_distributed {names, dtypes, shapes, group_name, flush_cache, weight_version}
     POST /flush_cache, GET /health, POST /release_memory_occupation, POST /resume_memory_occupation
 

@@ -12,7 +12,8 @@ with `--logprobs-mode processed_logprobs` (`launch.vllm_server_args`); at temper
 
 Weight updates go through vLLM's `/collective_rpc` (served with `VLLM_SERVER_DEV_MODE=1`):
 
-    disk:        {"method": "reload_weights", "kwargs": {"weights_path": folder}}   (vLLM's own in-place reload)
+    disk:        {"method": "reload_weights", "kwargs": {"weights_path": folder}}
+                 (vLLM's own in-place reload)
     distributed: {"method": "rest_init_weights_update_group" / "rest_update_weights_from_distributed",
                   "args": [json]}   (our worker extension, `rollout/vllm_worker.py`)
 
@@ -127,7 +128,8 @@ class VLLMClient:
             )
         except BadServerReply as exc:
             hint = (
-                "; start vLLM with VLLM_SERVER_DEV_MODE=1 (which serves /collective_rpc) and --worker-extension-cls "
+                "; start vLLM with VLLM_SERVER_DEV_MODE=1 (which serves /collective_rpc) and "
+                "--worker-extension-cls "
                 f"{WORKER_EXTENSION} (launch.vllm_server_args does both), or set rollout.weight_sync=disk"
                 if "404" in str(exc) or "rest_" in str(exc)
                 else ""

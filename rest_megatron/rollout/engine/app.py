@@ -8,7 +8,8 @@
 | GET /health, /health_generate         | 200 while the engine thread is alive                      |
 | GET /get_model_info, /get_server_info | model path, weight version; queue and cache counters       |
 | POST /release_memory_occupation, /resume_memory_occupation | accepted, nothing to release on CPU  |
-| POST /init_weights_update_group, /update_weights_from_distributed | join the trainer's group, receive buckets over gloo (`weights.py`) |
+| POST /init_weights_update_group,      | join the trainer's group, receive buckets over gloo       |
+|   /update_weights_from_distributed    | (`weights.py`)                                            |
 | POST /v1/completions, GET /v1/models  | vLLM's token-id completions subset (`return_token_ids`)    |
 
 Handlers only parse, queue and await: the model runs on the engine thread. A request whose client

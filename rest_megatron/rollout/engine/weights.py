@@ -1,6 +1,7 @@
 """The embedded engine's side of distributed weight sync: SGLang's two endpoints, over gloo.
 
-    POST /init_weights_update_group {master_address, master_port, rank_offset, world_size, group_name, backend}
+    POST /init_weights_update_group {master_address, master_port, rank_offset, world_size, group_name,
+                                     backend}
     POST /update_weights_from_distributed {names, dtypes, shapes, group_name, flush_cache, weight_version}
 
 The engine joins the trainer's weight-update group as rank `rank_offset` (it has one "TP rank"), then
