@@ -21,6 +21,7 @@ from tests.ops.reference import (
     GRAD_RTOL,
     VALUE_RTOL,
     fresh_seed,
+    fused_op_logits,
     make_logits,
     make_targets,
     reference_stats,
@@ -80,9 +81,6 @@ def _fused_errors(seed: int, tp: int, vocab: int, sequence_parallel: bool) -> li
     ref_h, ref_w = hidden.double().requires_grad_(), weight.double().requires_grad_()
     ref = reference_stats(ref_h @ ref_w.t(), targets, vocab)
     (ref[0] @ g_lp.double() + ref[1] @ g_h.double()).backward()
-    ref_of_fp32_logits = reference_stats(
-        hidden @ weight.t(), targets, vocab
-    )  # the op's own error, given its logits
     out, label = [], f"fused tp={tp} vocab={vocab} sp={sequence_parallel}"
     for chunk in (1, 7, T + 3):
         h = hidden[rows].clone().requires_grad_()
@@ -98,6 +96,10 @@ def _fused_errors(seed: int, tp: int, vocab: int, sequence_parallel: bool) -> li
             sequence_parallel=sequence_parallel,
         )
         (stats.logprob @ g_lp + stats.entropy @ g_h).backward()
+        # The op's own error, given its own float32 logits.
+        ref_of_fp32_logits = reference_stats(
+            fused_op_logits(hidden, weight, chunk, vocab, tp), targets, vocab
+        )
         for name, ours, expected, given_logits in zip(stats._fields, stats, ref, ref_of_fp32_logits):
             out.append((f"{label} chunk={chunk} {name}", rel_err(ours, expected), FUSED_VALUE_RTOL[name]))
             out.append(

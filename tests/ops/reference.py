@@ -27,14 +27,27 @@ def reference_stats(logits: Tensor, targets: Tensor, vocab_size: int) -> tuple[T
     return logprob, -(p * log_p).sum(-1), (p * p).sum(-1)
 
 
+def fused_op_logits(hidden: Tensor, weight: Tensor, chunk: int, vocab_size: int, tp: int = 1) -> Tensor:
+    """[T, vocab_size] float32 logits computed as `fused_output_token_stats` computes them: `chunk` rows
+    at a time against each TP shard's real vocabulary rows. Same shapes, same float32 rounding: a
+    whole-matrix h·Wᵀ rounds differently (a chunk of one row is a matrix-vector product), which alone
+    moved Σπ² by 1.01e-6 on one seed."""
+    shard = weight.shape[0] // tp
+    columns = []
+    for k in range(tp):
+        w = weight[k * shard : k * shard + max(0, min(shard, vocab_size - k * shard))]
+        columns.append(torch.cat([hidden[r : r + chunk] @ w.t() for r in range(0, hidden.shape[0], chunk)]))
+    return torch.cat(columns, dim=1)
+
+
 # Normwise relative tolerances for float32 inputs: the issue's 1e-6 for every statistic. Measured worst
 # with the two-level row sums: Σπ² 3.8e-7, H 7e-8 over 40 random [256, 32k-152k] batches.
 VALUE_RTOL = {"logprob": 1e-6, "entropy": 1e-6, "collision": 1e-6}
 # The fused op starts one step earlier, from h and W: its float32 logits carry the matmul's rounding
 # (~sqrt(hidden) ulp each) that an all-float64 reference (h·Wᵀ in float64) does not; that alone reached
 # 1.44e-6 on Σπ² over 150 seeds. So the fused tests hold the op's values to 1e-6 of the float64
-# statistics of its float32 logits h·Wᵀ (measured worst 6.0e-7 over the same seeds) and to 2e-6 of
-# the all-float64 reference.
+# statistics of its own float32 logits (`fused_op_logits`; worst 6.0e-7 over 300 seeds × 4 chunk sizes,
+# where whole-matrix logits reached 1.41e-6) and to 2e-6 of the all-float64 reference.
 FUSED_VALUE_RTOL = {name: 2 * tol for name, tol in VALUE_RTOL.items()}
 GRAD_RTOL = 1e-5
 
