@@ -61,16 +61,16 @@ def test_parse_value_follows_yaml_scalars() -> None:
 
 
 def test_base_recipes_deep_merge_relative_to_their_own_directory(write_recipe: WriteRecipe) -> None:
-    write_recipe(name="shared/base.yaml")
+    write_recipe(name="parents/base.yaml")
     write_recipe(
         """
         base: base.yaml
         algorithm: {weights: uniform}
         rollout: {temperature: 0.7}
         """,
-        name="shared/mid.yaml",
+        name="parents/mid.yaml",
     )
-    child = write_recipe("base: ../shared/mid.yaml\nrollout: {top_p: 0.9}\n", name="child/child.yaml")
+    child = write_recipe("base: ../parents/mid.yaml\nrollout: {top_p: 0.9}\n", name="child/child.yaml")
     config = load_config(child)
     assert config.algorithm.weights == "uniform"
     # rollout merged key by key across three files
