@@ -166,10 +166,10 @@ class RolloutConfig:
     vllm: dict[str, Any] = field(default_factory=dict)
     """vLLM server arguments, passed verbatim as flags. `--tensor-parallel-size` (from `server_tp`)
     and `--logprobs-mode` (from temperature / top-p / top-k: the mode whose log-probs equal the
-    trainer's, see `rollout/launch.py` `vllm_logprobs_mode`) are set by the launcher."""
+    trainer's, see `rollout/server_commands.py` `vllm_logprobs_mode`) are set by the launcher."""
 
     vllm_python: str | None = None
-    """Interpreter that runs the vLLM servers the trainer launches (`rollout/launch.py`
+    """Interpreter that runs the vLLM servers the trainer launches (`rollout/server_commands.py`
     `vllm_python`); null: the repository's `.venv-vllm` (scripts/setup_vllm.sh) if it exists, else
     the trainer's own Python."""
 
@@ -334,7 +334,8 @@ class LoggingConfig:
     evaluation and the last step are always recorded."""
 
     eval_interval: int = 0
-    """Evaluate on `data.eval_path` every this many steps; 0 never."""
+    """Evaluate on `data.eval_path` every this many RL steps and after the last one; with 0, only once,
+    before the first RL step (after any SFT warm start). Null `data.eval_path` turns evaluation off."""
 
     wandb_project: str | None = None
     """Weights & Biases project; null disables wandb."""
