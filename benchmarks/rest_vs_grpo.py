@@ -12,7 +12,7 @@ Arms (everything else is the recipe's, `recipes/tiny-cpu-weak.yaml` by default):
 For a given seed every arm gets the same task, the same initial model and the same SFT warm start.
 
 Every run is scored greedily on one fixed held-out set (`--eval-prompts`, from the tiny task's eval
-split, which shares no question text with training) after SFT and at the end. Per arm it reports,
+split, which shares no question text with training) after SFT and at the end only. Per arm it reports,
 each as a mean over seeds with a 95% interval (Student t): the steps until the training reward
 (mean over the step's trajectories, running mean of 3 steps) first reaches `--threshold` (a run
 that never does counts as its number of steps + 1), the final held-out reward and its gain, and the
@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rest_megatron.config import load_config  # noqa: E402
 from rest_megatron.data.tiny_task import make_tiny_task  # noqa: E402
 
 EVAL_SEED = 20_261_206
@@ -148,7 +149,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     eval_file = (args.out / "eval.jsonl").resolve()
     write_eval_set(eval_file, args.eval_prompts)
-    common = [f"data.eval_path={eval_file}", *args.overrides]
+    # Only the held-out rewards after SFT and at the end are reported: skip the recipe's evaluations between.
+    num_steps = load_config(args.recipe, args.overrides).optimizer.num_steps
+    common = [f"data.eval_path={eval_file}", f"logging.eval_interval={num_steps}", *args.overrides]
     unknown = set(args.arms) - set(arm_overrides())
     if unknown:
         parser.error(f"unknown arms {sorted(unknown)}; choose from {sorted(arm_overrides())}")
