@@ -63,7 +63,7 @@ COMMANDS: dict[str, Command] = {
         "rest_megatron.rollout.embedded_server:main", "argv", "run the embedded CPU inference server"
     ),
     "serve-command": Command(
-        "rest_megatron.rollout.launch:serve_command_main",
+        "rest_megatron.rollout.server_commands:serve_command_main",
         "argv",
         "print the inference-server command line of a recipe (what slurm/train.sbatch runs)",
     ),

@@ -166,8 +166,8 @@ def _check_registered(config: Config) -> list[str]:
 
 def _check_server_flags(rollout: RolloutConfig) -> list[str]:
     """What the servers' command lines would refuse (launcher-owned flags), and the sampling settings
-    under which the server's log-probs cannot equal the trainer's (`rollout/launch.py` docstring)."""
-    from rest_megatron.rollout.launch import server_command
+    under which the server's log-probs cannot equal the trainer's (`rollout/server_commands.py` docstring)."""
+    from rest_megatron.rollout.server_commands import server_command
 
     errors = []
     if rollout.deterministic and rollout.engine == "vllm":

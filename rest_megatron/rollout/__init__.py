@@ -10,8 +10,8 @@
     engine/         the embedded CPU engine (continuous batching, prefix cache, gloo weight updates)
                     behind SGLang's API
     embedded_server.py  `rest-megatron rollout-server`
-    launch.py       start / health-wait / stop SGLang, vLLM or embedded servers; their commands from the
-                    config
+    server_commands.py  the command line of each engine's server, built from the recipe
+    launch.py       start / health-wait / stop those servers; their GPUs beside the trainer's
     weight_sync.py  weights to the servers after each step: from disk, or broadcast buckets (NCCL or gloo)
     vllm_worker.py  the vLLM worker extension that receives broadcast weights (behind /collective_rpc)
 

@@ -8,7 +8,7 @@ import pytest
 
 from rest_megatron.config import load_config
 from rest_megatron.config.errors import ConfigError
-from rest_megatron.rollout.launch import vllm_server_args
+from rest_megatron.rollout.server_commands import vllm_server_args
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "tiny-cpu.yaml"
 

@@ -8,7 +8,7 @@
 
 Sampling log-probs: by default vLLM reports *raw* ones (log softmax before temperature); the
 trainer compares them with its log-probs of the tempered distribution, so servers for training run
-with `--logprobs-mode processed_logprobs` (`launch.vllm_server_args`); at temperature 1 both agree.
+with `--logprobs-mode processed_logprobs` (`server_commands.vllm_server_args`); at temperature 1 both agree.
 
 Weight updates go through vLLM's `/collective_rpc` (served with `VLLM_SERVER_DEV_MODE=1`):
 
@@ -130,7 +130,8 @@ class VLLMClient:
             hint = (
                 "; start vLLM with VLLM_SERVER_DEV_MODE=1 (which serves /collective_rpc) and "
                 "--worker-extension-cls "
-                f"{WORKER_EXTENSION} (launch.vllm_server_args does both), or set rollout.weight_sync=disk"
+                f"{WORKER_EXTENSION} (server_commands.vllm_server_args does both), "
+                "or set rollout.weight_sync=disk"
                 if "404" in str(exc) or "rest_" in str(exc)
                 else ""
             )

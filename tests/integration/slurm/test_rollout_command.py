@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rest_megatron.config import load_config
-from rest_megatron.rollout.launch import server_command
+from rest_megatron.rollout.server_commands import server_command
 from tests.integration.slurm.cluster import LocalSlurmCluster, free_ports
 from tests.integration.slurm.conftest import PAYLOADS, REPO
 
