@@ -47,7 +47,7 @@ EVAL_SEED = 20_261_206
 def arm_overrides() -> dict[str, list[str]]:
     """Recipe overrides of each arm. `static` holds each region weight at its curriculum's run mean,
     which assumes the recipe's curricula (`tiny-cpu-weak.yaml`: γ_args 0.6→1.2, γ_reasoning 0.6→1.0
-    over its 12 steps)."""
+    over its 24 steps)."""
     return {
         "rest": ["algorithm.weights=paper"],
         "grpo": ["algorithm.weights=uniform", "algorithm.weights_params={}"],
@@ -141,7 +141,13 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["rest", "grpo", "static", "entropy"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--eval-prompts", type=int, default=256, help="held-out prompts (fixed set)")
-    parser.add_argument("--threshold", type=float, default=1.0, help="training reward for steps-to-threshold")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=-1.0,
+        help="training reward for steps-to-threshold [-1: on average half the samples pass the format "
+        "check, as malformed ones score -2 and well-formed ones >= 0]",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/rest_vs_grpo"))
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each is one trainer process)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every arm")
