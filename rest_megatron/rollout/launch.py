@@ -256,6 +256,26 @@ def gpu_placement(
     return ids[:trainer_gpus], servers
 
 
+def server_gpus(env: Mapping[str, str], rollout: Any, trainer_gpus: int) -> list[str]:
+    """Each server's `CUDA_VISIBLE_DEVICES` on this node (`gpu_placement` of the servers a RolloutConfig
+    asks for, after the trainer's `trainer_gpus`), from `env`'s own `CUDA_VISIBLE_DEVICES` if set."""
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    count = 0
+    if visible is None:
+        import torch
+
+        count = torch.cuda.device_count()
+    _, placement = gpu_placement(
+        visible,
+        device_count=count,
+        trainer_gpus=trainer_gpus,
+        num_servers=rollout.num_servers,
+        server_tp=rollout.server_tp,
+        share=rollout.share_trainer_gpus,
+    )
+    return placement
+
+
 def local_trainer_gpus(device: str) -> int:
     """GPUs the trainer's ranks hold on this node: torchrun's local world size on CUDA, else 0."""
     from rest_megatron.distributed import resolve_device
@@ -283,20 +303,7 @@ def start_sglang_servers(
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     base_env = dict(os.environ if env is None else env)
-    visible = base_env.get("CUDA_VISIBLE_DEVICES")
-    count = 0
-    if visible is None:
-        import torch
-
-        count = torch.cuda.device_count()
-    _, placement = gpu_placement(
-        visible,
-        device_count=count,
-        trainer_gpus=trainer_gpus,
-        num_servers=rollout.num_servers,
-        server_tp=rollout.server_tp,
-        share=rollout.share_trainer_gpus,
-    )
+    placement = server_gpus(base_env, rollout, trainer_gpus)
     sglang = replace(rollout, engine="sglang")
 
     def make(index: int) -> ServerProcess:
@@ -327,19 +334,9 @@ def start_vllm_servers(
     log_dir.mkdir(parents=True, exist_ok=True)
     rollout = config.rollout
     base_env = vllm_env(os.environ if env is None else env, config.launch.device)
-    placement = [None] * rollout.num_servers
+    placement: list[str | None] = [None] * rollout.num_servers
     if trainer_gpus or config.launch.device == "cuda":
-        import torch
-
-        visible = base_env.get("CUDA_VISIBLE_DEVICES")
-        _, placement = gpu_placement(
-            visible,
-            device_count=0 if visible is not None else torch.cuda.device_count(),
-            trainer_gpus=trainer_gpus,
-            num_servers=rollout.num_servers,
-            server_tp=rollout.server_tp,
-            share=rollout.share_trainer_gpus,
-        )
+        placement = list(server_gpus(base_env, rollout, trainer_gpus))
 
     def make(index: int) -> ServerProcess:
         port = free_port()
