@@ -19,7 +19,8 @@ evals = [(r["step"], r["eval/reward"]) for r in records if "eval/reward" in r]
 (_, start), (last, end) = evals[0], evals[-1]
 print(f"\nheld-out greedy reward (64 questions; 3 is perfect): {start:.3f} after SFT -> {end:.3f} after {last} RL "
       f"steps ({end - start:+.3f}); run in {sys.argv[1]}")
-print("What to expect: the recipe's seed 0 gained +0.34 and +1.06 on two CPUs; seeds 1-3 gained 0.0 to +0.56.\n"
+print("What to expect: the recipe's seed 0 gained +0.34 to +1.06 over three runs (two CPUs, one and two threads);\n"
+      "seeds 1-3 gained 0.0 to +0.59.\n"
       "The outcome depends on the machine's float rounding (it changes the sampled trajectories), so yours may\n"
       "differ; a run whose SFT lands near 1.0 (well-formed calls, wrong numbers) usually stays there in 12 steps.\n"
       "Figures: benchmarks/README.md, 'The end-to-end test\'s margin'.")
