@@ -229,8 +229,8 @@ def _check_combinations(config: Config) -> list[str]:
     if r.engine == "sglang" and r.weight_sync == "distributed" and launch.device == "cpu":
         errors.append(
             f"rollout.weight_sync={r.weight_sync} with rollout.engine=sglang broadcasts over NCCL, "
-            "which needs "
-            "launch.device=cuda; set rollout.weight_sync=disk, or train on CPU with rollout.engine=embedded"
+            "which needs launch.device=cuda; set rollout.weight_sync=disk, or train on CPU with "
+            "rollout.engine=embedded"
         )
     if r.engine != "vllm" and (r.vllm or r.vllm_python):
         errors.append(

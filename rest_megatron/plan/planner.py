@@ -150,8 +150,8 @@ def make_plan(
     if trainer_gpus < 1:
         raise PlanRefused(
             f"the rollout servers take {rollout.num_gpus} GPUs (rollout.num_servers × rollout.server_tp) "
-            "of the "
-            f"{num_gpus} given, leaving none for the trainer; pass more --gpus or lower rollout.num_servers"
+            f"of the {num_gpus} given, leaving none for the trainer; pass more --gpus or lower "
+            "rollout.num_servers"
         )
     mini_batch = config.optimizer.mini_batch_size or config.rollout_batch_size
     work = Workload(

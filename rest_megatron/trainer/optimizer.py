@@ -4,7 +4,7 @@
 grad reduction over the DP group when the pipeline schedule finishes), and `build_optimizer` returns
 megatron-core's optimizer (Adam with global-norm clipping; the distributed optimizer when the DDP
 wrapper shards for it) plus its `OptimizerParamScheduler`. Both are used unchanged on CPU (gloo) and
-GPU (NCCL). The optimizer are the recipe's own `OptimizerConfig`.
+GPU (NCCL). Their settings are the recipe's own `OptimizerConfig`.
 """
 
 from __future__ import annotations
