@@ -9,7 +9,6 @@ TP/PP/DP groups on an already-initialized world, so one set of processes can run
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -40,12 +39,6 @@ class ParallelLayout:
 
 _compute_device: torch.device | None = None
 """What `init_distributed` chose for this process; `compute_device()` hands it out."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -89,18 +82,18 @@ def init_distributed(
     global _compute_device
     _compute_device = compute_device
     if not dist.is_initialized():
-        if (
-            init_method is None
-            and "MASTER_ADDR" not in os.environ
-            and int(os.environ.get("WORLD_SIZE", 1)) == 1
-        ):
-            init_method = f"tcp://127.0.0.1:{_free_port()}"  # a lone process outside torchrun
+        size = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
+        rendezvous: dict = {"init_method": init_method}
+        if init_method is None and "MASTER_ADDR" not in os.environ and size == 1:
+            # A lone process outside torchrun: an in-process store, so no port to pick (and lose to
+            # another process between picking and binding).
+            rendezvous = {"store": dist.HashStore()}
         dist.init_process_group(
             backend=backend,
-            init_method=init_method,
             rank=rank if rank is not None else int(os.environ.get("RANK", 0)),
-            world_size=world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", 1)),
+            world_size=size,
             timeout=timedelta(seconds=timeout_s),
+            **rendezvous,
         )
     return compute_device
 
